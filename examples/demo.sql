@@ -1,0 +1,31 @@
+-- A walk through `credits`: a plan, an account, an AI action reserved and
+-- committed, a failed one refunded, a top-up, the limit, and the balance.
+\pset footer off
+\echo '--- a plan with 100 credits a month, hard limit, and an account on it'
+SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
+
+\echo '--- reserve 30 credits for an editor action, then commit what it really cost (25)'
+SELECT credits_reserve(account_id => 'acme', amount => 30, product => 'editor', action => 'rewrite',
+                       metadata => '{"project": "p1"}') AS reservation \gset
+SELECT credits_commit(reservation_id => :'reservation', amount => 25) AS charged;
+
+\echo '--- an image generation that failed: reserved, then refunded whole'
+SELECT credits_reserve(account_id => 'acme', amount => 50, product => 'images', action => 'generate') AS failed \gset
+SELECT credits_refund(reservation_id => :'failed', reason => 'provider timeout') AS returned;
+
+\echo '--- a top-up of 20 credits (expires at the next reset)'
+SELECT credits_grant(account_id => 'acme', amount => 20, kind => 'topup') IS NOT NULL AS granted;
+
+\echo '--- the hard limit: 96 left, asking for 500 fails with SQLSTATE CR001'
+\set ON_ERROR_STOP 0
+SELECT credits_reserve(account_id => 'acme', amount => 500, product => 'editor');
+\set ON_ERROR_STOP 1
+
+\echo '--- balance and history in one call'
+SELECT jsonb_pretty(credits_balance('acme') #- '{transactions}') AS balance;
+SELECT e->>'kind' AS kind, e->>'amount' AS amount, e->>'product' AS product
+  FROM jsonb_array_elements(credits_balance('acme')->'transactions') e;
+
+\echo '--- invariants: credits_verify() returns nothing on a healthy database'
+SELECT count(*) AS violations FROM credits_verify();

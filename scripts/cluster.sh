@@ -1,0 +1,41 @@
+# Throwaway Postgres 15 clusters for the demo, the tests and the benchmarks.
+# Source this file; Postgres refuses to run as root, so the cluster runs as
+# the `postgres` user, on a private port, with its socket in its own folder.
+
+PGBIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PGBIN/pg_config
+
+# cluster_start DIR PORT: a fresh cluster in DIR listening on 127.0.0.1:PORT,
+# with pg_cron preloaded (its jobs run in the database `credits`).
+cluster_start() {
+    local dir=$1 port=$2
+    cluster_stop "$dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    chown postgres:postgres "$dir"
+    runuser -u postgres -- "$PGBIN/initdb" -D "$dir/data" -U postgres --auth=trust \
+        --encoding=UTF8 --no-locale >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log"; return 1; }
+    cat >>"$dir/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 200
+shared_preload_libraries = 'pg_cron'
+cron.database_name = 'credits'
+cron.use_background_workers = on
+max_worker_processes = 32
+CONF
+    if ! runuser -u postgres -- "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null; then
+        echo "cluster: the server in $dir did not start:" >&2
+        tail -20 "$dir/server.log" >&2
+        return 1
+    fi
+}
+
+# cluster_stop DIR: stops the cluster in DIR if it runs.
+cluster_stop() {
+    local dir=$1
+    if [[ -f "$dir/data/postmaster.pid" ]]; then
+        runuser -u postgres -- "$PGBIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+}

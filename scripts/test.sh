@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Command 2: every test of the project. Lints, #[pg_test] tests, SQL-level
+# pgTAP tests and integration tests against a throwaway cluster. Exits
+# non-zero if anything fails; stops the clusters it started, also on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/cluster.sh
+
+TEST_DIR=${CREDITS_TEST_DIR:-/tmp/credits-test}
+TEST_PORT=${CREDITS_TEST_PORT:-54331}
+PGRX_DATA=${CREDITS_PGRX_DATA:-/tmp/credits-pgrx}
+
+cleanup() { cluster_stop "$TEST_DIR"; }
+trap cleanup EXIT
+
+bash scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --all-targets --features "pg_test integration" -- -D warnings
+
+echo "== #[pg_test] and unit tests (cargo pgrx test)"
+mkdir -p "$PGRX_DATA"
+chown postgres:postgres "$PGRX_DATA"
+cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA"
+
+echo "== installing the extension"
+cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
+cluster_start "$TEST_DIR" "$TEST_PORT"
+PSQL=(psql -X -q -h 127.0.0.1 -p "$TEST_PORT" -U postgres -v ON_ERROR_STOP=1)
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE credits_sql"
+"${PSQL[@]}" -d credits_sql -c "CREATE EXTENSION credits; CREATE EXTENSION pgtap;"
+
+echo "== SQL-level tests (pgTAP)"
+pg_prove -h 127.0.0.1 -p "$TEST_PORT" -U postgres -d credits_sql tests/sql/*.sql
+
+echo "== integration tests (many client connections)"
+CREDITS_TEST_URL="host=127.0.0.1 port=$TEST_PORT user=postgres" \
+    cargo test --features integration --test concurrency -- --test-threads=1

@@ -1,0 +1,154 @@
+-- credits_commit: charge a reservation once the AI action has run.
+-- amount <= reserved charges that and releases the rest (0 releases it all);
+-- more than reserved charges the excess as new usage, all or nothing, or as
+-- debt with force. A hold that expired is judged as new usage the same way.
+CREATE FUNCTION public.credits_commit(
+    reservation_id uuid,
+    amount         numeric DEFAULT NULL,
+    force          boolean DEFAULT false,
+    account_id     text DEFAULT NULL)
+RETURNS numeric
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_id       uuid    := credits_commit.reservation_id;
+    v_amount   numeric := CASE WHEN credits_commit.amount IS NULL THEN NULL
+                               ELSE credits._amount(credits_commit.amount, 'amount', true) END;
+    v_account  text;
+    v_now      timestamptz;
+    v_charge   numeric;
+    v_left     numeric;
+    v_take     numeric;
+    v_wo       numeric;
+    v_buckets  uuid[]    := '{}';
+    v_amounts  numeric[] := '{}';
+    v_charged  numeric := 0;   -- taken from bucket balances
+    v_released numeric := 0;   -- hold given back to buckets
+    v_written  numeric := 0;   -- written off from expired buckets
+    v_overage  numeric := 0;
+    v_debt     numeric := 0;
+    v_ov_held  numeric := 0;
+    v_mode     text;
+    v_soft     numeric;
+    v_rate     numeric;
+    a          credits.accounts;
+    r          credits.reservations;
+    d          record;
+BEGIN
+    PERFORM credits._required(credits_commit.force IS NULL, 'force');
+    v_account := credits._reservation_account(v_id,
+        CASE WHEN credits_commit.account_id IS NULL THEN NULL
+             ELSE credits._ident(credits_commit.account_id, 'account_id', 255) END);
+    a := credits._lock_account(v_account);
+    v_now := credits._now();
+    SELECT * INTO r FROM credits.reservations WHERE reservation_id = v_id AND account_id = v_account;
+    v_charge := coalesce(v_amount, r.amount);
+
+    IF r.status = 'committed' AND r.refunded = 0 AND r.charged = v_charge THEN
+        RETURN trim_scale(r.charged);
+    ELSIF r.status = 'committed' AND r.refunded = 0 THEN
+        PERFORM credits._raise('CR011',
+            format('reservation %s was already committed with another amount', v_id),
+            format('It was committed for %s; this call asks for %s.', r.charged, v_charge),
+            'Repeat the commit with the same amount, or refund the difference with credits_refund().');
+    ELSIF r.status IN ('committed', 'released') THEN
+        PERFORM credits._raise('CR005',
+            format('reservation %s is not pending', v_id),
+            format('It is %s.', CASE WHEN r.status = 'committed' THEN 'committed and refunded' ELSE r.status END),
+            'Only a pending (or expired) reservation can be committed; reserve again for a new action.');
+    END IF;
+
+    IF r.byok THEN
+        UPDATE credits.reservations
+           SET status = 'committed', charged = v_charge, period_start = a.period_start, resolved_at = v_now
+         WHERE reservation_id = v_id AND account_id = v_account;
+        RETURN trim_scale(v_charge);
+    END IF;
+
+    v_left := v_charge;
+    IF r.status = 'pending' THEN
+        -- Charge from the draws in order; give back the rest of each draw
+        -- (written off if its bucket expired meanwhile).
+        FOR d IN
+            SELECT u.bucket_id, u.amount, b.expires_at <= v_now AS expired
+              FROM unnest(r.draw_buckets, r.draw_amounts) WITH ORDINALITY AS u(bucket_id, amount, n)
+              JOIN credits.buckets b ON b.account_id = v_account AND b.bucket_id = u.bucket_id
+             ORDER BY u.n
+        LOOP
+            v_take := least(d.amount, v_left);
+            v_wo := CASE WHEN d.expired THEN d.amount - v_take ELSE 0 END;
+            UPDATE credits.buckets SET held = held - d.amount, balance = balance - v_take - v_wo
+             WHERE account_id = v_account AND bucket_id = d.bucket_id;
+            IF v_take > 0 THEN
+                v_buckets := v_buckets || d.bucket_id;
+                v_amounts := v_amounts || v_take;
+            END IF;
+            IF v_wo > 0 THEN
+                INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, actor, created_at)
+                VALUES (v_account, 'expire', -v_wo, d.bucket_id, v_id, credits._actor(), v_now);
+            END IF;
+            v_left := v_left - v_take;
+            v_charged := v_charged + v_take;
+            v_released := v_released + d.amount;
+            v_written := v_written + v_wo;
+        END LOOP;
+        v_overage := least(r.overage, v_left);
+        v_left := v_left - v_overage;
+        v_ov_held := r.overage;
+    END IF;
+
+    IF v_left > 0 THEN
+        -- Beyond the hold: new usage, judged now.
+        SELECT * INTO d FROM credits._draw(v_account, v_left, v_now, false);
+        v_buckets := v_buckets || d.buckets;
+        v_amounts := v_amounts || d.amounts;
+        v_charged := v_charged + d.total;
+        v_left := v_left - d.total;
+        IF v_left > 0 THEN
+            SELECT coalesce(a.limit_mode, p.limit_mode), coalesce(a.soft_limit, p.soft_limit)
+              INTO v_mode, v_soft FROM credits.plans p WHERE p.plan_id = a.plan_id;
+            v_take := CASE WHEN v_mode = 'soft'
+                           THEN least(v_left, greatest(v_soft - a.period_overage - a.overage_held - v_overage + v_ov_held, 0))
+                           ELSE 0 END;
+            v_overage := v_overage + v_take;
+            v_left := v_left - v_take;
+            IF v_left > 0 AND NOT credits_commit.force THEN
+                PERFORM credits._raise('CR001',
+                    format('insufficient credits for account "%s"', v_account),
+                    format('needs %s, available %s', v_charge, v_charge - v_left),
+                    format('commit at most %s, pass force => true to record the excess as debt, or top up first',
+                           v_charge - v_left));
+            END IF;
+            v_debt := v_left;
+        END IF;
+    END IF;
+
+    INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, product, action, actor, created_at)
+    SELECT v_account, 'charge', -u.amount, u.bucket_id, v_id, r.product, r.action, credits._actor(), v_now
+      FROM unnest(v_buckets, v_amounts) AS u(bucket_id, amount);
+    IF v_overage > 0 THEN
+        SELECT overage_rate INTO v_rate FROM credits.plans WHERE plan_id = a.plan_id;
+        INSERT INTO credits.ledger (account_id, kind, amount, reservation_id, product, action, rate, actor, created_at)
+        VALUES (v_account, 'overage', -v_overage, v_id, r.product, r.action, v_rate, credits._actor(), v_now);
+    END IF;
+    IF v_debt > 0 THEN
+        INSERT INTO credits.ledger (account_id, kind, amount, reservation_id, product, action, actor, created_at)
+        VALUES (v_account, 'debt', -v_debt, v_id, r.product, r.action, credits._actor(), v_now);
+    END IF;
+
+    UPDATE credits.accounts
+       SET held = held - v_released, balance = balance - v_charged - v_written,
+           overage_held = overage_held - v_ov_held, period_overage = period_overage + v_overage,
+           period_used = period_used + v_charged + v_debt, debt = debt + v_debt
+     WHERE account_id = v_account;
+    UPDATE credits.reservations
+       SET status = 'committed', charged = v_charge, draw_buckets = v_buckets, draw_amounts = v_amounts,
+           overage = v_overage, overage_rate = v_rate, debt = v_debt, period_start = a.period_start,
+           resolved_at = v_now
+     WHERE reservation_id = v_id AND account_id = v_account;
+    RETURN trim_scale(v_charge);
+END
+$$;

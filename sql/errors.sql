@@ -1,0 +1,68 @@
+-- One place that raises the extension's own errors (SQLSTATE class CR, see
+-- the README for the list), always with a DETAIL and a HINT.
+CREATE FUNCTION credits._raise(code text, message text, detail text, hint text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, DETAIL = detail, HINT = hint;
+END
+$$;
+
+-- Validates an enumerated argument: 22004 for NULL, 22023 for an unknown value.
+CREATE FUNCTION credits._choice(value text, name text, allowed text[]) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004',
+            MESSAGE = format('%s must not be NULL', name),
+            DETAIL = format('%s is required.', name),
+            HINT = format('Use one of: %s.', array_to_string(allowed, ', '));
+    END IF;
+    IF NOT value = ANY (allowed) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('unknown %s "%s"', name, value),
+            DETAIL = format('%s must be one of: %s.', name, array_to_string(allowed, ', ')),
+            HINT = format('Use one of: %s.', array_to_string(allowed, ', '));
+    END IF;
+    RETURN value;
+END
+$$;
+
+-- Raises 22004 when a required argument is NULL.
+CREATE FUNCTION credits._required(is_null boolean, name text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF is_null THEN
+        RAISE EXCEPTION USING ERRCODE = '22004',
+            MESSAGE = format('%s must not be NULL', name),
+            DETAIL = format('%s is required.', name),
+            HINT = format('Pass a value for %s, or leave it out to use its default.', name);
+    END IF;
+END
+$$;
+
+-- Validates a metadata argument: NULL is taken as '{}', anything but a JSON
+-- object is refused with 22023.
+CREATE FUNCTION credits._metadata(value jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF value IS NULL THEN
+        RETURN '{}';
+    END IF;
+    IF jsonb_typeof(value) <> 'object' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'metadata must be a JSON object',
+            DETAIL = format('metadata is a JSON %s.', jsonb_typeof(value)),
+            HINT = 'Pass an object such as {"project": "p1", "session": "s9"}.';
+    END IF;
+    RETURN value;
+END
+$$;

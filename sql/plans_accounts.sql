@@ -1,0 +1,183 @@
+-- Plans and accounts: the admin calls that configure who gets what.
+
+CREATE FUNCTION public.credits_plan_upsert(
+    plan_id           text,
+    allocation        numeric,
+    reset             text DEFAULT 'billing_date',
+    limit_mode        text DEFAULT 'hard',
+    soft_limit        numeric DEFAULT 0,
+    rollover_cap      numeric DEFAULT 0,
+    overage_rate      numeric DEFAULT 1,
+    purchases_allowed boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_plan  text    := credits._ident(credits_plan_upsert.plan_id, 'plan_id', 255);
+    v_alloc numeric := credits._amount(credits_plan_upsert.allocation, 'allocation', true);
+    v_reset text    := credits._choice(credits_plan_upsert.reset, 'reset', '{billing_date,calendar_month}');
+    v_mode  text    := credits._choice(credits_plan_upsert.limit_mode, 'limit_mode', '{hard,soft}');
+    v_soft  numeric := credits._amount(credits_plan_upsert.soft_limit, 'soft_limit', true);
+    v_cap   numeric := credits._amount(credits_plan_upsert.rollover_cap, 'rollover_cap', true);
+    v_rate  numeric := credits._amount(credits_plan_upsert.overage_rate, 'overage_rate', true);
+    v_now   timestamptz := credits._now();
+BEGIN
+    PERFORM credits._required(credits_plan_upsert.purchases_allowed IS NULL, 'purchases_allowed');
+    INSERT INTO credits.plans (plan_id, allocation, reset, limit_mode, soft_limit, rollover_cap,
+                               overage_rate, purchases_allowed, created_at, updated_at)
+    VALUES (v_plan, v_alloc, v_reset, v_mode, v_soft, v_cap, v_rate,
+            credits_plan_upsert.purchases_allowed, v_now, v_now)
+    ON CONFLICT (plan_id) DO UPDATE
+       SET allocation = EXCLUDED.allocation, reset = EXCLUDED.reset,
+           limit_mode = EXCLUDED.limit_mode, soft_limit = EXCLUDED.soft_limit,
+           rollover_cap = EXCLUDED.rollover_cap, overage_rate = EXCLUDED.overage_rate,
+           purchases_allowed = EXCLUDED.purchases_allowed, updated_at = EXCLUDED.updated_at;
+END
+$$;
+
+-- Sets the allocation bucket of the current period to p_target less what was
+-- already used of it (never below zero, never below what holds keep), as one
+-- plan_change ledger row. Returns the change of the account's balance and
+-- the debt it paid off.
+CREATE FUNCTION credits._retarget_allocation(p_account text, p_target numeric, p_period_end timestamptz,
+                                             p_debt numeric, p_now timestamptz,
+                                             OUT delta numeric, OUT settled numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    b  credits.buckets;
+    nb record;
+BEGIN
+    delta := 0;
+    settled := 0;
+    SELECT * INTO b FROM credits.buckets
+     WHERE account_id = p_account AND kind = 'allocation' AND expires_at = p_period_end
+     ORDER BY created_at DESC LIMIT 1;
+    IF FOUND THEN
+        delta := greatest(p_target - (b.amount - b.balance), b.held, 0) - b.balance;
+        IF delta <> 0 THEN
+            UPDATE credits.buckets SET balance = balance + delta, amount = greatest(amount + delta, 0)
+             WHERE account_id = p_account AND bucket_id = b.bucket_id;
+            INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, actor, created_at)
+            VALUES (p_account, 'plan_change', delta, b.bucket_id, credits._actor(), p_now);
+        END IF;
+    ELSIF p_target > 0 THEN
+        SELECT * INTO nb FROM credits._new_bucket(p_account, 'allocation', p_target, p_period_end, p_now,
+                                                  p_debt, p_ledger_kind => 'plan_change');
+        delta := p_target - nb.settled;
+        settled := nb.settled;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION public.credits_account_upsert(
+    account_id     text,
+    plan_id        text DEFAULT NULL,
+    billing_anchor timestamptz DEFAULT NULL,
+    byok           boolean DEFAULT NULL,
+    limit_mode     text DEFAULT NULL,
+    soft_limit     numeric DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_account_upsert.account_id, 'account_id', 255);
+    v_plan    text := CASE WHEN credits_account_upsert.plan_id IS NULL THEN NULL
+                           ELSE credits._ident(credits_account_upsert.plan_id, 'plan_id', 255) END;
+    v_anchor  timestamptz := credits_account_upsert.billing_anchor;
+    v_byok    boolean := credits_account_upsert.byok;
+    v_mode    text := CASE WHEN credits_account_upsert.limit_mode IS NULL THEN NULL
+                           ELSE credits._choice(credits_account_upsert.limit_mode, 'limit_mode', '{hard,soft,plan}') END;
+    v_soft    numeric := CASE WHEN credits_account_upsert.soft_limit IS NULL THEN NULL
+                              ELSE credits._amount(credits_account_upsert.soft_limit, 'soft_limit', true) END;
+    v_now     timestamptz;
+    v_end     timestamptz;
+    p         credits.plans;
+    a         credits.accounts;
+    rt        record;
+BEGIN
+    IF v_anchor IS NOT NULL AND NOT isfinite(v_anchor) THEN
+        PERFORM credits._raise('22023', 'billing_anchor must be a finite timestamp',
+            format('billing_anchor is %s.', v_anchor), 'Pass the date the account''s billing started.');
+    END IF;
+    IF v_plan IS NOT NULL THEN
+        SELECT * INTO p FROM credits.plans WHERE plan_id = v_plan;
+        IF NOT FOUND THEN
+            PERFORM credits._raise('CR003', format('unknown plan "%s"', v_plan),
+                'No plan has this plan_id.', 'Create it first with credits_plan_upsert().');
+        END IF;
+    END IF;
+
+    IF NOT EXISTS (SELECT 1 FROM credits.accounts WHERE account_id = v_account) THEN
+        IF v_plan IS NULL THEN
+            PERFORM credits._raise('22004', 'plan_id must not be NULL for a new account',
+                format('Account "%s" does not exist yet.', v_account),
+                'Pass plan_id to create the account.');
+        END IF;
+        v_now := credits._now();
+        v_anchor := coalesce(v_anchor, v_now);
+        v_byok := coalesce(v_byok, false);
+        v_end := credits._period_after(v_anchor, p.reset, v_now);
+        INSERT INTO credits.accounts (account_id, plan_id, billing_anchor, byok, limit_mode, soft_limit,
+                                      period_start, period_end, balance, next_event, created_at)
+        VALUES (v_account, v_plan, v_anchor, v_byok, nullif(v_mode, 'plan'), v_soft,
+                credits._period_start(v_anchor, p.reset, v_now), v_end,
+                CASE WHEN v_byok THEN 0 ELSE p.allocation END, v_end, v_now)
+        ON CONFLICT (account_id) DO NOTHING;
+        IF FOUND THEN
+            -- The full allocation for the first period, even a partial one.
+            IF NOT v_byok AND p.allocation > 0 THEN
+                PERFORM credits._new_bucket(v_account, 'allocation', p.allocation, v_end, v_now, 0);
+            END IF;
+            RETURN;
+        END IF;
+    END IF;
+
+    a := credits._lock_account(v_account);
+    v_now := credits._now();
+    IF v_plan IS NULL THEN
+        SELECT * INTO p FROM credits.plans WHERE plan_id = a.plan_id;
+    END IF;
+    IF v_mode = 'plan' THEN
+        a.limit_mode := NULL;
+        a.soft_limit := NULL;
+    ELSIF v_mode IS NOT NULL THEN
+        a.limit_mode := v_mode;
+    END IF;
+    a.soft_limit := coalesce(v_soft, a.soft_limit);
+    a.billing_anchor := coalesce(v_anchor, a.billing_anchor);
+
+    -- A new plan, anchor or reset rule moves the end of the current period
+    -- (and the expiry of what was due to expire with it).
+    v_end := credits._period_after(a.billing_anchor, p.reset, v_now);
+    IF v_end <> a.period_end THEN
+        UPDATE credits.buckets SET expires_at = v_end
+         WHERE account_id = v_account AND expires_at = a.period_end;
+        a.period_end := v_end;
+    END IF;
+
+    -- Plan and BYOK changes take effect at once on the current allocation.
+    IF p.plan_id <> a.plan_id OR coalesce(v_byok, a.byok) <> a.byok THEN
+        a.plan_id := p.plan_id;
+        a.byok := coalesce(v_byok, a.byok);
+        SELECT * INTO rt FROM credits._retarget_allocation(
+            v_account, CASE WHEN a.byok THEN 0 ELSE p.allocation END, a.period_end, a.debt, v_now);
+        a.balance := a.balance + rt.delta;
+        a.debt := a.debt - rt.settled;
+    END IF;
+
+    UPDATE credits.accounts
+       SET plan_id = a.plan_id, billing_anchor = a.billing_anchor, byok = a.byok,
+           limit_mode = a.limit_mode, soft_limit = a.soft_limit, period_end = a.period_end,
+           balance = a.balance, debt = a.debt,
+           next_event = credits._next_event(v_account, a.period_end, v_now)
+     WHERE account_id = v_account;
+END
+$$;

@@ -1,0 +1,64 @@
+-- Who may do what. Nothing is executable by PUBLIC; the DBA grants the
+-- roles below to login roles. Only the extension owner writes the tables:
+-- every write goes through the SECURITY DEFINER API functions.
+
+COMMENT ON SCHEMA credits IS 'AI credits ledger: plans, accounts, buckets, reservations and the append-only ledger';
+REVOKE ALL ON SCHEMA credits FROM PUBLIC;
+GRANT USAGE ON SCHEMA credits TO credits_admin, credits_app, credits_reader;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA credits FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA credits FROM PUBLIC;
+GRANT SELECT ON ALL TABLES IN SCHEMA credits TO credits_admin, credits_reader;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA credits FROM PUBLIC;
+REVOKE ALL ON FUNCTION
+    public.credits_plan_upsert(text, numeric, text, text, numeric, numeric, numeric, boolean),
+    public.credits_account_upsert(text, text, timestamptz, boolean, text, numeric),
+    public.credits_grant(text, numeric, text, timestamptz, text, jsonb),
+    public.credits_reserve(text, numeric, text, text, text, interval, jsonb),
+    public.credits_commit(uuid, numeric, boolean, text),
+    public.credits_refund(uuid, numeric, text, text, text),
+    public.credits_balance(text),
+    public.credits_verify()
+FROM PUBLIC;
+
+-- Admins configure plans and accounts and grant credits.
+GRANT EXECUTE ON FUNCTION
+    public.credits_plan_upsert(text, numeric, text, text, numeric, numeric, numeric, boolean),
+    public.credits_account_upsert(text, text, timestamptz, boolean, text, numeric),
+    public.credits_grant(text, numeric, text, timestamptz, text, jsonb),
+    public.credits_verify()
+TO credits_admin;
+
+-- Applications reserve, commit and refund; admins may too.
+GRANT EXECUTE ON FUNCTION
+    public.credits_reserve(text, numeric, text, text, text, interval, jsonb),
+    public.credits_commit(uuid, numeric, boolean, text),
+    public.credits_refund(uuid, numeric, text, text, text)
+TO credits_app, credits_admin;
+
+GRANT EXECUTE ON FUNCTION public.credits_balance(text) TO credits_app, credits_admin, credits_reader;
+
+COMMENT ON FUNCTION public.credits_plan_upsert(text, numeric, text, text, numeric, numeric, numeric, boolean) IS
+    'Creates or updates a plan: monthly allocation, reset rule, hard/soft limit, rollover cap, overage rate, purchases.';
+COMMENT ON FUNCTION public.credits_account_upsert(text, text, timestamptz, boolean, text, numeric) IS
+    'Creates an account on a plan (full first-period allocation) or changes its plan, anchor, BYOK flag or limit override.';
+COMMENT ON FUNCTION public.credits_grant(text, numeric, text, timestamptz, text, jsonb) IS
+    'Adds a credit bucket: topup (expires at the next reset), pack, promo or adjustment. Returns the bucket id.';
+COMMENT ON FUNCTION public.credits_reserve(text, numeric, text, text, text, interval, jsonb) IS
+    'Holds credits before an AI action; fails with CR001 when the limit does not allow it. Returns the reservation id.';
+COMMENT ON FUNCTION public.credits_commit(uuid, numeric, boolean, text) IS
+    'Charges a reservation (the reserved amount, less, or more if it fits or force => true). Returns the amount charged.';
+COMMENT ON FUNCTION public.credits_refund(uuid, numeric, text, text, text) IS
+    'Releases a pending reservation or returns credits of a committed one. Returns the amount returned.';
+COMMENT ON FUNCTION public.credits_balance(text) IS
+    'Balance and history of one account as jsonb: summary (usage ring), live buckets, recent transactions.';
+COMMENT ON FUNCTION public.credits_verify() IS
+    'One row per violated invariant of the stored balances, holds, limits and ledger; empty when healthy.';
+
+COMMENT ON TABLE credits.plans IS 'Plans: monthly allocation, reset rule, limit mode and overage terms.';
+COMMENT ON TABLE credits.accounts IS 'Accounts with their stored balance row: locked first by every write path.';
+COMMENT ON TABLE credits.buckets IS 'Credit buckets (allocation, rollover, topup, promo, pack, adjustment) with stored balance and holds.';
+COMMENT ON TABLE credits.reservations IS 'Reservations (holds) and what each drew from or charged to each bucket.';
+COMMENT ON TABLE credits.ledger IS 'Append-only ledger: every change of a stored balance.';
+COMMENT ON TABLE credits.idempotency_keys IS 'Idempotency keys per account and function, kept forever.';

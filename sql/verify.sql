@@ -1,0 +1,125 @@
+-- credits_verify(): one row per violated invariant, nothing on a healthy
+-- database. Stored balances must equal what their ledger rows add up to,
+-- holds must equal the pending reservations' draws, and no stored row may be
+-- past its limit.
+CREATE FUNCTION public.credits_verify()
+RETURNS TABLE (invariant text, account_id text, detail text)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH ledger_by_bucket AS (
+        SELECT l.account_id, l.bucket_id, sum(l.amount) AS amount
+          FROM credits.ledger l WHERE l.bucket_id IS NOT NULL
+         GROUP BY 1, 2
+    ), pending_draws AS (
+        SELECT r.account_id, u.bucket_id, sum(u.amount) AS amount
+          FROM credits.reservations r, unnest(r.draw_buckets, r.draw_amounts) AS u(bucket_id, amount)
+         WHERE r.status = 'pending'
+         GROUP BY 1, 2
+    ), by_account AS (
+        SELECT b.account_id, sum(b.balance) AS balance, sum(b.held) AS held
+          FROM credits.buckets b GROUP BY 1
+    ), pending_overage AS (
+        SELECT r.account_id, sum(r.overage) AS overage
+          FROM credits.reservations r WHERE r.status = 'pending' GROUP BY 1
+    ), debt_ledger AS (
+        SELECT l.account_id,
+               sum(CASE l.kind WHEN 'debt' THEN -l.amount WHEN 'debt_refund' THEN -l.amount
+                               WHEN 'debt_payment' THEN l.amount END) AS debt
+          FROM credits.ledger l WHERE l.kind IN ('debt', 'debt_refund', 'debt_payment')
+         GROUP BY 1
+    ), period_usage AS (
+        SELECT a.account_id,
+               coalesce(-sum(l.amount) FILTER (WHERE l.kind IN ('charge', 'refund', 'debt', 'debt_refund')), 0) AS used,
+               coalesce(-sum(l.amount) FILTER (WHERE l.kind IN ('overage', 'overage_refund')), 0) AS overage
+          FROM credits.accounts a
+          JOIN credits.reservations r ON r.account_id = a.account_id AND r.period_start = a.period_start
+                                      AND r.status = 'committed'
+          JOIN credits.ledger l ON l.account_id = r.account_id AND l.reservation_id = r.reservation_id
+         GROUP BY 1
+    )
+    SELECT 'bucket balance equals its ledger rows', b.account_id,
+           format('bucket %s: stored %s, ledger %s', b.bucket_id, b.balance, coalesce(lb.amount, 0))
+      FROM credits.buckets b
+      LEFT JOIN ledger_by_bucket lb ON lb.account_id = b.account_id AND lb.bucket_id = b.bucket_id
+     WHERE b.balance <> coalesce(lb.amount, 0)
+    UNION ALL
+    SELECT 'ledger rows belong to a bucket of their account', lb.account_id,
+           format('bucket %s has ledger rows but no row in credits.buckets', lb.bucket_id)
+      FROM ledger_by_bucket lb
+     WHERE NOT EXISTS (SELECT 1 FROM credits.buckets b WHERE b.account_id = lb.account_id AND b.bucket_id = lb.bucket_id)
+    UNION ALL
+    SELECT 'bucket held equals its pending draws', b.account_id,
+           format('bucket %s: held %s, pending draws %s', b.bucket_id, b.held, coalesce(pd.amount, 0))
+      FROM credits.buckets b
+      LEFT JOIN pending_draws pd ON pd.account_id = b.account_id AND pd.bucket_id = b.bucket_id
+     WHERE b.held <> coalesce(pd.amount, 0)
+    UNION ALL
+    SELECT 'account balance and holds equal its buckets', a.account_id,
+           format('stored balance %s held %s, buckets balance %s held %s',
+                  a.balance, a.held, coalesce(ba.balance, 0), coalesce(ba.held, 0))
+      FROM credits.accounts a
+      LEFT JOIN by_account ba ON ba.account_id = a.account_id
+     WHERE a.balance <> coalesce(ba.balance, 0) OR a.held <> coalesce(ba.held, 0)
+    UNION ALL
+    SELECT 'account overage hold equals its pending reservations', a.account_id,
+           format('stored %s, pending reservations %s', a.overage_held, coalesce(po.overage, 0))
+      FROM credits.accounts a
+      LEFT JOIN pending_overage po ON po.account_id = a.account_id
+     WHERE a.overage_held <> coalesce(po.overage, 0)
+    UNION ALL
+    SELECT 'account debt equals its ledger rows', a.account_id,
+           format('stored %s, ledger %s', a.debt, coalesce(dl.debt, 0))
+      FROM credits.accounts a
+      LEFT JOIN debt_ledger dl ON dl.account_id = a.account_id
+     WHERE a.debt <> coalesce(dl.debt, 0)
+    UNION ALL
+    SELECT 'period usage equals the ledger rows of the period', a.account_id,
+           format('stored used %s overage %s, ledger used %s overage %s',
+                  a.period_used, a.period_overage, coalesce(pu.used, 0), coalesce(pu.overage, 0))
+      FROM credits.accounts a
+      LEFT JOIN period_usage pu ON pu.account_id = a.account_id
+     WHERE (a.period_used <> coalesce(pu.used, 0) OR a.period_overage <> coalesce(pu.overage, 0))
+       AND NOT a.byok
+    UNION ALL
+    SELECT 'account is within its limits', a.account_id,
+           format('held %s of balance %s, overage %s + held %s, allowance %s',
+                  a.held, a.balance, a.period_overage, a.overage_held,
+                  CASE WHEN coalesce(a.limit_mode, p.limit_mode) = 'soft' THEN coalesce(a.soft_limit, p.soft_limit) ELSE 0 END)
+      FROM credits.accounts a JOIN credits.plans p ON p.plan_id = a.plan_id
+     WHERE a.held > a.balance OR a.held < 0 OR a.period_overage < 0
+        OR (coalesce(a.limit_mode, p.limit_mode) = 'hard' AND a.overage_held > 0)
+    UNION ALL
+    SELECT 'account next_event is not after anything due', a.account_id,
+           format('next_event %s, earliest due %s', a.next_event,
+                  least(a.period_end, b.first_expiry, r.first_expiry))
+      FROM credits.accounts a
+      LEFT JOIN LATERAL (SELECT min(expires_at) AS first_expiry FROM credits.buckets b
+                          WHERE b.account_id = a.account_id AND b.balance > b.held AND b.expires_at IS NOT NULL) b ON true
+      LEFT JOIN LATERAL (SELECT min(expires_at) AS first_expiry FROM credits.reservations r
+                          WHERE r.account_id = a.account_id AND r.status = 'pending') r ON true
+     WHERE a.next_event > least(a.period_end, b.first_expiry, r.first_expiry)
+    UNION ALL
+    SELECT 'reservation state is consistent', r.account_id,
+           format('reservation %s (%s): amount %s, draws %s, overage %s, debt %s, charged %s, refunded %s',
+                  r.reservation_id, r.status, r.amount,
+                  (SELECT coalesce(sum(x), 0) FROM unnest(r.draw_amounts) x), r.overage, r.debt, r.charged, r.refunded)
+      FROM credits.reservations r
+     WHERE NOT r.byok AND CASE
+        WHEN r.status IN ('pending', 'released', 'expired') THEN
+             r.charged IS NOT NULL OR r.refunded <> 0 OR r.debt <> 0
+             OR r.amount <> (SELECT coalesce(sum(x), 0) FROM unnest(r.draw_amounts) x) + r.overage
+        ELSE r.charged IS NULL
+             OR r.charged <> (SELECT coalesce(sum(x), 0) FROM unnest(r.draw_amounts) x) + r.overage + r.debt
+        END
+    UNION ALL
+    SELECT 'committed charges equal their ledger rows', r.account_id,
+           format('reservation %s: charged %s, refunded %s, ledger %s', r.reservation_id, r.charged, r.refunded,
+                  coalesce(lr.amount, 0))
+      FROM credits.reservations r
+      LEFT JOIN LATERAL (SELECT -sum(l.amount) AS amount FROM credits.ledger l
+                          WHERE l.account_id = r.account_id AND l.reservation_id = r.reservation_id
+                            AND l.kind IN ('charge', 'overage', 'debt', 'refund', 'overage_refund', 'debt_refund')) lr ON true
+     WHERE r.status = 'committed' AND NOT r.byok AND r.charged - r.refunded <> coalesce(lr.amount, 0)
+$$;

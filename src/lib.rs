@@ -1,0 +1,102 @@
+//! `credits`: AI credits ledger for PostgreSQL.
+//!
+//! The ledger itself (tables, limits, reserve/commit/refund) is plain SQL in
+//! `sql/`, one concern per file, loaded below in dependency order. Rust holds
+//! what it does better: exact input validation (`input`), the pinned clock
+//! (`clock`), billing-period arithmetic (`period`) and JSON assembly
+//! (`balance`).
+
+use pgrx::prelude::*;
+
+mod balance;
+mod clock;
+mod input;
+mod period;
+
+pgrx::pg_module_magic!(name, version);
+
+/// The schema of every table, view and internal function.
+#[pg_schema]
+mod credits {}
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../sql/tables.sql",
+    name = "tables",
+    requires = ["bootstrap"]
+);
+extension_sql_file!("../sql/guards.sql", name = "guards", requires = ["tables"]);
+extension_sql_file!(
+    "../sql/errors.sql",
+    name = "errors",
+    requires = ["bootstrap"]
+);
+extension_sql_file!(
+    "../sql/housekeeping.sql",
+    name = "housekeeping",
+    requires = ["tables", "errors", clock::_now]
+);
+extension_sql_file!(
+    "../sql/state.sql",
+    name = "state",
+    requires = ["housekeeping"]
+);
+extension_sql_file!(
+    "../sql/idempotency.sql",
+    name = "idempotency",
+    requires = ["tables", "errors"]
+);
+extension_sql_file!(
+    "../sql/draw.sql",
+    name = "draw",
+    requires = ["housekeeping"]
+);
+extension_sql_file!(
+    "../sql/plans_accounts.sql",
+    name = "plans_accounts",
+    requires = [
+        "housekeeping",
+        input::_amount,
+        input::_ident,
+        period::_period_start,
+        period::_period_after
+    ]
+);
+extension_sql_file!(
+    "../sql/grant.sql",
+    name = "grant",
+    requires = ["plans_accounts", "idempotency"]
+);
+extension_sql_file!(
+    "../sql/reserve.sql",
+    name = "reserve",
+    requires = ["draw", "idempotency", "plans_accounts"]
+);
+extension_sql_file!(
+    "../sql/commit.sql",
+    name = "commit",
+    requires = ["draw", "reserve"]
+);
+extension_sql_file!(
+    "../sql/refund.sql",
+    name = "refund",
+    requires = ["draw", "reserve"]
+);
+extension_sql_file!("../sql/verify.sql", name = "verify", requires = ["state"]);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    clock::init();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
