@@ -1,0 +1,364 @@
+//! Integration tests: many client connections at once against a real
+//! cluster (started by scripts/test.sh, which sets CREDITS_TEST_URL).
+//! Each test gets its own database, so credits_verify() speaks of it alone.
+
+use postgres::{Client, NoTls};
+use std::collections::HashSet;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn base_url() -> String {
+    std::env::var("CREDITS_TEST_URL")
+        .expect("CREDITS_TEST_URL is not set: run the integration tests through scripts/test.sh")
+}
+
+/// A fresh database with the extension installed; returns its connection string.
+fn fresh_db(name: &str) -> String {
+    let mut admin = Client::connect(&format!("{} dbname=postgres", base_url()), NoTls).unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let url = format!("{} dbname={name}", base_url());
+    let mut client = Client::connect(&url, NoTls).unwrap();
+    client.batch_execute("CREATE EXTENSION credits").unwrap();
+    url
+}
+
+fn connect(url: &str) -> Client {
+    Client::connect(url, NoTls).unwrap()
+}
+
+/// The SQLSTATE of a failed call.
+fn sqlstate(e: &postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+fn assert_verify_empty(client: &mut Client) {
+    let rows = client
+        .query(
+            "SELECT invariant, account_id, detail FROM credits_verify()",
+            &[],
+        )
+        .unwrap();
+    let violations: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {} ({})",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2)
+            )
+        })
+        .collect();
+    assert!(
+        violations.is_empty(),
+        "credits_verify() found {violations:#?}"
+    );
+}
+
+fn setup_account(client: &mut Client, plan_sql: &str, account: &str, plan: &str) {
+    client.batch_execute(plan_sql).unwrap();
+    client
+        .execute(
+            "SELECT credits_account_upsert(account_id => $1, plan_id => $2)",
+            &[&account, &plan],
+        )
+        .unwrap();
+}
+
+/// Runs `n` closures on `n` connections released at the same instant.
+fn race<T: Send + 'static>(
+    url: &str,
+    n: usize,
+    f: impl Fn(usize, &mut Client) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let barrier = Arc::new(Barrier::new(n));
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, f, url) = (barrier.clone(), f.clone(), url.to_string());
+            thread::spawn(move || {
+                let mut client = connect(&url);
+                barrier.wait();
+                f(i, &mut client)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn reserve(
+    client: &mut Client,
+    account: &str,
+    amount: &str,
+    key: Option<&str>,
+) -> Result<String, String> {
+    client
+        .query_one(
+            "SELECT credits_reserve(account_id => $1, amount => $2::text::numeric, product => 'editor', \
+             idempotency_key => $3)::text",
+            &[&account, &amount, &key],
+        )
+        .map(|row| row.get::<_, String>(0))
+        .map_err(|e| sqlstate(&e))
+}
+
+#[test]
+fn exactly_floor_of_balance_over_amount_reserves_succeed() {
+    let url = fresh_db("it_floor");
+    let mut client = connect(&url);
+    setup_account(
+        &mut client,
+        "SELECT credits_plan_upsert(plan_id => 'p', allocation => 100)",
+        "acme",
+        "p",
+    );
+    // Half of the callers take the hot path, half the general one (a key).
+    let results = race(&url, 40, |i, c| {
+        let key = format!("k{i}");
+        reserve(c, "acme", "7", (i % 2 == 0).then_some(key.as_str()))
+    });
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let refused: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(
+        ok, 14,
+        "100 / 7 = 14 reserves must succeed, got {ok}: {results:?}"
+    );
+    assert!(
+        refused.iter().all(|s| *s == "CR001"),
+        "refusals must be CR001: {refused:?}"
+    );
+    let free: String = client
+        .query_one(
+            "SELECT (balance - held)::text FROM credits.accounts WHERE account_id = 'acme'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(free.parse::<f64>().unwrap(), 2.0);
+    assert_verify_empty(&mut client);
+}
+
+#[test]
+fn soft_limit_allows_exactly_the_allowance_of_overage() {
+    let url = fresh_db("it_soft");
+    let mut client = connect(&url);
+    setup_account(
+        &mut client,
+        "SELECT credits_plan_upsert(plan_id => 'p', allocation => 50, limit_mode => 'soft', soft_limit => 10)",
+        "acme",
+        "p",
+    );
+    let results = race(&url, 40, |_, c| reserve(c, "acme", "3", None));
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(
+        ok, 20,
+        "(50 + 10) / 3 = 20 reserves must succeed: {results:?}"
+    );
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|s| s == "CR001"));
+    let row = client
+        .query_one(
+            "SELECT overage_held::text, held::text, balance::text FROM credits.accounts WHERE account_id = 'acme'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0).parse::<f64>().unwrap(), 10.0);
+    assert_eq!(row.get::<_, String>(1).parse::<f64>().unwrap(), 50.0);
+    assert_verify_empty(&mut client);
+}
+
+#[test]
+fn commit_refund_and_expiry_racing_on_one_reservation_give_one_outcome() {
+    let url = fresh_db("it_race");
+    let mut client = connect(&url);
+    setup_account(
+        &mut client,
+        "SELECT credits_plan_upsert(plan_id => 'p', allocation => 100000)",
+        "acme",
+        "p",
+    );
+    let n = 24;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let id: String = client
+            .query_one(
+                "SELECT credits_reserve(account_id => 'acme', amount => 10, product => 'editor', \
+                 ttl => '150 milliseconds')::text",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        ids.push(id);
+    }
+    let ids = Arc::new(ids);
+    // Connection 2k commits reservation k, connection 2k+1 refunds it; the
+    // later pairs start after the hold may have expired.
+    let shared = ids.clone();
+    let results = race(&url, 2 * n, move |i, c| {
+        let id = &shared[i / 2];
+        thread::sleep(Duration::from_millis(((i / 2) * 15) as u64));
+        let sql = if i % 2 == 0 {
+            "SELECT credits_commit(reservation_id => $1::text::uuid, amount => 8)::text"
+        } else {
+            "SELECT credits_refund(reservation_id => $1::text::uuid)::text"
+        };
+        c.query_one(sql, &[id])
+            .map(|r| r.get::<_, String>(0))
+            .map_err(|e| sqlstate(&e))
+    });
+    for k in 0..n {
+        let (commit, refund) = (&results[2 * k], &results[2 * k + 1]);
+        let row = client
+            .query_one(
+                "SELECT status, coalesce(charged, 0)::text, refunded::text FROM credits.reservations \
+                 WHERE reservation_id = $1::text::uuid",
+                &[&ids[k]],
+            )
+            .unwrap();
+        let (status, charged, refunded): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        let (charged, refunded) = (
+            charged.parse::<f64>().unwrap(),
+            refunded.parse::<f64>().unwrap(),
+        );
+        match (commit, refund) {
+            // Commit first, then the refund returned all of it.
+            (Ok(c), Ok(r)) => {
+                assert_eq!(status, "committed");
+                assert_eq!(c.parse::<f64>().unwrap(), 8.0);
+                assert_eq!(r.parse::<f64>().unwrap(), 8.0);
+                assert_eq!((charged, refunded), (8.0, 8.0));
+            }
+            // Refund released the hold first; the commit found it released.
+            (Err(c), Ok(r)) => {
+                assert_eq!(c, "CR005");
+                assert_eq!(status, "released");
+                assert_eq!(r.parse::<f64>().unwrap(), 10.0);
+            }
+            // The hold expired first: the refund had nothing to give back,
+            // the commit was judged as new usage.
+            (Ok(c), Err(r)) => {
+                assert_eq!(r, "CR005");
+                assert_eq!(status, "committed");
+                assert_eq!(c.parse::<f64>().unwrap(), 8.0);
+                assert_eq!((charged, refunded), (8.0, 0.0));
+            }
+            (Err(c), Err(r)) => panic!("reservation {k}: both failed ({c}, {r})"),
+        }
+    }
+    assert_verify_empty(&mut client);
+}
+
+#[test]
+fn the_same_idempotency_key_from_many_connections_gives_one_effect() {
+    let url = fresh_db("it_idem");
+    let mut client = connect(&url);
+    setup_account(
+        &mut client,
+        "SELECT credits_plan_upsert(plan_id => 'p', allocation => 100)",
+        "acme",
+        "p",
+    );
+    let reserves = race(&url, 32, |_, c| reserve(c, "acme", "5", Some("request-42")));
+    let ids: HashSet<String> = reserves.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(ids.len(), 1, "every replay returns the first reservation");
+    let grants = race(&url, 32, |_, c| {
+        c.query_one(
+            "SELECT credits_grant(account_id => 'acme', amount => 20, kind => 'pack', \
+             idempotency_key => 'payment-7')::text",
+            &[],
+        )
+        .map(|r| r.get::<_, String>(0))
+        .map_err(|e| sqlstate(&e))
+    });
+    let buckets: HashSet<String> = grants.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(buckets.len(), 1, "every replay returns the first bucket");
+    let counts = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM credits.reservations), \
+                    (SELECT count(*) FROM credits.buckets WHERE kind = 'pack')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(counts.get::<_, i64>(0), 1);
+    assert_eq!(counts.get::<_, i64>(1), 1);
+    assert_verify_empty(&mut client);
+}
+
+#[test]
+fn a_mixed_workload_on_few_accounts_never_deadlocks_or_breaks_an_invariant() {
+    let url = fresh_db("it_mixed");
+    let mut client = connect(&url);
+    client
+        .batch_execute(
+            "SELECT credits_plan_upsert(plan_id => 'hard', allocation => 500);
+             SELECT credits_plan_upsert(plan_id => 'soft', allocation => 300, limit_mode => 'soft', soft_limit => 50);
+             SELECT credits_account_upsert(account_id => 'a' || i, plan_id => CASE WHEN i % 2 = 0 THEN 'hard' ELSE 'soft' END)
+               FROM generate_series(1, 4) i;",
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let results = race(&url, 32, move |i, c| {
+        let mut seen: Vec<String> = Vec::new();
+        let mut n = i as u64;
+        while Instant::now() < deadline {
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let account = format!("a{}", 1 + (n >> 33) % 4);
+            let amount = format!("{}", 1 + (n >> 40) % 9);
+            let outcome = match (n >> 20) % 6 {
+                0 => c
+                    .query_one(
+                        "SELECT credits_grant(account_id => $1, amount => $2::text::numeric, kind => 'topup')::text",
+                        &[&account, &amount],
+                    )
+                    .map(|_| ()),
+                _ => match reserve(c, &account, &amount, None) {
+                    Ok(id) => {
+                        let sql = match (n >> 12) % 4 {
+                            0 => "SELECT credits_refund(reservation_id => $1::text::uuid)::text",
+                            1 => "SELECT credits_commit(reservation_id => $1::text::uuid, amount => 0)::text",
+                            2 => "SELECT credits_commit(reservation_id => $1::text::uuid, amount => $2::text::numeric * 2, force => true)::text",
+                            _ => "SELECT credits_commit(reservation_id => $1::text::uuid)::text",
+                        };
+                        let r = if sql.contains("$2") {
+                            c.query_one(sql, &[&id, &amount])
+                        } else {
+                            c.query_one(sql, &[&id])
+                        };
+                        r.map(|_| ())
+                    }
+                    Err(state) => {
+                        seen.push(state);
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = outcome {
+                seen.push(sqlstate(&e));
+            }
+        }
+        seen
+    });
+    let states: Vec<String> = results.into_iter().flatten().collect();
+    let unexpected: Vec<&String> = states
+        .iter()
+        .filter(|s| !["CR001", "CR008"].contains(&s.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected failures (deadlocks?): {unexpected:?}"
+    );
+    assert_verify_empty(&mut client);
+}
