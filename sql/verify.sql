@@ -89,7 +89,6 @@ AS $$
                   CASE WHEN coalesce(a.limit_mode, p.limit_mode) = 'soft' THEN coalesce(a.soft_limit, p.soft_limit) ELSE 0 END)
       FROM credits.accounts a JOIN credits.plans p ON p.plan_id = a.plan_id
      WHERE a.held > a.balance OR a.held < 0 OR a.period_overage < 0
-        OR (coalesce(a.limit_mode, p.limit_mode) = 'hard' AND a.overage_held > 0)
     UNION ALL
     SELECT 'account next_event is not after anything due', a.account_id,
            format('next_event %s, earliest due %s', a.next_event,

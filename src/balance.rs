@@ -90,25 +90,15 @@ fn iso(column: &str) -> String {
     format!("to_char({column} AT TIME ZONE 'UTC', {ISO})")
 }
 
-/// Balance and history of one account as jsonb: `summary` (the usage ring),
-/// `buckets` (live credit buckets in consumption order) and `transactions`
-/// (the most recent ledger rows). Reads only, so it works in read-only
-/// transactions and on standbys.
-#[pg_extern(stable, security_definer)]
+/// Assembles the jsonb of `credits_balance(account_id)` (sql/balance.sql),
+/// which checks the account first: an error raised with one of our own
+/// SQLSTATEs inside SPI would reach the caller as XX000 through pgrx.
+/// `summary` is the usage ring, `buckets` the live credit buckets in
+/// consumption order, `transactions` the most recent ledger rows. Reads
+/// only, so it works in read-only transactions and on standbys.
+#[pg_extern(stable, schema = "credits")]
 #[search_path(pg_catalog, pg_temp)]
-pub fn credits_balance(account_id: Option<&str>) -> JsonB {
-    let Some(account_id) = account_id else {
-        ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "account_id must not be NULL",
-            "credits_balance",
-        )
-        .set_detail("account_id is required.")
-        .set_hint("Pass the account whose balance you want.")
-        .report(PgLogLevel::ERROR);
-        unreachable!("ERROR does not return")
-    };
-
+pub fn _balance_json(account_id: &str) -> JsonB {
     let summary_sql = format!(
         "SELECT s.account_id, s.plan_id, s.byok, \
                 trim_scale(s.allocation)::text, trim_scale(s.used)::text, \

@@ -181,3 +181,32 @@ mod unit {
         );
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn amount_passes_valid_values_through_unchanged() {
+        let back =
+            Spi::get_one::<String>("SELECT credits._amount(12.500000, 'amount', false)::text")
+                .unwrap();
+        assert_eq!(back.as_deref(), Some("12.500000"));
+    }
+
+    #[pg_test(error = "amount must be a finite number")]
+    fn amount_refuses_nan() {
+        Spi::run("SELECT credits._amount('NaN', 'amount', false)").unwrap();
+    }
+
+    #[pg_test(error = "amount is out of range")]
+    fn amount_refuses_values_beyond_numeric_20_6() {
+        Spi::run("SELECT credits._amount(1e30, 'amount', false)").unwrap();
+    }
+
+    #[pg_test(error = "product is too long")]
+    fn ident_refuses_long_labels() {
+        Spi::run("SELECT credits._ident(repeat('x', 300), 'product', 255)").unwrap();
+    }
+}

@@ -82,6 +82,11 @@ extension_sql_file!(
     name = "refund",
     requires = ["draw", "reserve"]
 );
+extension_sql_file!(
+    "../sql/balance.sql",
+    name = "balance",
+    requires = ["state", balance::_balance_json]
+);
 extension_sql_file!("../sql/verify.sql", name = "verify", requires = ["state"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 

@@ -247,3 +247,31 @@ mod unit {
         );
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn sql_period_functions_compute_in_utc_whatever_the_session_time_zone() {
+        Spi::run("SET TimeZone = 'Pacific/Kiritimati'").unwrap();
+        let end = Spi::get_one::<bool>(
+            "SELECT credits._period_after('2026-01-31 08:00+00', 'billing_date', '2026-02-10 00:00+00') \
+                    = '2026-02-28 08:00+00'::timestamptz",
+        )
+        .unwrap();
+        assert_eq!(end, Some(true));
+        let start = Spi::get_one::<bool>(
+            "SELECT credits._period_start('2026-01-31 08:00+00', 'calendar_month', '2026-03-01 00:00:00+00') \
+                    = '2026-03-01 00:00+00'::timestamptz",
+        )
+        .unwrap();
+        assert_eq!(start, Some(true));
+    }
+
+    #[pg_test(error = "unknown reset \"weekly\"")]
+    fn sql_period_functions_refuse_unknown_reset_rules() {
+        Spi::run("SELECT credits._period_after(now(), 'weekly', now())").unwrap();
+    }
+}

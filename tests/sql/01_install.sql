@@ -1,0 +1,41 @@
+\ir helpers.inc
+SELECT plan(16);
+
+SELECT has_schema('credits');
+SELECT tables_are('credits', ARRAY['plans', 'accounts', 'buckets', 'reservations', 'ledger', 'idempotency_keys']);
+SELECT has_role('credits_admin');
+SELECT has_role('credits_app');
+SELECT has_role('credits_reader');
+
+CREATE ROLE credits_test_nobody;
+SELECT ok(NOT has_function_privilege('credits_test_nobody', 'credits_reserve(text,numeric,text,text,text,interval,jsonb)', 'EXECUTE'),
+          'PUBLIC cannot reserve');
+SELECT ok(NOT has_function_privilege('credits_test_nobody', 'credits._housekeep(text,timestamptz)', 'EXECUTE'),
+          'PUBLIC cannot call internal functions');
+SELECT ok(has_function_privilege('credits_app', 'credits_reserve(text,numeric,text,text,text,interval,jsonb)', 'EXECUTE'),
+          'the app role can reserve');
+SELECT ok(NOT has_function_privilege('credits_app', 'credits_grant(text,numeric,text,timestamptz,text,jsonb)', 'EXECUTE'),
+          'the app role cannot grant');
+SELECT ok(NOT has_function_privilege('credits_reader', 'credits_commit(uuid,numeric,boolean,text)', 'EXECUTE'),
+          'the reader role cannot commit');
+SELECT is((SELECT count(*) FROM pg_catalog.pg_tables t, unnest(ARRAY['credits_admin', 'credits_app', 'credits_reader']) r
+            WHERE t.schemaname = 'credits'
+              AND (has_table_privilege(r, format('credits.%I', t.tablename), 'INSERT')
+                OR has_table_privilege(r, format('credits.%I', t.tablename), 'UPDATE')
+                OR has_table_privilege(r, format('credits.%I', t.tablename), 'DELETE'))),
+          0::bigint, 'no role but the owner writes the tables');
+SELECT is((SELECT count(*) FROM pg_catalog.pg_proc p
+            WHERE p.prosecdef AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')),
+          0::bigint, 'every SECURITY DEFINER function pins search_path');
+SELECT is((SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = 'public' AND p.proname LIKE 'credits\_%' AND obj_description(p.oid, 'pg_proc') IS NULL),
+          0::bigint, 'every API function has a comment');
+SELECT is((SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = 'public' AND p.proname LIKE 'credits\_%' AND p.proisstrict),
+          0::bigint, 'no API function is STRICT (NULL must raise 22004, not return NULL)');
+SELECT is((SELECT cardinality(extconfig) FROM pg_catalog.pg_extension WHERE extname = 'credits'),
+          7, 'every data table and the ledger sequence are dumped by pg_dump');
+SELECT is((SELECT extrelocatable FROM pg_catalog.pg_extension WHERE extname = 'credits'), false, 'not relocatable');
+
+SELECT * FROM finish();
+ROLLBACK;

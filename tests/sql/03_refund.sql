@@ -1,0 +1,57 @@
+\ir helpers.inc
+SELECT plan(23);
+
+SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
+
+-- Refund of a pending reservation releases it whole.
+SELECT credits_reserve(account_id => 'acme', amount => 40, product => 'images')::text AS r1 \gset
+SELECT is(credits_refund(reservation_id => :'r1', reason => 'provider timeout'), 40::numeric,
+          'refund of a pending reservation releases all it holds');
+SELECT is(pg_temp.fig('acme', 'available'), 100::numeric, 'the hold is available again');
+SELECT is((SELECT status FROM credits.reservations WHERE reservation_id = :'r1'), 'released', 'the reservation is released');
+SELECT is((SELECT metadata->>'reason' FROM credits.reservations WHERE reservation_id = :'r1'), 'provider timeout',
+          'the reason is kept');
+SELECT throws_ok(format('SELECT credits_refund(reservation_id => %L)', :'r1'), 'CR005', NULL,
+                 'a released reservation has nothing left to refund');
+
+-- Refund of a committed one: up to what was charged.
+SELECT credits_reserve(account_id => 'acme', amount => 30, product => 'editor')::text AS r2 \gset
+SELECT credits_commit(reservation_id => :'r2');
+SELECT is(credits_refund(reservation_id => :'r2', amount => 10), 10::numeric, 'a partial refund returns that much');
+SELECT is(pg_temp.fig('acme', 'used'), 20::numeric, 'the period usage goes down');
+SELECT is(pg_temp.fig('acme', 'available'), 80::numeric, 'and the credits come back');
+SELECT pg_temp.state() AS before \gset
+SELECT throws_ok(format('SELECT credits_refund(reservation_id => %L, amount => 21)', :'r2'), 'CR012', NULL,
+                 'an explicit refund larger than what is left fails');
+SELECT is(pg_temp.state(), :'before', 'and changes nothing');
+SELECT is(credits_refund(reservation_id => :'r2'), 20::numeric, 'refund without amount returns all that is left');
+SELECT is(credits_refund(reservation_id => :'r2'), 0::numeric, 'and 0 once nothing is left');
+SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L)', :'r2'), 'CR005', NULL,
+                 'a refunded reservation cannot be committed again');
+SELECT is(pg_temp.fig('acme', 'used'), 0::numeric, 'usage is back to 0');
+
+-- A share drawn from a bucket that has expired since is written off, not resurrected.
+SELECT credits_grant(account_id => 'acme', amount => 50, kind => 'promo', expires_at => '2026-03-15 00:00+00')::text AS promo \gset
+SELECT credits_reserve(account_id => 'acme', amount => 120, product => 'editor')::text AS r3 \gset
+SELECT credits_commit(reservation_id => :'r3');
+SELECT is((SELECT array_length(draw_buckets, 1) FROM credits.reservations WHERE reservation_id = :'r3'), 2,
+          'the charge drew from the allocation and the promo');
+SET LOCAL credits.now = '2026-03-20 12:00:00+00';
+SELECT is(credits_refund(reservation_id => :'r3'), 120::numeric, 'the whole charge is refunded');
+SELECT is(pg_temp.fig('acme', 'available'), 100::numeric, 'only the allocation share comes back');
+SELECT is((SELECT balance FROM credits.buckets WHERE bucket_id = :'promo'), 0::numeric, 'the expired promo stays empty');
+SELECT ok(EXISTS (SELECT 1 FROM credits.ledger WHERE reservation_id = :'r3' AND kind = 'expire' AND amount = -20),
+          'with an expiry row for the written-off share');
+
+-- Refund idempotency.
+SELECT credits_reserve(account_id => 'acme', amount => 10, product => 'seo')::text AS r4 \gset
+SELECT credits_commit(reservation_id => :'r4');
+SELECT is(credits_refund(reservation_id => :'r4', amount => 4, idempotency_key => 'rf-1'), 4::numeric, 'a keyed refund');
+SELECT is(credits_refund(reservation_id => :'r4', amount => 4, idempotency_key => 'rf-1'), 4::numeric,
+          'its replay returns the first result');
+SELECT is((SELECT refunded FROM credits.reservations WHERE reservation_id = :'r4'), 4::numeric, 'and refunds once');
+SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,73 @@
+\ir helpers.inc
+SELECT plan(29);
+
+SELECT credits_plan_upsert(plan_id => 'hard', allocation => 100, reset => 'calendar_month');
+SELECT credits_plan_upsert(plan_id => 'soft', allocation => 100, reset => 'calendar_month',
+                           limit_mode => 'soft', soft_limit => 20, overage_rate => 1.5);
+SELECT credits_account_upsert(account_id => 'h', plan_id => 'hard');
+SELECT credits_account_upsert(account_id => 's', plan_id => 'soft');
+
+-- Hard limit: no trace of a refused reserve.
+SELECT credits_reserve(account_id => 'h', amount => 90, product => 'editor')::text AS h1 \gset
+SELECT pg_temp.state() AS before \gset
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'h', amount => 11, product => 'editor')$$, 'CR001',
+                 'insufficient credits for account "h"', 'a reserve beyond the hard limit fails');
+SELECT is(pg_temp.state(), :'before', 'and leaves no trace');
+SELECT lives_ok($$SELECT credits_reserve(account_id => 'h', amount => 10, product => 'editor')$$, 'exactly the rest fits');
+
+-- Soft limit: overage up to soft_limit, tracked separately with the rate.
+SELECT credits_reserve(account_id => 's', amount => 110, product => 'editor')::text AS s1 \gset
+SELECT is((SELECT overage FROM credits.reservations WHERE reservation_id = :'s1'), 10::numeric,
+          'past every bucket the hold is overage');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 's', amount => 11, product => 'editor')$$, 'CR001', NULL,
+                 'overage stops at the soft limit');
+SELECT credits_commit(reservation_id => :'s1');
+SELECT is(pg_temp.fig('s', 'overage'), 10::numeric, 'committed overage is reported separately');
+SELECT is(pg_temp.fig('s', 'used'), 100::numeric, 'used counts the buckets');
+SELECT results_eq($$SELECT amount, rate FROM credits.ledger WHERE kind = 'overage'$$,
+                  $$VALUES (-10::numeric, 1.5::numeric)$$, 'overage rows carry the plan''s rate');
+SELECT credits_reserve(account_id => 's', amount => 10, product => 'editor')::text AS s2 \gset
+SELECT is(pg_temp.fig('s', 'overage_available'), 0::numeric, 'the soft allowance is used up');
+SELECT is(credits_refund(reservation_id => :'s1', amount => 5), 5::numeric, 'a refund ...');
+SELECT is(pg_temp.fig('s', 'overage'), 5::numeric, '... takes overage down first');
+SELECT is(pg_temp.fig('s', 'used'), 100::numeric, '... before bucket usage');
+
+-- Per-account override of the plan's limit.
+SELECT credits_account_upsert(account_id => 'h', limit_mode => 'soft', soft_limit => 5);
+SELECT lives_ok($$SELECT credits_reserve(account_id => 'h', amount => 5, product => 'editor')$$,
+                'an account override turns the hard plan soft for that account');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'h', amount => 1, product => 'editor')$$, 'CR001', NULL,
+                 'up to its own soft limit');
+SELECT credits_account_upsert(account_id => 'h', limit_mode => 'plan');
+SELECT is(credits_balance('h') #>> '{summary,limit_mode}', 'hard', 'limit_mode => plan goes back to the plan''s rule');
+
+-- The guards refuse direct writes that break a limit, even by the owner.
+SELECT throws_ok($$UPDATE credits.accounts SET held = balance + 1 WHERE account_id = 'h'$$, '23514', NULL,
+                 'a hold beyond the stored balance is refused by CHECK');
+SELECT throws_ok($$UPDATE credits.buckets SET held = balance + 1 WHERE account_id = 'h'$$, '23514', NULL,
+                 'a bucket hold beyond its balance is refused by CHECK');
+SELECT throws_ok($$UPDATE credits.accounts SET period_overage = 1000 WHERE account_id = 's'$$, 'CR001', NULL,
+                 'overage beyond the soft allowance is refused by trigger');
+SELECT throws_ok($$UPDATE credits.ledger SET amount = 0$$, 'CR013', NULL, 'ledger rows cannot be updated');
+SELECT throws_ok($$DELETE FROM credits.ledger$$, 'CR013', NULL, 'ledger rows cannot be deleted');
+SELECT throws_ok($$TRUNCATE credits.ledger$$, 'CR013', NULL, 'the ledger cannot be truncated');
+
+-- Holds expire lazily: reads stop counting them at once, the next write records it.
+SELECT credits_account_upsert(account_id => 'e', plan_id => 'hard');
+SELECT credits_reserve(account_id => 'e', amount => 60, product => 'editor', ttl => '1 minute')::text AS e1 \gset
+SET LOCAL credits.now = '2026-03-10 12:01:00+00';
+SELECT is(pg_temp.fig('e', 'available'), 100::numeric, 'a hold past its ttl no longer counts');
+SELECT is((SELECT status FROM credits.reservations WHERE reservation_id = :'e1'), 'pending', 'reads do not write');
+SELECT lives_ok($$SELECT credits_reserve(account_id => 'e', amount => 70, product => 'editor')$$,
+                'a reserve can use the expired hold''s credits');
+SELECT is((SELECT status FROM credits.reservations WHERE reservation_id = :'e1'), 'expired',
+          'the write path marked the hold expired');
+SELECT ok(EXISTS (SELECT 1 FROM credits.ledger WHERE reservation_id = :'e1' AND kind = 'hold_expired'),
+          'with a ledger row');
+SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L)', :'e1'), 'CR001', NULL,
+                 'committing an expired hold is judged as new usage: 60 does not fit in 30');
+SELECT is(credits_commit(reservation_id => :'e1', amount => 30), 30::numeric, 'but 30 does');
+SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,49 @@
+\ir helpers.inc
+SELECT plan(18);
+
+SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'billing_date');
+SELECT credits_plan_upsert(plan_id => 'team', allocation => 50);
+SELECT credits_plan_upsert(plan_id => 'mini', allocation => 10);
+
+-- Billing-date periods follow the anchor; a 31st falls on the month's last day.
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro', billing_anchor => '2026-01-31 08:00+00');
+SELECT is(credits_balance('acme') #>> '{summary,period_start}', '2026-02-28T08:00:00.000000Z', 'period start on Feb 28');
+SELECT is(credits_balance('acme') #>> '{summary,period_end}', '2026-03-31T08:00:00.000000Z', 'period end back on the 31st');
+SELECT is((credits_balance('acme') #>> '{summary,days_until_reset}')::int, 21, 'days until reset');
+SELECT is(pg_temp.fig('acme', 'allocation'), 100::numeric, 'full allocation for a partial first period');
+
+-- Plan changes take effect at once: new allocation less what was used.
+SELECT credits_commit(credits_reserve(account_id => 'acme', amount => 30, product => 'editor'));
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'team');
+SELECT is(pg_temp.fig('acme', 'available'), 20::numeric, 'downgrade: 50 less the 30 used');
+SELECT is(pg_temp.fig('acme', 'allocation'), 50::numeric, 'the allocation is the new plan''s');
+SELECT ok(EXISTS (SELECT 1 FROM credits.ledger WHERE account_id = 'acme' AND kind = 'plan_change' AND amount = -50),
+          'as one plan_change ledger row');
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'mini');
+SELECT is(pg_temp.fig('acme', 'available'), 0::numeric, 'never below zero');
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
+SELECT is(pg_temp.fig('acme', 'available'), 70::numeric, 'upgrade: 100 less the 30 used');
+SELECT credits_plan_upsert(plan_id => 'cal', allocation => 100, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'cal');
+SELECT is(credits_balance('acme') #>> '{summary,period_end}', '2026-04-01T00:00:00.000000Z',
+          'moving to a calendar plan ends the period on the 1st');
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
+
+-- NULL keeps what is there.
+SELECT credits_account_upsert(account_id => 'acme');
+SELECT is((SELECT plan_id FROM credits.accounts WHERE account_id = 'acme'), 'pro', 'NULL plan keeps the plan');
+
+-- BYOK: logged, never blocked, no balance effect.
+SELECT credits_account_upsert(account_id => 'own-keys', plan_id => 'mini', byok => true);
+SELECT is(pg_temp.fig('own-keys', 'available'), 0::numeric, 'a BYOK account has no allocation');
+SELECT credits_reserve(account_id => 'own-keys', amount => 5000, product => 'editor')::text AS b1 \gset
+SELECT is(credits_commit(reservation_id => :'b1', amount => 7000), 7000::numeric, 'BYOK usage is never blocked');
+SELECT is((SELECT count(*) FROM credits.ledger WHERE account_id = 'own-keys'), 0::bigint, 'and has no balance effect');
+SELECT ok((SELECT byok AND charged = 7000 FROM credits.reservations WHERE reservation_id = :'b1'), 'it is logged as BYOK usage');
+SELECT throws_ok($$SELECT credits_grant(account_id => 'own-keys', amount => 5)$$, 'CR014', NULL, 'BYOK accounts take no grants');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'own-keys', amount => 'NaN', product => 'editor')$$, '22023', NULL,
+                 'BYOK reserves still check their input');
+SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
+
+SELECT * FROM finish();
+ROLLBACK;
