@@ -11,10 +11,7 @@ DECLARE
     v_account text := credits._ident(credits_balance.account_id, 'account_id', 255);
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM credits.accounts WHERE account_id = v_account) THEN
-        PERFORM credits._raise('CR002',
-            format('unknown account "%s"', v_account),
-            'No credits account has this account_id.',
-            'Create it first with credits_account_upsert(account_id => ..., plan_id => ...).');
+        PERFORM credits._unknown_account(v_account);
     END IF;
     RETURN credits._balance_json(v_account);
 END

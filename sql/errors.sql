@@ -66,3 +66,14 @@ BEGIN
     RETURN value;
 END
 $$;
+
+-- CR002, for every path that meets an account_id it does not know.
+CREATE FUNCTION credits._unknown_account(p_account text) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT credits._raise('CR002',
+        format('unknown account "%s"', p_account),
+        'No credits account has this account_id.',
+        'Create it first with credits_account_upsert(account_id => ..., plan_id => ...).')
+$$;

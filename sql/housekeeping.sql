@@ -2,7 +2,8 @@
 -- next_event (the earliest period end, bucket expiry or hold expiry; a lower
 -- bound) has come: holds past their ttl are released, periods are rolled in
 -- order (rollover, expiry, new allocation), expired buckets are written off.
--- Every step is a ledger row dated when it logically happened.
+-- The rules live in src/roll.rs; every step is a ledger row dated when it
+-- logically happened.
 
 -- A new bucket and its grant row; new credit first pays off any debt.
 CREATE FUNCTION credits._new_bucket(
@@ -66,95 +67,74 @@ BEGIN
 END
 $$;
 
--- Writes off the free part of every bucket that expired by p_at.
-CREATE FUNCTION credits._expire_buckets(p_account text, p_at timestamptz) RETURNS numeric
-LANGUAGE sql
+-- What bringing the account up to p_now involves, as the jsonb input of
+-- credits._roll_plan() (src/roll.rs): the account, its plan, its buckets
+-- with credits in them and its pending holds whose ttl has passed.
+CREATE FUNCTION credits._roll_input(p_account text, p_now timestamptz) RETURNS jsonb
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH due AS (
-        SELECT bucket_id, balance - held AS free, expires_at
-          FROM credits.buckets
-         WHERE account_id = p_account AND expires_at <= p_at AND balance > held
-         ORDER BY priority, expires_at, created_at, bucket_id
-    ), written AS (
-        UPDATE credits.buckets b SET balance = b.held
-          FROM due
-         WHERE b.account_id = p_account AND b.bucket_id = due.bucket_id
-        RETURNING due.bucket_id, due.free, due.expires_at
-    ), logged AS (
-        INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, actor, created_at)
-        SELECT p_account, 'expire', -free, bucket_id, credits._actor(), expires_at FROM written
-        RETURNING amount
-    )
-    SELECT coalesce(-sum(amount), 0) FROM logged
+    SELECT jsonb_build_object(
+        'now', p_now, 'period_start', a.period_start, 'period_end', a.period_end,
+        'anchor', a.billing_anchor, 'reset', p.reset, 'allocation', p.allocation,
+        'rollover_cap', p.rollover_cap, 'byok', a.byok, 'debt', a.debt,
+        'buckets', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'id', b.bucket_id, 'kind', b.kind, 'priority', b.priority, 'balance', b.balance,
+                       'held', b.held, 'expires_at', b.expires_at, 'created_at', b.created_at)
+                   ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id)
+              FROM credits.buckets b
+             WHERE b.account_id = p_account AND (b.balance > 0 OR b.held > 0)), '[]'),
+        'holds', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'id', r.reservation_id, 'expires_at', r.expires_at, 'overage', r.overage,
+                       'buckets', r.draw_buckets, 'amounts', r.draw_amounts))
+              FROM credits.reservations r
+             WHERE r.account_id = p_account AND r.status = 'pending' AND r.expires_at <= p_now), '[]'))
+      FROM credits.accounts a
+      JOIN credits.plans p ON p.plan_id = a.plan_id
+     WHERE a.account_id = p_account
 $$;
 
--- Brings a locked account up to p_now. Events are applied in time order:
--- holds that expired before a period boundary are released before the
--- period rolls, so a late run gives exactly what on-time runs would have.
-CREATE FUNCTION credits._housekeep(p_account text, p_now timestamptz) RETURNS void
+-- Brings a locked account up to p_now by applying the plan of
+-- credits._roll_plan(): new buckets, bucket balances, ledger rows, expired
+-- holds, the new period. Returns how many periods were rolled.
+CREATE FUNCTION credits._housekeep(p_account text, p_now timestamptz) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    a          credits.accounts;
-    p          credits.plans;
-    r          record;
-    rel        record;
-    nb         record;
-    v_boundary timestamptz;
-    v_carry    numeric;
+    v       jsonb := credits._roll_plan(credits._roll_input(p_account, p_now));
+    v_actor text  := credits._actor();
+    v_end   timestamptz := (v->>'period_end')::timestamptz;
+    v_reset boolean := (v->>'rolled')::integer > 0;
 BEGIN
-    SELECT * INTO a FROM credits.accounts WHERE account_id = p_account;
-    SELECT * INTO p FROM credits.plans WHERE plan_id = a.plan_id;
-    LOOP
-        FOR r IN
-            SELECT reservation_id, draw_buckets, draw_amounts, overage, expires_at
-              FROM credits.reservations
-             WHERE account_id = p_account AND status = 'pending'
-               AND expires_at <= least(a.period_end, p_now)
-             ORDER BY expires_at, reservation_id
-        LOOP
-            SELECT * INTO rel FROM credits._release_draws(p_account, r.reservation_id, r.draw_buckets, r.draw_amounts, r.expires_at);
-            a.held := a.held - rel.released;
-            a.balance := a.balance - rel.written_off;
-            a.overage_held := a.overage_held - r.overage;
-            UPDATE credits.reservations SET status = 'expired', resolved_at = r.expires_at
-             WHERE reservation_id = r.reservation_id AND account_id = p_account;
-            INSERT INTO credits.ledger (account_id, kind, amount, reservation_id, actor, created_at)
-            VALUES (p_account, 'hold_expired', 0, r.reservation_id, credits._actor(), r.expires_at);
-        END LOOP;
-        EXIT WHEN a.period_end > p_now;
-
-        -- Roll the period at its boundary.
-        v_boundary := a.period_end;
-        SELECT least(coalesce(sum(balance - held), 0), p.rollover_cap) INTO v_carry
-          FROM credits.buckets
-         WHERE account_id = p_account AND kind IN ('allocation', 'rollover') AND expires_at <= v_boundary;
-        a.balance := a.balance - credits._expire_buckets(p_account, v_boundary);
-        a.period_start := v_boundary;
-        a.period_end := credits._period_after(a.billing_anchor, p.reset, v_boundary);
-        a.period_used := 0;
-        a.period_overage := 0;
-        IF v_carry > 0 AND NOT a.byok THEN
-            SELECT * INTO nb FROM credits._new_bucket(p_account, 'rollover', v_carry, a.period_end, v_boundary, a.debt);
-            a.balance := a.balance + v_carry - nb.settled;
-            a.debt := a.debt - nb.settled;
-        END IF;
-        IF p.allocation > 0 AND NOT a.byok THEN
-            SELECT * INTO nb FROM credits._new_bucket(p_account, 'allocation', p.allocation, a.period_end, v_boundary, a.debt);
-            a.balance := a.balance + p.allocation - nb.settled;
-            a.debt := a.debt - nb.settled;
-        END IF;
-    END LOOP;
-    a.balance := a.balance - credits._expire_buckets(p_account, p_now);
-
+    INSERT INTO credits.buckets (account_id, bucket_id, kind, priority, amount, balance, held, expires_at, created_at)
+    SELECT p_account, x.id, x.kind, x.priority, x.amount, x.balance, x.held, x.expires_at, x.created_at
+      FROM jsonb_to_recordset(v->'buckets') AS x(id uuid, kind text, priority smallint, amount numeric, balance numeric,
+                                                 held numeric, expires_at timestamptz, created_at timestamptz, new boolean)
+     WHERE x.new;
+    UPDATE credits.buckets b SET balance = x.balance, held = x.held
+      FROM jsonb_to_recordset(v->'buckets') AS x(id uuid, balance numeric, held numeric, new boolean, changed boolean)
+     WHERE b.account_id = p_account AND b.bucket_id = x.id AND x.changed AND NOT x.new;
+    INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, actor, created_at)
+    SELECT p_account, x.kind, x.amount, x.bucket_id, x.reservation_id, v_actor, x.at
+      FROM jsonb_to_recordset(v->'ledger') AS x(kind text, amount numeric, bucket_id uuid, reservation_id uuid, at timestamptz);
+    UPDATE credits.reservations r SET status = 'expired', resolved_at = x.at
+      FROM jsonb_to_recordset(v->'expired_holds') AS x(id uuid, at timestamptz)
+     WHERE r.reservation_id = x.id AND r.account_id = p_account;
     UPDATE credits.accounts
-       SET balance = a.balance, held = a.held, overage_held = a.overage_held,
-           period_start = a.period_start, period_end = a.period_end,
-           period_used = a.period_used, period_overage = a.period_overage, debt = a.debt,
-           next_event = credits._next_event(p_account, a.period_end, p_now)
+       SET balance = balance + (v->>'balance_delta')::numeric,
+           held = held + (v->>'held_delta')::numeric,
+           overage_held = overage_held - (v->>'overage_released')::numeric,
+           debt = (v->>'debt')::numeric,
+           period_start = (v->>'period_start')::timestamptz,
+           period_end = v_end,
+           period_used = CASE WHEN v_reset THEN 0 ELSE period_used END,
+           period_overage = CASE WHEN v_reset THEN 0 ELSE period_overage END,
+           next_event = credits._next_event(p_account, v_end, p_now)
      WHERE account_id = p_account;
+    RETURN (v->>'rolled')::integer;
 END
 $$;
 
@@ -184,10 +164,7 @@ DECLARE
 BEGIN
     SELECT * INTO a FROM credits.accounts WHERE account_id = p_account FOR NO KEY UPDATE;
     IF NOT FOUND THEN
-        PERFORM credits._raise('CR002',
-            format('unknown account "%s"', p_account),
-            'No credits account has this account_id.',
-            'Create it first with credits_account_upsert(account_id => ..., plan_id => ...).');
+        PERFORM credits._unknown_account(p_account);
     END IF;
     v_now := credits._now();
     IF a.next_event <= v_now THEN

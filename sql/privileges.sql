@@ -19,16 +19,21 @@ REVOKE ALL ON FUNCTION
     public.credits_commit(uuid, numeric, boolean, text),
     public.credits_refund(uuid, numeric, text, text, text),
     public.credits_balance(text),
-    public.credits_verify()
+    public.credits_verify(),
+    public.credits_reset(text, timestamptz)
 FROM PUBLIC;
+REVOKE ALL ON PROCEDURE public.credits_maintenance(integer) FROM PUBLIC;
 
 -- Admins configure plans and accounts and grant credits.
 GRANT EXECUTE ON FUNCTION
     public.credits_plan_upsert(text, numeric, text, text, numeric, numeric, numeric, boolean),
     public.credits_account_upsert(text, text, timestamptz, boolean, text, numeric),
     public.credits_grant(text, numeric, text, timestamptz, text, jsonb),
-    public.credits_verify()
+    public.credits_verify(),
+    public.credits_reset(text, timestamptz),
+    credits._maintenance_batch(integer)
 TO credits_admin;
+GRANT EXECUTE ON PROCEDURE public.credits_maintenance(integer) TO credits_admin;
 
 -- Applications reserve, commit and refund; admins may too.
 GRANT EXECUTE ON FUNCTION
@@ -53,6 +58,10 @@ COMMENT ON FUNCTION public.credits_refund(uuid, numeric, text, text, text) IS
     'Releases a pending reservation or returns credits of a committed one. Returns the amount returned.';
 COMMENT ON FUNCTION public.credits_balance(text) IS
     'Balance and history of one account as jsonb: summary (usage ring), live buckets, recent transactions.';
+COMMENT ON FUNCTION public.credits_reset(text, timestamptz) IS
+    'Rolls due billing periods (rollover, expiry, new allocation) of one account or all, up to as_of. Returns periods rolled.';
+COMMENT ON PROCEDURE public.credits_maintenance(integer) IS
+    'For pg_cron: brings every due account up to date in committed batches (resets, expired holds and buckets).';
 COMMENT ON FUNCTION public.credits_verify() IS
     'One row per violated invariant of the stored balances, holds, limits and ledger; empty when healthy.';
 

@@ -12,6 +12,7 @@ mod balance;
 mod clock;
 mod input;
 mod period;
+mod roll;
 
 pgrx::pg_module_magic!(name, version);
 
@@ -34,7 +35,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/housekeeping.sql",
     name = "housekeeping",
-    requires = ["tables", "errors", clock::_now]
+    requires = ["tables", "errors", clock::_now, roll::_roll_plan]
 );
 extension_sql_file!(
     "../sql/state.sql",
@@ -81,6 +82,11 @@ extension_sql_file!(
     "../sql/refund.sql",
     name = "refund",
     requires = ["draw", "reserve"]
+);
+extension_sql_file!(
+    "../sql/reset.sql",
+    name = "reset",
+    requires = ["housekeeping", input::_ident]
 );
 extension_sql_file!(
     "../sql/balance.sql",
