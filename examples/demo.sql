@@ -1,8 +1,8 @@
 -- A walk through `credits`: a plan, an account, an AI action reserved and
 -- committed, a failed one refunded, a top-up, the limit, and the balance.
 \pset footer off
-\echo '--- a plan with 100 credits a month, hard limit, and an account on it'
-SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
+\echo '--- a plan with 100 credits a month (up to 50 unused roll over), hard limit, and an account on it'
+SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month', rollover_cap => 50);
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
 
 \echo '--- reserve 30 credits for an editor action, then commit what it really cost (25)'
@@ -26,6 +26,18 @@ SELECT credits_reserve(account_id => 'acme', amount => 500, product => 'editor')
 SELECT jsonb_pretty(credits_balance('acme') #- '{transactions}') AS balance;
 SELECT e->>'kind' AS kind, e->>'amount' AS amount, e->>'product' AS product
   FROM jsonb_array_elements(credits_balance('acme')->'transactions') e;
+
+\echo '--- next month: the period rolls over (the clock is moved with the superuser-only setting'
+\echo '--- credits.now, inside a transaction that is rolled back afterwards)'
+BEGIN;
+SELECT set_config('credits.now', (date_trunc('month', now()) + interval '1 month 2 days')::text, true) AS clock;
+SELECT credits_reset() AS periods_rolled;
+SELECT kind, trim_scale(amount) AS amount, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day
+  FROM credits.ledger WHERE account_id = 'acme' AND kind IN ('expire', 'rollover', 'allocation')
+ ORDER BY entry_id;
+SELECT s->>'used' AS used, s->>'available' AS available, s->>'period_start' AS period_start, s->>'next_reset' AS next_reset
+  FROM (SELECT credits_balance('acme')->'summary' AS s) x;
+ROLLBACK;
 
 \echo '--- invariants: credits_verify() returns nothing on a healthy database'
 SELECT count(*) AS violations FROM credits_verify();

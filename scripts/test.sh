@@ -29,7 +29,7 @@ echo "== installing the extension"
 cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
 cluster_start "$TEST_DIR" "$TEST_PORT"
 PSQL=(psql -X -q -h 127.0.0.1 -p "$TEST_PORT" -U postgres -v ON_ERROR_STOP=1)
-"${PSQL[@]}" -d postgres -c "CREATE DATABASE credits_sql"
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE credits_sql" -c "CREATE DATABASE credits"
 "${PSQL[@]}" -d credits_sql -c "CREATE EXTENSION credits; CREATE EXTENSION pgtap;"
 
 echo "== SQL-level tests (pgTAP)"

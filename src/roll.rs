@@ -124,13 +124,18 @@ struct Work {
 }
 
 impl Work {
-    /// Writes off the free part of every bucket that expired by `at`, in
-    /// consumption order, each dated at its own expiry.
-    fn expire_buckets(&mut self, at: NaiveDateTime) {
+    /// Writes off the free part of every bucket that expired by `at` (or
+    /// strictly before it), in consumption order, each dated at its own expiry.
+    fn expire_buckets(&mut self, at: NaiveDateTime, inclusive: bool) {
         for (b, expires) in self.buckets.iter_mut() {
             if let Some(expires) = *expires {
                 let free = b.balance - b.held;
-                if expires <= at && free > Decimal::ZERO {
+                let due = if inclusive {
+                    expires <= at
+                } else {
+                    expires < at
+                };
+                if due && free > Decimal::ZERO {
                     b.balance = b.held;
                     b.changed = true;
                     self.balance_delta -= free;
@@ -283,6 +288,7 @@ pub fn plan(input: Input) -> Result<Plan, PlanError> {
             break;
         }
         let boundary = period_end;
+        work.expire_buckets(boundary, false);
         let unused: Decimal = work
             .buckets
             .iter()
@@ -292,7 +298,7 @@ pub fn plan(input: Input) -> Result<Plan, PlanError> {
             .map(|(b, _)| b.balance - b.held)
             .sum();
         let carry = unused.min(input.rollover_cap).max(Decimal::ZERO);
-        work.expire_buckets(boundary);
+        work.expire_buckets(boundary, true);
         period_start = boundary;
         period_end = period_after(reset, anchor, boundary);
         rolled += 1;
@@ -303,7 +309,7 @@ pub fn plan(input: Input) -> Result<Plan, PlanError> {
             work.grant("allocation", input.allocation, period_end, boundary);
         }
     }
-    work.expire_buckets(now);
+    work.expire_buckets(now, true);
 
     Ok(Plan {
         period_start: format_time(period_start),

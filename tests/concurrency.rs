@@ -362,3 +362,155 @@ fn a_mixed_workload_on_few_accounts_never_deadlocks_or_breaks_an_invariant() {
     );
     assert_verify_empty(&mut client);
 }
+
+/// Creates `n` accounts on a calendar plan as if 40 days ago, so that their
+/// period has ended by the real clock and they are due for a reset.
+fn due_accounts(client: &mut Client, prefix: &str, n: i32) {
+    client
+        .batch_execute(&format!(
+            "SELECT set_config('credits.now', (now() - interval '40 days')::text, false);
+             SELECT credits_plan_upsert(plan_id => 'monthly', allocation => 100, reset => 'calendar_month',
+                                        rollover_cap => 20);
+             SELECT credits_account_upsert(account_id => '{prefix}' || i, plan_id => 'monthly')
+               FROM generate_series(1, {n}) i;
+             SELECT credits_commit(credits_reserve(account_id => '{prefix}' || i, amount => i, product => 'editor'))
+               FROM generate_series(1, {n}) i;
+             RESET credits.now;"
+        ))
+        .unwrap();
+}
+
+/// Every account has one allocation per period it lived through, and is
+/// in the period that contains now.
+fn assert_rolled_to_now(client: &mut Client) {
+    let wrong: i64 = client
+        .query_one(
+            "SELECT count(*) FROM credits.accounts a
+              WHERE a.period_end <= now() OR a.period_start > now()
+                 OR (SELECT count(*) FROM credits.ledger l WHERE l.account_id = a.account_id AND l.kind = 'allocation')
+                    <> 1 + (extract(year FROM now() AT TIME ZONE 'UTC') * 12 + extract(month FROM now() AT TIME ZONE 'UTC'))
+                         - (extract(year FROM a.created_at AT TIME ZONE 'UTC') * 12
+                            + extract(month FROM a.created_at AT TIME ZONE 'UTC'))",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0, "accounts not rolled exactly once per period");
+}
+
+#[test]
+fn maintenance_in_batches_racing_reserves_rolls_every_account_once() {
+    let url = fresh_db("it_maint");
+    let mut client = connect(&url);
+    due_accounts(&mut client, "m", 60);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let results = race(&url, 12, move |i, c| {
+        let mut failures: Vec<String> = Vec::new();
+        if i == 0 {
+            if let Err(e) = c.batch_execute("CALL credits_maintenance(batch_size => 7)") {
+                failures.push(sqlstate(&e));
+            }
+            return failures;
+        }
+        let mut n = i as u64;
+        while Instant::now() < deadline {
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let account = format!("m{}", 1 + (n >> 33) % 60);
+            match reserve(c, &account, "3", None) {
+                Ok(id) => {
+                    if let Err(e) = c.query_one(
+                        "SELECT credits_commit(reservation_id => $1::text::uuid)",
+                        &[&id],
+                    ) {
+                        failures.push(sqlstate(&e));
+                    }
+                }
+                Err(state) if state == "CR001" => {}
+                Err(state) => failures.push(state),
+            }
+        }
+        failures
+    });
+    let failures: Vec<String> = results.into_iter().flatten().collect();
+    assert!(failures.is_empty(), "unexpected failures: {failures:?}");
+    client
+        .batch_execute("CALL credits_maintenance(batch_size => 7)")
+        .unwrap();
+    assert_rolled_to_now(&mut client);
+    let ledger_rows = |c: &mut Client| -> i64 {
+        c.query_one("SELECT count(*) FROM credits.ledger", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = ledger_rows(&mut client);
+    client.batch_execute("CALL credits_maintenance()").unwrap();
+    assert_eq!(
+        ledger_rows(&mut client),
+        before,
+        "a second run changes nothing"
+    );
+    assert_verify_empty(&mut client);
+}
+
+#[test]
+fn pg_cron_runs_the_maintenance_job_and_rolls_a_due_account() {
+    // pg_cron runs its jobs in the database named by cron.database_name,
+    // `credits` in the clusters of scripts/cluster.sh.
+    let url = format!("{} dbname=credits", base_url());
+    let mut client = connect(&url);
+    client
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_cron;
+             SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'credits-maintenance';
+             DROP EXTENSION IF EXISTS credits CASCADE;
+             CREATE EXTENSION credits;",
+        )
+        .unwrap();
+    due_accounts(&mut client, "cron", 3);
+    let scheduled_at: String = client.query_one("SELECT now()::text", &[]).unwrap().get(0);
+    let job: i64 = client
+        .query_one(
+            "SELECT cron.schedule('credits-maintenance', '* * * * *', 'CALL credits_maintenance(batch_size => 1000)')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(130);
+    let status = loop {
+        let row = client
+            .query_opt(
+                "SELECT status FROM cron.job_run_details WHERE jobid = $1 AND status IN ('succeeded', 'failed')
+                    AND start_time >= $2::text::timestamptz
+                  ORDER BY start_time DESC LIMIT 1",
+                &[&job, &scheduled_at],
+            )
+            .unwrap();
+        if let Some(row) = row {
+            break row.get::<_, String>(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pg_cron did not run the job within 130 s"
+        );
+        thread::sleep(Duration::from_secs(2));
+    };
+    client
+        .execute("SELECT cron.unschedule($1::bigint)", &[&job])
+        .unwrap();
+    assert_eq!(status, "succeeded");
+    assert_rolled_to_now(&mut client);
+    let rolled_by_cron: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT account_id) FROM credits.ledger WHERE kind = 'allocation' AND created_at > now() - interval '35 days'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rolled_by_cron, 3,
+        "the job granted each account its new allocation"
+    );
+    assert_verify_empty(&mut client);
+}

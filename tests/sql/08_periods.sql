@@ -1,0 +1,108 @@
+\ir helpers.inc
+SELECT plan(32);
+SET LOCAL credits.now = '2026-03-10 12:00:00+00';
+
+SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
+SELECT credits_plan_upsert(plan_id => 'cap0', allocation => 100, reset => 'calendar_month');
+SELECT credits_plan_upsert(plan_id => 'capall', allocation => 100, reset => 'calendar_month', rollover_cap => 1000,
+                           limit_mode => 'soft', soft_limit => 10);
+SELECT credits_account_upsert(account_id => a, plan_id => a) FROM unnest(ARRAY['cap30', 'cap0', 'capall']) a;
+SELECT credits_commit(credits_reserve(account_id => a, amount => 20, product => 'editor'))
+  FROM unnest(ARRAY['cap30', 'cap0', 'capall']) a;
+SELECT credits_grant(account_id => 'cap30', amount => 7, kind => 'topup');
+SELECT credits_grant(account_id => 'cap30', amount => 9, kind => 'pack');
+SELECT credits_grant(account_id => 'cap30', amount => 5, kind => 'promo', expires_at => '2026-03-20 00:00+00');
+
+-- A promo expires at its own time, before the reset.
+SET LOCAL credits.now = '2026-03-25 00:00:00+00';
+SELECT is(pg_temp.fig('cap30', 'available'), 96::numeric, 'a promo stops counting at its expiry (80 + 7 + 9)');
+
+-- Reads show the rolled-forward state without writing, also read-only.
+SET LOCAL credits.now = '2026-04-01 00:00:00+00';
+SELECT pg_temp.state() AS before \gset
+SELECT is(credits_balance('cap30') #>> '{summary,period_start}', '2026-04-01T00:00:00.000000Z', 'a read sees the new period');
+SELECT is(pg_temp.fig('cap30', 'available'), 139::numeric, 'rollover 30 + allocation 100 + pack 9; the top-up expired');
+SELECT is(pg_temp.fig('cap30', 'used'), 0::numeric, 'usage starts again');
+SELECT is(pg_temp.state(), :'before', 'reads wrote nothing');
+
+-- The reset itself.
+SELECT is(credits_reset(account_id => 'cap30'), 1, 'one period rolled');
+SELECT is(pg_temp.fig('cap30', 'available'), 139::numeric, 'the reset gives what the read showed');
+SELECT results_eq($$SELECT kind, amount FROM credits.ledger WHERE account_id = 'cap30' AND created_at >= '2026-03-20'
+                     ORDER BY entry_id$$,
+                  $$VALUES ('expire', -5::numeric), ('expire', -80::numeric), ('expire', -7::numeric),
+                           ('rollover', 30::numeric), ('allocation', 100::numeric)$$,
+                  'each step is a ledger row: promo, allocation and top-up expire, rollover, allocation');
+SELECT pg_temp.state() AS before \gset
+SELECT is(credits_reset(account_id => 'cap30'), 0, 'a second reset rolls nothing');
+SELECT is(pg_temp.state(), :'before', 'and changes nothing');
+
+SELECT is(credits_reset(), 2, 'a reset of every account rolls the two others');
+SELECT is(pg_temp.fig('cap0', 'available'), 100::numeric, 'rollover cap 0 carries nothing');
+SELECT is(pg_temp.fig('capall', 'available'), 180::numeric, 'a high cap carries all 80 unused');
+SELECT is((SELECT count(*) FROM credits.buckets WHERE account_id = 'cap30' AND kind = 'rollover'), 1::bigint,
+          'the carry is one rollover bucket');
+SELECT is((SELECT expires_at FROM credits.buckets WHERE account_id = 'cap30' AND kind = 'rollover'),
+          '2026-05-01 00:00+00'::timestamptz, 'expiring at the end of the next period');
+
+-- Rollover never compounds past the cap.
+SET LOCAL credits.now = '2026-05-01 00:00:00+00';
+SELECT credits_reset();
+SELECT is(pg_temp.fig('cap30', 'available'), 139::numeric, 'still 30 + 100 + 9 after another unused month');
+
+-- Catching up over missed periods equals resetting on time.
+SELECT credits_account_upsert(account_id => 'late', plan_id => 'cap30');
+SELECT credits_account_upsert(account_id => 'ontime', plan_id => 'cap30');
+SELECT credits_commit(credits_reserve(account_id => a, amount => 90, product => 'editor')) FROM unnest(ARRAY['late', 'ontime']) a;
+SET LOCAL credits.now = '2026-06-01 00:00:00+00';
+SELECT credits_reset(account_id => 'ontime');
+SELECT credits_commit(credits_reserve(account_id => 'ontime', amount => 95, product => 'editor'));
+SELECT credits_commit(credits_reserve(account_id => 'late', amount => 95, product => 'editor'));
+SET LOCAL credits.now = '2026-07-01 00:00:00+00';
+SELECT credits_reset(account_id => 'ontime');
+SET LOCAL credits.now = '2026-08-01 00:00:00+00';
+SELECT credits_reset(account_id => 'ontime');
+SET LOCAL credits.now = '2026-09-15 00:00:00+00';
+SELECT credits_reset(account_id => 'ontime');
+SELECT is(credits_reset(account_id => 'late'), 3, 'a late reset rolls each missed period');
+SELECT is(credits_balance('late') -> 'summary', credits_balance('ontime') -> 'summary', 'and ends where on-time resets end');
+SELECT results_eq($$SELECT kind, sum(amount) FROM credits.ledger WHERE account_id = 'late' GROUP BY 1 ORDER BY 1$$,
+                  $$SELECT kind, sum(amount) FROM credits.ledger WHERE account_id = 'ontime' GROUP BY 1 ORDER BY 1$$,
+                  'with the same ledger');
+
+-- Write paths roll a due account forward before judging it.
+SET LOCAL credits.now = '2026-10-01 00:00:00+00';
+SELECT lives_ok($$SELECT credits_reserve(account_id => 'cap0', amount => 100, product => 'editor')$$,
+                'a reserve on a due account sees the new allocation');
+
+-- A reservation pending across a reset keeps what it holds; its leftovers and refunds are written off.
+SET LOCAL credits.now = '2026-10-31 23:00:00+00';
+SELECT credits_account_upsert(account_id => 'span', plan_id => 'cap0');
+SELECT credits_reserve(account_id => 'span', amount => 50, product => 'editor', ttl => '3 hours')::text AS span \gset
+SET LOCAL credits.now = '2026-11-01 00:30:00+00';
+SELECT is(pg_temp.fig('span', 'reserved'), 50::numeric, 'the hold survives the reset');
+SELECT is(pg_temp.fig('span', 'available'), 100::numeric, 'next to the new allocation');
+SELECT is(credits_commit(reservation_id => :'span', amount => 40), 40::numeric, 'committed after the reset');
+SELECT ok(EXISTS (SELECT 1 FROM credits.ledger WHERE reservation_id = :'span' AND kind = 'expire' AND amount = -10),
+          'the unused 10 of the expired bucket are written off');
+SELECT is(credits_refund(reservation_id => :'span'), 40::numeric, 'refunded later');
+SELECT is(pg_temp.fig('span', 'available'), 100::numeric, 'the refund does not resurrect expired credits');
+
+-- Billing-date periods on the 31st, and bad input.
+SELECT credits_plan_upsert(plan_id => 'bd', allocation => 10, reset => 'billing_date');
+SET LOCAL credits.now = '2027-01-31 10:00:00+00';
+SELECT credits_account_upsert(account_id => 'bd', plan_id => 'bd');
+SET LOCAL credits.now = '2027-03-31 10:00:00+00';
+SELECT is(credits_reset(account_id => 'bd'), 2, 'Jan 31 -> Feb 28 -> Mar 31');
+SELECT is(credits_balance('bd') #>> '{summary,period_end}', '2027-04-30T10:00:00.000000Z', 'then Apr 30');
+SELECT throws_ok($$SELECT credits_reset(as_of => '2099-01-01')$$, '22023', 'as_of may not be later than the clock',
+                 'as_of may not be later than the clock');
+SELECT throws_ok($$SELECT credits_reset(account_id => 'nobody')$$, 'CR002', NULL, 'unknown account');
+SET LOCAL transaction_read_only = on;
+SET LOCAL credits.now = '2027-06-15 00:00:00+00';
+SELECT is(credits_balance('bd') #>> '{summary,period_start}', '2027-05-31T10:00:00.000000Z',
+          'a read-only transaction sees the rolled-forward state too');
+SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
+
+SELECT * FROM finish();
+ROLLBACK;
