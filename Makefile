@@ -1,5 +1,7 @@
-.PHONY: demo test
+.PHONY: demo test bench
 demo:
 	bash scripts/demo.sh
 test:
 	bash scripts/test.sh
+bench:
+	bash scripts/bench.sh

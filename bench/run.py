@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Runs the credits benchmark against a running cluster (scripts/bench.sh
+starts one) and prints, and writes, TPS, average and p99 latency per run and
+the ratio of each of our runs to the plain single-row UPDATE baseline of the
+same shape, measured in the same run, interleaved at each client count so
+that drift affects both sides alike.
+
+Standard library only; pgbench and psql must be on PATH."""
+
+import argparse
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (name, script, compared with)
+RUNS = [
+    ("baseline A: UPDATE one random row of 10,000", "baseline_one_row.sql", None),
+    ("ours A: reserve + commit, 10,000 accounts", "action.sql", "baseline A: UPDATE one random row of 10,000"),
+    ("baseline B: UPDATE one hot row", "baseline_hot_row.sql", None),
+    ("ours B: reserve + commit, one hot account", "action_hot.sql", "baseline B: UPDATE one hot row"),
+    ("reserve alone", "reserve_only.sql", "baseline A: UPDATE one random row of 10,000"),
+    ("commit alone", "commit_only.sql", "baseline A: UPDATE one random row of 10,000"),
+    ("reserve + app INSERT + commit, one transaction", "action_in_app_txn.sql",
+     "baseline A: UPDATE one random row of 10,000"),
+]
+
+
+def psql(args, sql):
+    out = subprocess.run(
+        ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", args.host, "-p", str(args.port),
+         "-U", "postgres", "-d", args.db, "-c", sql],
+        check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def p99(log_prefix):
+    latencies = []
+    for path in glob.glob(log_prefix + "*"):
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3:
+                    latencies.append(int(fields[2]))
+    if not latencies:
+        return None
+    latencies.sort()
+    return latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000.0
+
+
+def pgbench(args, script, clients, logdir, tag):
+    prefix = os.path.join(logdir, tag)
+    cmd = ["pgbench", "-n", "-M", "prepared", "-h", args.host, "-p", str(args.port), "-U", "postgres",
+           "-c", str(clients), "-j", str(min(clients, 4)), "-T", str(args.seconds),
+           "-D", f"rows={args.rows}", "-f", os.path.join(HERE, script),
+           "-l", "--log-prefix", prefix, args.db]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    if out.returncode != 0:
+        sys.exit(f"bench: pgbench failed for {script} at {clients} clients:\n{text}")
+    tps = float(re.search(r"tps = ([0-9.]+)", text).group(1))
+    avg = float(re.search(r"latency average = ([0-9.]+) ms", text).group(1))
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", text).group(1))
+    failed = re.search(r"number of failed transactions: (\d+)", text)
+    failed = int(failed.group(1)) if failed else 0
+    return {"tps": tps, "avg_ms": avg, "p99_ms": p99(prefix), "processed": processed, "failed": failed}
+
+
+def prepare_holds(args, needed):
+    """commit alone commits holds made beforehand: the pending holds of the
+    reserve-alone run, topped up to `needed`."""
+    psql(args, "TRUNCATE bench_holds; SELECT setval('bench_hold_seq', 1, false);"
+               "INSERT INTO bench_holds SELECT row_number() OVER (ORDER BY created_at), reservation_id "
+               "FROM credits.reservations WHERE status = 'pending' AND account_id LIKE 'acct%';")
+    have = int(psql(args, "SELECT count(*) FROM bench_holds"))
+    if have < needed:
+        psql(args, f"INSERT INTO bench_holds SELECT {have} + i, "
+                   f"credits_reserve(account_id => 'acct' || (1 + i % {args.rows}), amount => 10, product => 'editor', "
+                   f"ttl => '1 hour') FROM generate_series(1, {needed - have}) i;")
+    return max(have, needed)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--db", default="bench")
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--rows", type=int, default=10000)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args()
+    clients_list = [int(c) for c in args.clients.split(",")]
+
+    settings = psql(args, "SELECT string_agg(name || ' = ' || setting || coalesce(' ' || unit, ''), ', ' ORDER BY name) "
+                          "FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', "
+                          "'wal_level', 'max_wal_size', 'full_page_writes', 'checkpoint_timeout')")
+    version = psql(args, "SELECT version()")
+    results = []
+    logdir = tempfile.mkdtemp(prefix="credits-bench-")
+    for clients in clients_list:
+        reserve_tps = None
+        for name, script, _ in RUNS:
+            if script == "commit_only.sql":
+                needed = int((reserve_tps or 1000) * args.seconds * 1.5) + 100
+                prepared = prepare_holds(args, needed)
+            psql(args, "CHECKPOINT")
+            r = pgbench(args, script, clients, logdir, f"{script}.{clients}")
+            if script == "reserve_only.sql":
+                reserve_tps = r["tps"]
+            if script == "commit_only.sql":
+                used = int(psql(args, "SELECT last_value FROM bench_hold_seq"))
+                if used > prepared:
+                    sys.exit(f"bench: commit alone ran out of holds ({used} > {prepared}); its figure would be wrong")
+            r.update({"run": name, "clients": clients})
+            results.append(r)
+            print(f"  {clients:>2} clients  {name:<48} {r['tps']:>9.1f} tps  avg {r['avg_ms']:.2f} ms"
+                  f"  p99 {r['p99_ms'] or 0:.2f} ms", flush=True)
+
+    by_key = {(r["run"], r["clients"]): r for r in results}
+    for r in results:
+        base = next((b for n, _, b in RUNS if n == r["run"]), None)
+        r["ratio"] = round(r["tps"] / by_key[(base, r["clients"])]["tps"], 3) if base else None
+
+    violations = int(psql(args, "SELECT count(*) FROM credits_verify()"))
+    failed = sum(r["failed"] for r in results)
+
+    lines = [f"Postgres: {version}", f"Settings: {settings}",
+             f"Duration: {args.seconds} s per run; clients: {args.clients}; accounts/rows: {args.rows}", "",
+             "| run | clients | TPS | avg ms | p99 ms | ratio to baseline |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(results, key=lambda r: ([n for n, _, _ in RUNS].index(r["run"]), r["clients"])):
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else ""
+        lines.append(f"| {r['run']} | {r['clients']} | {r['tps']:.0f} | {r['avg_ms']:.2f} | "
+                     f"{(r['p99_ms'] or 0):.2f} | {ratio} |")
+    lines += ["", f"Failed transactions: {failed}. credits_verify() violations after the runs: {violations}."]
+    report = "\n".join(lines)
+    print()
+    print(report)
+    os.makedirs(args.out, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with open(os.path.join(args.out, f"bench-{stamp}.md"), "w") as f:
+        f.write(report + "\n")
+    with open(os.path.join(args.out, f"bench-{stamp}.json"), "w") as f:
+        json.dump({"settings": settings, "version": version, "seconds": args.seconds, "results": results,
+                   "failed": failed, "violations": violations}, f, indent=2)
+    if violations or failed:
+        sys.exit(f"bench: FAILED: {violations} invariant violations, {failed} failed transactions")
+
+
+if __name__ == "__main__":
+    main()

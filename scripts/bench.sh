@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The benchmark (make bench): builds and installs the extension in release
+# mode, starts a throwaway cluster (fsync and synchronous_commit on), loads
+# the data and runs bench/run.py. Settings and results are printed and
+# written to bench/results/. BENCH_SECONDS and BENCH_CLIENTS shorten it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/cluster.sh
+
+BENCH_DIR=${CREDITS_BENCH_DIR:-/tmp/credits-bench}
+BENCH_PORT=${CREDITS_BENCH_PORT:-54332}
+SECONDS_PER_RUN=${BENCH_SECONDS:-20}
+CLIENTS=${BENCH_CLIENTS:-1,8,32}
+PROFILE=${BENCH_PROFILE:---release}
+
+cleanup() { cluster_stop "$BENCH_DIR"; }
+trap cleanup EXIT
+
+bash scripts/setup.sh
+echo "== building and installing the extension ($PROFILE)"
+cargo pgrx install $PROFILE --pg-config "$PG_CONFIG" >/dev/null
+cluster_start "$BENCH_DIR" "$BENCH_PORT"
+cat >>"$BENCH_DIR/data/postgresql.conf" <<CONF
+shared_buffers = 1GB
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+fsync = on
+synchronous_commit = on
+CONF
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$BENCH_DIR/data" -l "$BENCH_DIR/server.log" -w restart >/dev/null
+PSQL=(psql -X -q -h 127.0.0.1 -p "$BENCH_PORT" -U postgres -v ON_ERROR_STOP=1)
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
+echo "== loading data"
+"${PSQL[@]}" -d bench -v rows=10000 -f bench/setup.sql >/dev/null
+echo "== running (${SECONDS_PER_RUN} s per run, clients ${CLIENTS})"
+python3 bench/run.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --clients "$CLIENTS" "$@"
