@@ -15,9 +15,8 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_id       uuid    := credits_commit.reservation_id;
-    v_amount   numeric := CASE WHEN credits_commit.amount IS NULL THEN NULL
-                               ELSE credits._amount(credits_commit.amount, 'amount', true) END;
-    v_account  text;
+    v_amount   numeric := credits_commit.amount;
+    v_account  text    := credits_commit.account_id;
     v_now      timestamptz;
     v_charge   numeric;
     v_left     numeric;
@@ -38,12 +37,29 @@ DECLARE
     r          credits.reservations;
     d          record;
 BEGIN
-    PERFORM credits._required(credits_commit.force IS NULL, 'force');
-    v_account := credits._reservation_account(v_id,
-        CASE WHEN credits_commit.account_id IS NULL THEN NULL
-             ELSE credits._ident(credits_commit.account_id, 'account_id', 255) END);
-    a := credits._lock_account(v_account);
+    IF v_amount IS NOT NULL AND NOT (v_amount >= 0 AND v_amount < 1e14 AND scale(v_amount) <= 6) THEN
+        v_amount := credits._amount(v_amount, 'amount', true);
+    END IF;
+    IF credits_commit.force IS NULL THEN
+        PERFORM credits._required(true, 'force');
+    END IF;
+    IF v_account IS NOT NULL AND (length(v_account) NOT BETWEEN 1 AND 255 OR btrim(v_account) = '') THEN
+        PERFORM credits._ident(v_account, 'account_id', 255);
+    END IF;
+    -- Lock the reservation's account first (the reservation is only read
+    -- after the lock, so its state is the latest).
+    SELECT * INTO a FROM credits.accounts
+     WHERE account_id = (SELECT x.account_id FROM credits.reservations x WHERE x.reservation_id = v_id)
+       FOR NO KEY UPDATE;
+    IF NOT FOUND OR a.account_id <> coalesce(v_account, a.account_id) THEN
+        PERFORM credits._reservation_account(v_id, v_account);
+    END IF;
+    v_account := a.account_id;
     v_now := credits._now();
+    IF a.next_event <= v_now THEN
+        PERFORM credits._housekeep(v_account, v_now);
+        SELECT * INTO a FROM credits.accounts WHERE account_id = v_account;
+    END IF;
     SELECT * INTO r FROM credits.reservations WHERE reservation_id = v_id AND account_id = v_account;
     v_charge := coalesce(v_amount, r.amount);
 
@@ -64,6 +80,62 @@ BEGIN
     IF r.byok THEN
         UPDATE credits.reservations
            SET status = 'committed', charged = v_charge, period_start = a.period_start, resolved_at = v_now
+         WHERE reservation_id = v_id AND account_id = v_account;
+        RETURN trim_scale(v_charge);
+    END IF;
+
+    IF r.status = 'pending' AND v_charge <= r.amount THEN
+        IF r.overage > 0 THEN
+            SELECT p.overage_rate INTO v_rate FROM credits.plans p WHERE p.plan_id = a.plan_id;
+        END IF;
+        -- The common case in one statement: charge the draws in order, give
+        -- back the rest of each (written off if its bucket expired since),
+        -- write the ledger rows, and update the account and the reservation.
+        WITH draws AS (
+            SELECT u.bucket_id, u.amount, u.n,
+                   greatest(least(u.amount, v_charge - coalesce(sum(u.amount) OVER (ORDER BY u.n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)), 0) AS take
+              FROM unnest(r.draw_buckets, r.draw_amounts) WITH ORDINALITY AS u(bucket_id, amount, n)
+        ), changed AS (
+            UPDATE credits.buckets b
+               SET held = b.held - d.amount,
+                   balance = b.balance - d.take - CASE WHEN b.expires_at <= v_now THEN d.amount - d.take ELSE 0 END
+              FROM draws d
+             WHERE b.account_id = v_account AND b.bucket_id = d.bucket_id
+            RETURNING d.bucket_id, d.n, d.amount, d.take,
+                      CASE WHEN b.expires_at <= v_now THEN d.amount - d.take ELSE 0 END AS written
+        ), totals AS (
+            SELECT coalesce(sum(take), 0) AS charged, coalesce(sum(amount), 0) AS released,
+                   coalesce(sum(written), 0) AS written,
+                   coalesce(array_agg(bucket_id ORDER BY n) FILTER (WHERE take > 0), '{}') AS buckets,
+                   coalesce(array_agg(take ORDER BY n) FILTER (WHERE take > 0), '{}') AS amounts
+              FROM changed
+        ), ledger AS (
+            INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, product, action, rate, actor, created_at)
+            SELECT v_account, x.kind, x.amount, x.bucket_id, v_id, x.product, x.action,
+                   CASE WHEN x.kind = 'overage' THEN v_rate END, credits._actor(), v_now
+              FROM (SELECT 'charge' AS kind, -c.take AS amount, c.bucket_id, r.product, r.action, c.n, 0 AS o
+                      FROM changed c WHERE c.take > 0
+                    UNION ALL
+                    SELECT 'expire', -c.written, c.bucket_id, NULL, NULL, c.n, 1 FROM changed c WHERE c.written > 0
+                    UNION ALL
+                    SELECT 'overage', -(v_charge - t.charged), NULL, r.product, r.action, 0, 2
+                      FROM totals t WHERE v_charge > t.charged) x
+             ORDER BY x.o, x.n
+        ), account AS (
+            UPDATE credits.accounts
+               SET held = held - t.released, balance = balance - t.charged - t.written,
+                   overage_held = overage_held - r.overage,
+                   period_overage = period_overage + (v_charge - t.charged),
+                   period_used = period_used + t.charged
+              FROM totals t
+             WHERE account_id = v_account
+        )
+        UPDATE credits.reservations
+           SET status = 'committed', charged = v_charge, draw_buckets = t.buckets, draw_amounts = t.amounts,
+               overage = v_charge - t.charged,
+               overage_rate = CASE WHEN v_charge > t.charged THEN v_rate END,
+               period_start = a.period_start, resolved_at = v_now
+          FROM totals t
          WHERE reservation_id = v_id AND account_id = v_account;
         RETURN trim_scale(v_charge);
     END IF;

@@ -9,7 +9,6 @@ CREATE FUNCTION credits._draw(
     p_account text, p_amount numeric, p_now timestamptz, p_hold boolean,
     OUT buckets uuid[], OUT amounts numeric[], OUT total numeric)
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     b    record;

@@ -3,7 +3,6 @@
 CREATE FUNCTION credits._raise(code text, message text, detail text, hint text)
 RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, DETAIL = detail, HINT = hint;
@@ -13,7 +12,6 @@ $$;
 -- Validates an enumerated argument: 22004 for NULL, 22023 for an unknown value.
 CREATE FUNCTION credits._choice(value text, name text, allowed text[]) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF value IS NULL THEN
@@ -35,7 +33,6 @@ $$;
 -- Raises 22004 when a required argument is NULL.
 CREATE FUNCTION credits._required(is_null boolean, name text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF is_null THEN
@@ -51,7 +48,6 @@ $$;
 -- object is refused with 22023.
 CREATE FUNCTION credits._metadata(value jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF value IS NULL THEN
@@ -70,7 +66,6 @@ $$;
 -- CR002, for every path that meets an account_id it does not know.
 CREATE FUNCTION credits._unknown_account(p_account text) RETURNS void
 LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT credits._raise('CR002',
         format('unknown account "%s"', p_account),

@@ -55,7 +55,7 @@ END
 $$;
 
 CREATE TRIGGER accounts_overage_limit
-    BEFORE UPDATE ON credits.accounts
+    BEFORE UPDATE OF period_overage, overage_held, limit_mode, soft_limit, plan_id ON credits.accounts
     FOR EACH ROW
     WHEN (NEW.period_overage + NEW.overage_held > OLD.period_overage + OLD.overage_held)
     EXECUTE FUNCTION credits._overage_within_limit();

@@ -12,7 +12,6 @@ CREATE FUNCTION credits._new_bucket(
     p_ledger_kind text DEFAULT NULL, p_reservation uuid DEFAULT NULL,
     OUT bucket_id uuid, OUT settled numeric)
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     bucket_id := gen_random_uuid();
@@ -38,7 +37,6 @@ CREATE FUNCTION credits._release_draws(
     p_account text, p_reservation uuid, p_buckets uuid[], p_amounts numeric[], p_at timestamptz,
     OUT released numeric, OUT written_off numeric)
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     d record;
@@ -72,7 +70,6 @@ $$;
 -- with credits in them and its pending holds whose ttl has passed.
 CREATE FUNCTION credits._roll_input(p_account text, p_now timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT jsonb_build_object(
         'now', p_now, 'period_start', a.period_start, 'period_end', a.period_end,
@@ -101,7 +98,6 @@ $$;
 -- holds, the new period. Returns how many periods were rolled.
 CREATE FUNCTION credits._housekeep(p_account text, p_now timestamptz) RETURNS integer
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v       jsonb := credits._roll_plan(credits._roll_input(p_account, p_now));
@@ -143,7 +139,6 @@ $$;
 CREATE FUNCTION credits._next_event(p_account text, p_period_end timestamptz, p_now timestamptz)
 RETURNS timestamptz
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT least(p_period_end,
                  (SELECT min(expires_at) FROM credits.buckets
@@ -156,7 +151,6 @@ $$;
 -- for an unknown account, and brings it up to the clock read after the lock.
 CREATE FUNCTION credits._lock_account(p_account text) RETURNS credits.accounts
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     a     credits.accounts;

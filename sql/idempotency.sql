@@ -9,7 +9,6 @@
 CREATE FUNCTION credits._idempotent_result(p_account text, p_fn text, p_key text, p_request jsonb)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     k credits.idempotency_keys;
@@ -35,7 +34,6 @@ $$;
 CREATE FUNCTION credits._idempotent_store(p_account text, p_fn text, p_key text, p_request jsonb, p_result text, p_at timestamptz)
 RETURNS void
 LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO credits.idempotency_keys (account_id, fn, key, request, result, created_at)
     SELECT p_account, p_fn, p_key, p_request, p_result, p_at

@@ -46,7 +46,6 @@ CREATE FUNCTION credits._retarget_allocation(p_account text, p_target numeric, p
                                              p_debt numeric, p_now timestamptz,
                                              OUT delta numeric, OUT settled numeric)
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     b  credits.buckets;

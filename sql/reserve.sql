@@ -21,18 +21,18 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_account  text    := credits._ident(credits_reserve.account_id, 'account_id', 255);
-    v_amount   numeric := credits._amount(credits_reserve.amount, 'amount', false);
-    v_product  text    := credits._ident(credits_reserve.product, 'product', 255);
-    v_action   text    := CASE WHEN credits_reserve.action IS NULL THEN NULL
-                               ELSE credits._ident(credits_reserve.action, 'action', 255) END;
-    v_key      text    := CASE WHEN credits_reserve.idempotency_key IS NULL THEN NULL
-                               ELSE credits._ident(credits_reserve.idempotency_key, 'idempotency_key', 255) END;
+    v_account  text     := credits_reserve.account_id;
+    v_amount   numeric  := credits_reserve.amount;
+    v_product  text     := credits_reserve.product;
+    v_action   text     := credits_reserve.action;
+    v_key      text     := credits_reserve.idempotency_key;
     v_ttl      interval := credits_reserve.ttl;
-    v_metadata jsonb   := credits._metadata(credits_reserve.metadata);
-    v_id       uuid    := gen_random_uuid();
+    v_metadata jsonb    := credits_reserve.metadata;
+    v_id       uuid     := gen_random_uuid();
     v_now      timestamptz := credits._now();
     v_period   timestamptz;
+    v_buckets  uuid[];
+    v_amounts  numeric[];
     v_request  jsonb;
     v_result   text;
     v_mode     text;
@@ -42,10 +42,29 @@ DECLARE
     a          credits.accounts;
     d          record;
 BEGIN
-    PERFORM credits._required(v_ttl IS NULL, 'ttl');
-    IF v_ttl <= interval '0' THEN
+    -- Cheap checks first; the validators raise the precise error.
+    IF v_account IS NULL OR length(v_account) NOT BETWEEN 1 AND 255 OR btrim(v_account) = '' THEN
+        PERFORM credits._ident(v_account, 'account_id', 255);
+    END IF;
+    IF v_amount IS NULL OR NOT (v_amount > 0 AND v_amount < 1e14 AND scale(v_amount) <= 6) THEN
+        v_amount := credits._amount(v_amount, 'amount', false);
+    END IF;
+    IF v_product IS NULL OR length(v_product) NOT BETWEEN 1 AND 255 OR btrim(v_product) = '' THEN
+        PERFORM credits._ident(v_product, 'product', 255);
+    END IF;
+    IF v_action IS NOT NULL AND (length(v_action) NOT BETWEEN 1 AND 255 OR btrim(v_action) = '') THEN
+        PERFORM credits._ident(v_action, 'action', 255);
+    END IF;
+    IF v_key IS NOT NULL AND (length(v_key) NOT BETWEEN 1 AND 255 OR btrim(v_key) = '') THEN
+        PERFORM credits._ident(v_key, 'idempotency_key', 255);
+    END IF;
+    IF v_ttl IS NULL OR v_ttl <= interval '0' THEN
+        PERFORM credits._required(v_ttl IS NULL, 'ttl');
         PERFORM credits._raise('22023', 'ttl must be positive',
             format('ttl is %s.', v_ttl), 'Pass how long the hold may stay pending, such as ''15 minutes''.');
+    END IF;
+    IF v_metadata IS NULL OR jsonb_typeof(v_metadata) <> 'object' THEN
+        v_metadata := credits._metadata(v_metadata);
     END IF;
 
     IF v_key IS NULL THEN
@@ -55,11 +74,29 @@ BEGIN
            AND next_event > credits._now()
         RETURNING period_start INTO v_period;
         IF FOUND THEN
-            SELECT * INTO d FROM credits._draw(v_account, v_amount, v_now, true);
+            -- Most often the first live bucket covers it all: hold it there
+            -- and record the reservation in one statement.
+            WITH hold AS (
+                UPDATE credits.buckets SET held = held + v_amount
+                 WHERE account_id = v_account AND balance - held >= v_amount
+                   AND bucket_id = (SELECT b.bucket_id FROM credits.buckets b
+                                     WHERE b.account_id = v_account AND b.balance > b.held
+                                       AND (b.expires_at IS NULL OR b.expires_at > v_now)
+                                     ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id
+                                     LIMIT 1)
+                RETURNING bucket_id)
             INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
                                               draw_buckets, draw_amounts, period_start, expires_at, created_at, metadata)
-            VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
-                    d.buckets, d.amounts, v_period, v_now + v_ttl, v_now, v_metadata);
+            SELECT v_id, v_account, 'pending', v_product, v_action, v_amount,
+                   ARRAY[hold.bucket_id], ARRAY[v_amount], v_period, v_now + v_ttl, v_now, v_metadata
+              FROM hold;
+            IF NOT FOUND THEN
+                SELECT x.buckets, x.amounts INTO v_buckets, v_amounts FROM credits._draw(v_account, v_amount, v_now, true) x;
+                INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
+                                                  draw_buckets, draw_amounts, period_start, expires_at, created_at, metadata)
+                VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
+                        v_buckets, v_amounts, v_period, v_now + v_ttl, v_now, v_metadata);
+            END IF;
             RETURN v_id;
         END IF;
     END IF;
@@ -84,7 +121,7 @@ BEGIN
     END IF;
     IF a.debt > 0 THEN
         PERFORM credits._raise('CR008', format('account "%s" is in debt', v_account),
-            format('The account owes %s credits from a forced commit.', a.debt),
+            format('The account owes %s credits from a forced commit.', trim_scale(a.debt)),
             'Grant credits to pay the debt off (credits_grant), or wait for the next allocation.');
     END IF;
 
@@ -122,7 +159,6 @@ $$;
 -- there is no such reservation, CR007 when the caller names another account.
 CREATE FUNCTION credits._reservation_account(p_reservation uuid, p_account text) RETURNS text
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_account text;

@@ -90,6 +90,31 @@ AS $$
       FROM credits.accounts a JOIN credits.plans p ON p.plan_id = a.plan_id
      WHERE a.held > a.balance OR a.held < 0 OR a.period_overage < 0
     UNION ALL
+    SELECT 'stored values are valid', x.account_id, x.detail
+      FROM (SELECT a.account_id, format('account: overage %s, overage held %s, debt %s, limit_mode %s, soft_limit %s, period %s - %s',
+                   a.period_overage, a.overage_held, a.debt, a.limit_mode, a.soft_limit, a.period_start, a.period_end) AS detail
+              FROM credits.accounts a
+             WHERE a.period_overage < 0 OR a.overage_held < 0 OR a.debt < 0 OR a.soft_limit < 0
+                OR a.limit_mode NOT IN ('hard', 'soft') OR a.period_end <= a.period_start
+            UNION ALL
+            SELECT b.account_id, format('bucket %s: kind %s, priority %s, amount %s', b.bucket_id, b.kind, b.priority, b.amount)
+              FROM credits.buckets b
+             WHERE b.amount < 0 OR (b.kind, b.priority) NOT IN (('allocation', 0), ('rollover', 0), ('topup', 1),
+                                                             ('promo', 1), ('pack', 2), ('adjustment', 2))
+            UNION ALL
+            SELECT r.account_id, format('reservation %s: status %s, amount %s, refunded %s of %s',
+                                        r.reservation_id, r.status, r.amount, r.refunded, r.charged)
+              FROM credits.reservations r
+             WHERE r.status NOT IN ('pending', 'committed', 'released', 'expired') OR r.amount <= 0
+                OR r.overage < 0 OR r.debt < 0 OR r.refunded < 0 OR r.refunded > coalesce(r.charged, 0)
+                OR cardinality(r.draw_buckets) <> cardinality(r.draw_amounts)
+            UNION ALL
+            SELECT l.account_id, format('ledger row %s: kind %s', l.entry_id, l.kind)
+              FROM credits.ledger l
+             WHERE l.kind NOT IN ('allocation', 'rollover', 'topup', 'promo', 'pack', 'adjustment', 'plan_change',
+                                  'charge', 'overage', 'debt', 'refund', 'overage_refund', 'debt_refund',
+                                  'debt_payment', 'expire', 'hold_expired')) x
+    UNION ALL
     SELECT 'account next_event is not after anything due', a.account_id,
            format('next_event %s, earliest due %s', a.next_event,
                   least(a.period_end, b.first_expiry, r.first_expiry))

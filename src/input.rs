@@ -113,7 +113,7 @@ pub fn _amount(
 }
 
 /// Validates a required identifier or label argument: 22004 for NULL,
-/// 22023 when empty or longer than `max_len` characters.
+/// 22023 when empty (or only spaces) or longer than `max_len` characters.
 #[pg_extern(immutable, parallel_safe, schema = "credits")]
 pub fn _ident(value: Option<&str>, name: Option<&str>, max_len: Option<i32>) -> String {
     let name = name.unwrap_or("value");
@@ -126,7 +126,7 @@ pub fn _ident(value: Option<&str>, name: Option<&str>, max_len: Option<i32>) -> 
             "Pass a non-empty text value.",
         )
     };
-    if value.trim().is_empty() {
+    if value.trim_matches(' ').is_empty() {
         bad_input(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("{name} must not be empty"),
