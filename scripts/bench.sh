@@ -2,7 +2,9 @@
 # The benchmark (make bench): builds and installs the extension in release
 # mode, starts a throwaway cluster (fsync and synchronous_commit on), loads
 # the data and runs bench/run.py. Settings and results are printed and
-# written to bench/results/. BENCH_SECONDS and BENCH_CLIENTS shorten it.
+# written to bench/results/. BENCH_SECONDS, BENCH_CLIENTS and BENCH_ROWS
+# shorten it; BENCH_PROFILE= (empty) uses the debug build (the smoke run of
+# scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
@@ -11,7 +13,8 @@ BENCH_DIR=${CREDITS_BENCH_DIR:-/tmp/credits-bench}
 BENCH_PORT=${CREDITS_BENCH_PORT:-54332}
 SECONDS_PER_RUN=${BENCH_SECONDS:-20}
 CLIENTS=${BENCH_CLIENTS:-1,8,32}
-PROFILE=${BENCH_PROFILE:---release}
+PROFILE=${BENCH_PROFILE---release}
+ROWS=${BENCH_ROWS:-10000}
 
 cleanup() { cluster_stop "$BENCH_DIR"; }
 trap cleanup EXIT
@@ -31,6 +34,6 @@ runuser -u postgres -- "$PGBIN/pg_ctl" -D "$BENCH_DIR/data" -l "$BENCH_DIR/serve
 PSQL=(psql -X -q -h 127.0.0.1 -p "$BENCH_PORT" -U postgres -v ON_ERROR_STOP=1)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
 echo "== loading data"
-"${PSQL[@]}" -d bench -v rows=10000 -f bench/setup.sql >/dev/null
+"${PSQL[@]}" -d bench -v rows="$ROWS" -f bench/setup.sql >/dev/null
 echo "== running (${SECONDS_PER_RUN} s per run, clients ${CLIENTS})"
-python3 bench/run.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --clients "$CLIENTS" "$@"
+python3 bench/run.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --clients "$CLIENTS" --rows "$ROWS" "$@"
