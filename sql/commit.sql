@@ -33,6 +33,10 @@ DECLARE
     v_mode     text;
     v_soft     numeric;
     v_rate     numeric;
+    v_free_after     numeric;
+    v_recharge_below numeric;
+    v_next_alert     numeric;
+    v_usage          numeric;
     a          credits.accounts;
     r          credits.reservations;
     d          record;
@@ -129,14 +133,21 @@ BEGIN
                    period_used = period_used + t.charged
               FROM totals t
              WHERE account_id = v_account
+            RETURNING balance AS free, recharge_below, next_alert_at, period_used + period_overage AS usage
         )
         UPDATE credits.reservations
            SET status = 'committed', charged = v_charge, draw_buckets = t.buckets, draw_amounts = t.amounts,
                overage = v_charge - t.charged,
                overage_rate = CASE WHEN v_charge > t.charged THEN v_rate END,
                period_start = a.period_start, resolved_at = v_now
-          FROM totals t
-         WHERE reservation_id = v_id AND account_id = v_account;
+          FROM totals t, account ac
+         WHERE reservation_id = v_id AND account_id = v_account
+        RETURNING ac.free, ac.recharge_below, ac.next_alert_at, ac.usage
+             INTO v_free_after, v_recharge_below, v_next_alert, v_usage;
+        IF v_usage >= v_next_alert
+           OR (v_free_after < v_recharge_below AND a.balance >= v_recharge_below) THEN
+            PERFORM credits._after_usage(v_account, a.balance, v_now);
+        END IF;
         RETURN trim_scale(v_charge);
     END IF;
 
@@ -180,8 +191,7 @@ BEGIN
         v_charged := v_charged + d.total;
         v_left := v_left - d.total;
         IF v_left > 0 THEN
-            SELECT coalesce(a.limit_mode, p.limit_mode), coalesce(a.soft_limit, p.soft_limit)
-              INTO v_mode, v_soft FROM credits.plans p WHERE p.plan_id = a.plan_id;
+            SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, v_now) l;
             v_take := CASE WHEN v_mode = 'soft'
                            THEN least(v_left, greatest(v_soft - a.period_overage - a.overage_held - v_overage + v_ov_held, 0))
                            ELSE 0 END;
@@ -215,7 +225,13 @@ BEGIN
        SET held = held - v_released, balance = balance - v_charged - v_written,
            overage_held = overage_held - v_ov_held, period_overage = period_overage + v_overage,
            period_used = period_used + v_charged + v_debt, debt = debt + v_debt
-     WHERE account_id = v_account;
+     WHERE account_id = v_account
+    RETURNING balance, recharge_below, next_alert_at, period_used + period_overage
+         INTO v_free_after, v_recharge_below, v_next_alert, v_usage;
+    IF v_usage >= v_next_alert
+       OR (v_free_after < v_recharge_below AND a.balance >= v_recharge_below) THEN
+        PERFORM credits._after_usage(v_account, a.balance, v_now);
+    END IF;
     UPDATE credits.reservations
        SET status = 'committed', charged = v_charge, draw_buckets = v_buckets, draw_amounts = v_amounts,
            overage = v_overage, overage_rate = v_rate, debt = v_debt, period_start = a.period_start,

@@ -35,12 +35,7 @@ DECLARE
     v_mode  text;
     v_limit numeric;
 BEGIN
-    SELECT coalesce(NEW.limit_mode, p.limit_mode),
-           CASE WHEN coalesce(NEW.limit_mode, p.limit_mode) = 'soft'
-                THEN coalesce(NEW.soft_limit, p.soft_limit) ELSE 0 END
-      INTO v_mode, v_limit
-      FROM credits.plans p
-     WHERE p.plan_id = NEW.plan_id;
+    SELECT l.mode, l.soft INTO v_mode, v_limit FROM credits._limit(NEW, credits._now()) l;
     IF NEW.period_overage + NEW.overage_held > v_limit THEN
         RAISE EXCEPTION USING
             ERRCODE = 'CR001',
@@ -55,7 +50,7 @@ END
 $$;
 
 CREATE TRIGGER accounts_overage_limit
-    BEFORE UPDATE OF period_overage, overage_held, limit_mode, soft_limit, plan_id ON credits.accounts
+    BEFORE UPDATE OF period_overage, overage_held ON credits.accounts
     FOR EACH ROW
     WHEN (NEW.period_overage + NEW.overage_held > OLD.period_overage + OLD.overage_held)
     EXECUTE FUNCTION credits._overage_within_limit();

@@ -128,6 +128,12 @@ BEGIN
            period_end = v_end,
            period_used = CASE WHEN v_reset THEN 0 ELSE period_used END,
            period_overage = CASE WHEN v_reset THEN 0 ELSE period_overage END,
+           alerts_raised = CASE WHEN v_reset THEN '{}' ELSE alerts_raised END,
+           next_alert_at = CASE WHEN v_reset
+                                THEN credits._next_alert_at(alert_percents, '{}',
+                                         (SELECT CASE WHEN byok THEN 0 ELSE p.allocation END
+                                            FROM credits.plans p WHERE p.plan_id = credits.accounts.plan_id))
+                                ELSE next_alert_at END,
            next_event = credits._next_event(p_account, v_end, p_now)
      WHERE account_id = p_account;
     RETURN (v->>'rolled')::integer;

@@ -79,7 +79,9 @@ CREATE FUNCTION public.credits_account_upsert(
     billing_anchor timestamptz DEFAULT NULL,
     byok           boolean DEFAULT NULL,
     limit_mode     text DEFAULT NULL,
-    soft_limit     numeric DEFAULT NULL)
+    soft_limit     numeric DEFAULT NULL,
+    override_until timestamptz DEFAULT NULL,
+    alert_percents numeric[] DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -96,12 +98,22 @@ DECLARE
                            ELSE credits._choice(credits_account_upsert.limit_mode, 'limit_mode', '{hard,soft,plan}') END;
     v_soft    numeric := CASE WHEN credits_account_upsert.soft_limit IS NULL THEN NULL
                               ELSE credits._amount(credits_account_upsert.soft_limit, 'soft_limit', true) END;
+    v_until   timestamptz := credits_account_upsert.override_until;
+    v_alerts  numeric[] := credits_account_upsert.alert_percents;
     v_now     timestamptz;
     v_end     timestamptz;
     p         credits.plans;
     a         credits.accounts;
     rt        record;
 BEGIN
+    IF v_until IS NOT NULL AND NOT isfinite(v_until) THEN
+        PERFORM credits._raise('22023', 'override_until must be a finite timestamp',
+            format('override_until is %s.', v_until), 'Leave it out for an override without end.');
+    END IF;
+    IF v_alerts IS NOT NULL AND EXISTS (SELECT 1 FROM unnest(v_alerts) x WHERE x IS NULL OR x <= 0 OR x > 1000) THEN
+        PERFORM credits._raise('22023', 'alert_percents must be percentages above 0',
+            format('alert_percents is %s.', v_alerts), 'Pass percentages of the period allocation, such as {50,80,100}.');
+    END IF;
     IF v_anchor IS NOT NULL AND NOT isfinite(v_anchor) THEN
         PERFORM credits._raise('22023', 'billing_anchor must be a finite timestamp',
             format('billing_anchor is %s.', v_anchor), 'Pass the date the account''s billing started.');
@@ -124,11 +136,14 @@ BEGIN
         v_anchor := coalesce(v_anchor, v_now);
         v_byok := coalesce(v_byok, false);
         v_end := credits._period_after(v_anchor, p.reset, v_now);
-        INSERT INTO credits.accounts (account_id, plan_id, billing_anchor, byok, limit_mode, soft_limit,
-                                      period_start, period_end, balance, next_event, created_at)
-        VALUES (v_account, v_plan, v_anchor, v_byok, nullif(v_mode, 'plan'), v_soft,
+        v_alerts := coalesce(v_alerts, '{80,100}');
+        INSERT INTO credits.accounts (account_id, plan_id, billing_anchor, byok, limit_mode, soft_limit, override_until,
+                                      period_start, period_end, balance, next_event, alert_percents, next_alert_at,
+                                      created_at)
+        VALUES (v_account, v_plan, v_anchor, v_byok, nullif(v_mode, 'plan'), v_soft, v_until,
                 credits._period_start(v_anchor, p.reset, v_now), v_end,
-                CASE WHEN v_byok THEN 0 ELSE p.allocation END, v_end, v_now)
+                CASE WHEN v_byok THEN 0 ELSE p.allocation END, v_end, v_alerts,
+                credits._next_alert_at(v_alerts, '{}', CASE WHEN v_byok THEN 0 ELSE p.allocation END), v_now)
         ON CONFLICT (account_id) DO NOTHING;
         IF FOUND THEN
             -- The full allocation for the first period, even a partial one.
@@ -147,10 +162,13 @@ BEGIN
     IF v_mode = 'plan' THEN
         a.limit_mode := NULL;
         a.soft_limit := NULL;
+        a.override_until := NULL;
     ELSIF v_mode IS NOT NULL THEN
         a.limit_mode := v_mode;
     END IF;
     a.soft_limit := coalesce(v_soft, a.soft_limit);
+    a.override_until := coalesce(v_until, a.override_until);
+    a.alert_percents := coalesce(v_alerts, a.alert_percents);
     a.billing_anchor := coalesce(v_anchor, a.billing_anchor);
 
     -- A new plan, anchor or reset rule moves the end of the current period
@@ -174,8 +192,11 @@ BEGIN
 
     UPDATE credits.accounts
        SET plan_id = a.plan_id, billing_anchor = a.billing_anchor, byok = a.byok,
-           limit_mode = a.limit_mode, soft_limit = a.soft_limit, period_end = a.period_end,
-           balance = a.balance, debt = a.debt,
+           limit_mode = a.limit_mode, soft_limit = a.soft_limit, override_until = a.override_until,
+           period_end = a.period_end, balance = a.balance, debt = a.debt,
+           alert_percents = a.alert_percents,
+           next_alert_at = credits._next_alert_at(a.alert_percents, a.alerts_raised,
+                                                  CASE WHEN a.byok THEN 0 ELSE p.allocation END),
            next_event = credits._next_event(v_account, a.period_end, v_now)
      WHERE account_id = v_account;
 END

@@ -39,6 +39,7 @@ DECLARE
     v_soft     numeric;
     v_free     numeric;
     v_overage  numeric := 0;
+    v_allowed  boolean;
     a          credits.accounts;
     d          record;
 BEGIN
@@ -65,6 +66,15 @@ BEGIN
     END IF;
     IF v_metadata IS NULL OR jsonb_typeof(v_metadata) <> 'object' THEN
         v_metadata := credits._metadata(v_metadata);
+    END IF;
+
+    -- Products are registered on first use and may be disabled.
+    SELECT p.enabled AND coalesce(ap.enabled, true) INTO v_allowed
+      FROM credits.products p
+      LEFT JOIN credits.account_products ap ON ap.account_id = v_account AND ap.product = p.product
+     WHERE p.product = v_product;
+    IF v_allowed IS NOT TRUE THEN
+        PERFORM credits._product_allowed(v_account, v_product, v_now);
     END IF;
 
     IF v_key IS NULL THEN
@@ -127,9 +137,7 @@ BEGIN
 
     v_free := a.balance - a.held;
     IF v_free < v_amount THEN
-        SELECT coalesce(a.limit_mode, p.limit_mode), coalesce(a.soft_limit, p.soft_limit)
-          INTO v_mode, v_soft
-          FROM credits.plans p WHERE p.plan_id = a.plan_id;
+        SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, v_now) l;
         v_overage := v_amount - v_free;
         IF v_mode <> 'soft' OR a.period_overage + a.overage_held + v_overage > v_soft THEN
             PERFORM credits._raise('CR001',

@@ -24,7 +24,7 @@ CREATE FUNCTION credits._account_state(p_account text, p_now timestamptz)
 RETURNS TABLE (account_id text, plan_id text, byok boolean, limit_mode text, soft_limit numeric,
                allocation numeric, used numeric, overage numeric, reserved numeric, available numeric,
                overage_available numeric, debt numeric, period_start timestamptz, period_end timestamptz,
-               days_until_reset integer)
+               days_until_reset integer, override_until timestamptz)
 LANGUAGE plpgsql STABLE
 AS $$
 #variable_conflict use_column
@@ -50,8 +50,7 @@ BEGIN
     v_end := (v->>'period_end')::timestamptz;
     SELECT coalesce(sum(x.held), 0), coalesce(sum(x.balance - x.held), 0) INTO v_held, v_free
       FROM jsonb_to_recordset(v->'buckets') AS x(balance numeric, held numeric);
-    v_mode := coalesce(a.limit_mode, p.limit_mode);
-    v_soft := CASE WHEN v_mode = 'soft' THEN coalesce(a.soft_limit, p.soft_limit) ELSE 0 END;
+    SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, p_now) l;
     v_ov_held := a.overage_held - (v->>'overage_released')::numeric;
     RETURN QUERY
     SELECT a.account_id, a.plan_id, a.byok, v_mode, v_soft,
@@ -67,6 +66,7 @@ BEGIN
            greatest(v_soft - CASE WHEN v_roll THEN 0 ELSE a.period_overage END - v_ov_held, 0),
            (v->>'debt')::numeric,
            (v->>'period_start')::timestamptz, v_end,
-           greatest(ceil(extract(epoch FROM v_end - p_now) / 86400), 0)::integer;
+           greatest(ceil(extract(epoch FROM v_end - p_now) / 86400), 0)::integer,
+           CASE WHEN a.override_until > p_now THEN a.override_until END;
 END
 $$;

@@ -28,8 +28,9 @@ CREATE TABLE credits.accounts (
     plan_id        text NOT NULL REFERENCES credits.plans (plan_id),
     billing_anchor timestamptz NOT NULL,
     byok           boolean NOT NULL,
-    limit_mode     text,
-    soft_limit     numeric(20,6),
+    limit_mode     text,            -- override of the plan's, NULL: the plan's
+    soft_limit     numeric(20,6),   -- override of the plan's, NULL: the plan's
+    override_until timestamptz,     -- the overrides end then, NULL: never
     period_start   timestamptz NOT NULL,
     period_end     timestamptz NOT NULL,
     balance        numeric(20,6) NOT NULL DEFAULT 0,
@@ -39,6 +40,13 @@ CREATE TABLE credits.accounts (
     period_overage numeric(20,6) NOT NULL DEFAULT 0,
     debt           numeric(20,6) NOT NULL DEFAULT 0,
     next_event     timestamptz NOT NULL,
+    -- Alerts: percentages of the period allocation that raise an event once
+    -- per period; next_alert_at is the usage at which the next one is due.
+    alert_percents numeric[] NOT NULL DEFAULT '{80,100}',
+    alerts_raised  numeric[] NOT NULL DEFAULT '{}',
+    next_alert_at  numeric(20,6),
+    -- Auto-recharge threshold when enabled (credits_auto_recharge_set).
+    recharge_below numeric(20,6),
     created_at     timestamptz NOT NULL,
     CONSTRAINT accounts_within_limits CHECK (held >= 0 AND held <= balance AND overage_held >= 0 AND debt >= 0)
 ) WITH (fillfactor = 70);

@@ -111,7 +111,7 @@ AS $$
             UNION ALL
             SELECT l.account_id, format('ledger row %s: kind %s', l.entry_id, l.kind)
               FROM credits.ledger l
-             WHERE l.kind NOT IN ('allocation', 'rollover', 'topup', 'promo', 'pack', 'adjustment', 'plan_change',
+             WHERE l.kind NOT IN ('allocation', 'rollover', 'topup', 'promo', 'pack', 'adjustment', 'plan_change', 'purchase',
                                   'charge', 'overage', 'debt', 'refund', 'overage_refund', 'debt_refund',
                                   'debt_payment', 'expire', 'hold_expired')) x
     UNION ALL

@@ -34,6 +34,7 @@ const SUMMARY: &[(&str, Kind)] = &[
     ("period_end", Kind::Text),
     ("next_reset", Kind::Text),
     ("days_until_reset", Kind::Int),
+    ("override_until", Kind::Text),
 ];
 
 const BUCKETS: &[(&str, Kind)] = &[
@@ -104,11 +105,12 @@ pub fn _balance_json(account_id: &str) -> JsonB {
                 trim_scale(s.allocation)::text, trim_scale(s.used)::text, \
                 CASE WHEN s.allocation > 0 THEN round(100 * s.used / s.allocation, 2) END::text, \
                 trim_scale(s.reserved)::text, trim_scale(s.available)::text, trim_scale(s.overage)::text, trim_scale(s.overage_available)::text, \
-                trim_scale(s.debt)::text, s.limit_mode, trim_scale(s.soft_limit)::text, {}, {}, {}, s.days_until_reset::text \
+                trim_scale(s.debt)::text, s.limit_mode, trim_scale(s.soft_limit)::text, {}, {}, {}, s.days_until_reset::text, {} \
            FROM credits._account_state($1, credits._now()) s",
         iso("s.period_start"),
         iso("s.period_end"),
         iso("s.period_end"),
+        iso("s.override_until"),
     );
     let buckets_sql = format!(
         "SELECT b.bucket_id::text, b.kind, trim_scale(b.amount)::text, trim_scale(b.remaining)::text, trim_scale(b.held)::text, {}, {}, b.metadata \

@@ -32,10 +32,16 @@ extension_sql_file!(
     name = "errors",
     requires = ["bootstrap"]
 );
+extension_sql_file!("../sql/limits.sql", name = "limits", requires = ["tables"]);
+extension_sql_file!(
+    "../sql/events.sql",
+    name = "events",
+    requires = ["tables", "errors", input::_ident, clock::_now]
+);
 extension_sql_file!(
     "../sql/housekeeping.sql",
     name = "housekeeping",
-    requires = ["tables", "errors", clock::_now, roll::_roll_plan]
+    requires = ["tables", "errors", "limits", clock::_now, roll::_roll_plan]
 );
 extension_sql_file!(
     "../sql/state.sql",
@@ -71,17 +77,37 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/reserve.sql",
     name = "reserve",
-    requires = ["draw", "idempotency", "plans_accounts"]
+    requires = ["draw", "idempotency", "plans_accounts", "products"]
 );
 extension_sql_file!(
     "../sql/commit.sql",
     name = "commit",
-    requires = ["draw", "reserve"]
+    requires = ["draw", "reserve", "alerts"]
 );
 extension_sql_file!(
     "../sql/refund.sql",
     name = "refund",
     requires = ["draw", "reserve"]
+);
+extension_sql_file!(
+    "../sql/products.sql",
+    name = "products",
+    requires = ["housekeeping", input::_ident]
+);
+extension_sql_file!(
+    "../sql/quotes.sql",
+    name = "quotes",
+    requires = ["tables", "errors", input::_ident, input::_amount]
+);
+extension_sql_file!(
+    "../sql/purchases.sql",
+    name = "purchases",
+    requires = ["housekeeping", "events", input::_ident, input::_amount]
+);
+extension_sql_file!(
+    "../sql/alerts.sql",
+    name = "alerts",
+    requires = ["purchases", "events", "limits"]
 );
 extension_sql_file!(
     "../sql/reset.sql",

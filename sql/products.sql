@@ -1,0 +1,88 @@
+-- The catalogue of AI products sharing an account's pool. A product is
+-- registered (enabled) the first time it is reserved for; an admin can
+-- disable it for everyone or for one account, and reserving for it then
+-- fails with CR009.
+
+CREATE TABLE credits.products (
+    product     text PRIMARY KEY,
+    enabled     boolean NOT NULL DEFAULT true,
+    description text,
+    created_at  timestamptz NOT NULL
+);
+CREATE TABLE credits.account_products (
+    account_id text NOT NULL REFERENCES credits.accounts (account_id),
+    product    text NOT NULL REFERENCES credits.products (product),
+    enabled    boolean NOT NULL,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (account_id, product)
+);
+SELECT pg_catalog.pg_extension_config_dump('credits.products', '');
+SELECT pg_catalog.pg_extension_config_dump('credits.account_products', '');
+COMMENT ON TABLE credits.products IS 'AI products: registered on first use; enabled unless an admin disabled them.';
+COMMENT ON TABLE credits.account_products IS 'Per-account product switches: enabled = false disables a product for one account.';
+
+-- Checks that a product may be used by an account, registering it on first use.
+CREATE FUNCTION credits._product_allowed(p_account text, p_product text, p_now timestamptz) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_global  boolean;
+    v_account boolean;
+BEGIN
+    SELECT p.enabled, ap.enabled INTO v_global, v_account
+      FROM credits.products p
+      LEFT JOIN credits.account_products ap ON ap.account_id = p_account AND ap.product = p.product
+     WHERE p.product = p_product;
+    IF NOT FOUND THEN
+        INSERT INTO credits.products (product, created_at) VALUES (p_product, p_now) ON CONFLICT DO NOTHING;
+    ELSIF NOT v_global OR NOT coalesce(v_account, true) THEN
+        PERFORM credits._raise('CR009', format('product "%s" is disabled', p_product),
+            CASE WHEN NOT v_global THEN 'An admin disabled this product for every account.'
+                 ELSE format('An admin disabled this product for account "%s".', p_account) END,
+            'Enable it with credits_product_upsert(enabled => true) or credits_account_product_set().');
+    END IF;
+END
+$$;
+
+CREATE FUNCTION public.credits_product_upsert(product text, enabled boolean DEFAULT NULL, description text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_product text := credits._ident(credits_product_upsert.product, 'product', 255);
+BEGIN
+    INSERT INTO credits.products (product, enabled, description, created_at)
+    VALUES (v_product, coalesce(credits_product_upsert.enabled, true), credits_product_upsert.description, credits._now())
+    ON CONFLICT (product) DO UPDATE
+       SET enabled = coalesce(credits_product_upsert.enabled, credits.products.enabled),
+           description = coalesce(credits_product_upsert.description, credits.products.description);
+END
+$$;
+
+-- enabled => NULL removes the account's switch (the global one applies).
+CREATE FUNCTION public.credits_account_product_set(account_id text, product text, enabled boolean)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_account_product_set.account_id, 'account_id', 255);
+    v_product text := credits._ident(credits_account_product_set.product, 'product', 255);
+    v_now     timestamptz := credits._now();
+BEGIN
+    PERFORM credits._lock_account(v_account);
+    INSERT INTO credits.products (product, created_at) VALUES (v_product, v_now) ON CONFLICT DO NOTHING;
+    IF credits_account_product_set.enabled IS NULL THEN
+        DELETE FROM credits.account_products WHERE account_id = v_account AND product = v_product;
+    ELSE
+        INSERT INTO credits.account_products (account_id, product, enabled, updated_at)
+        VALUES (v_account, v_product, credits_account_product_set.enabled, v_now)
+        ON CONFLICT (account_id, product) DO UPDATE SET enabled = EXCLUDED.enabled, updated_at = EXCLUDED.updated_at;
+    END IF;
+END
+$$;

@@ -1,0 +1,217 @@
+-- Credit packs, purchases and auto-recharge. A purchase is a pack bucket
+-- (never expires, used after the allocation, top-ups and promos),
+-- idempotent on the payment reference, refused (CR010) when the account's
+-- plan does not allow purchases. Auto-recharge writes a recharge request
+-- (and a recharge_requested event) when a commit takes the available
+-- balance below the account's threshold, once per crossing, within a
+-- monthly spending cap; the application's payment worker completes it with
+-- credits_purchase(payment_ref => the request id) or fails it with
+-- credits_recharge_fail().
+
+CREATE TABLE credits.packs (
+    pack_id    text PRIMARY KEY,
+    credits    numeric(20,6) NOT NULL CHECK (credits > 0),
+    price      numeric(20,6) NOT NULL CHECK (price >= 0),
+    currency   text NOT NULL,
+    active     boolean NOT NULL DEFAULT true,
+    updated_at timestamptz NOT NULL
+);
+CREATE TABLE credits.purchases (
+    account_id    text NOT NULL,
+    purchase_id   uuid NOT NULL DEFAULT gen_random_uuid(),
+    pack_id       text NOT NULL,
+    credits       numeric(20,6) NOT NULL,
+    price         numeric(20,6) NOT NULL,
+    currency      text NOT NULL,
+    payment_ref   text NOT NULL,
+    bucket_id     uuid NOT NULL,
+    auto_recharge boolean NOT NULL,
+    created_at    timestamptz NOT NULL,
+    PRIMARY KEY (account_id, purchase_id),
+    UNIQUE (account_id, payment_ref)
+);
+CREATE TABLE credits.auto_recharge (
+    account_id  text PRIMARY KEY REFERENCES credits.accounts (account_id),
+    enabled     boolean NOT NULL,
+    pack_id     text NOT NULL REFERENCES credits.packs (pack_id),
+    threshold   numeric(20,6) NOT NULL,
+    monthly_cap numeric(20,6) NOT NULL,
+    updated_at  timestamptz NOT NULL
+);
+CREATE TABLE credits.recharge_requests (
+    account_id  text NOT NULL,
+    request_id  uuid NOT NULL DEFAULT gen_random_uuid(),
+    pack_id     text NOT NULL,
+    credits     numeric(20,6) NOT NULL,
+    price       numeric(20,6) NOT NULL,
+    currency    text NOT NULL,
+    status      text NOT NULL,
+    reason      text,
+    created_at  timestamptz NOT NULL,
+    resolved_at timestamptz,
+    PRIMARY KEY (account_id, request_id)
+);
+CREATE INDEX recharge_requests_by_id ON credits.recharge_requests (request_id);
+SELECT pg_catalog.pg_extension_config_dump('credits.packs', '');
+SELECT pg_catalog.pg_extension_config_dump('credits.purchases', '');
+SELECT pg_catalog.pg_extension_config_dump('credits.auto_recharge', '');
+SELECT pg_catalog.pg_extension_config_dump('credits.recharge_requests', '');
+COMMENT ON TABLE credits.packs IS 'Credit packs for sale: credits, price and currency.';
+COMMENT ON TABLE credits.purchases IS 'Purchased packs, one per payment reference and account.';
+COMMENT ON TABLE credits.auto_recharge IS 'Auto-recharge per account: pack, threshold and monthly spending cap.';
+COMMENT ON TABLE credits.recharge_requests IS 'Recharge requests written by auto-recharge: pending, completed or failed.';
+
+CREATE FUNCTION public.credits_pack_upsert(pack_id text, credits numeric, price numeric,
+                                           currency text DEFAULT 'USD', active boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_pack     text    := credits._ident(credits_pack_upsert.pack_id, 'pack_id', 255);
+    v_credits  numeric := credits._amount(credits_pack_upsert.credits, 'credits', false);
+    v_price    numeric := credits._amount(credits_pack_upsert.price, 'price', true);
+    v_currency text    := credits._ident(credits_pack_upsert.currency, 'currency', 16);
+BEGIN
+    PERFORM credits._required(credits_pack_upsert.active IS NULL, 'active');
+    INSERT INTO credits.packs (pack_id, credits, price, currency, active, updated_at)
+    VALUES (v_pack, v_credits, v_price, v_currency, credits_pack_upsert.active, credits._now())
+    ON CONFLICT (pack_id) DO UPDATE
+       SET credits = EXCLUDED.credits, price = EXCLUDED.price, currency = EXCLUDED.currency,
+           active = EXCLUDED.active, updated_at = EXCLUDED.updated_at;
+END
+$$;
+
+CREATE FUNCTION public.credits_purchase(account_id text, pack text, payment_ref text) RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_purchase.account_id, 'account_id', 255);
+    v_pack    text := credits._ident(credits_purchase.pack, 'pack', 255);
+    v_ref     text := credits._ident(credits_purchase.payment_ref, 'payment_ref', 255);
+    v_now     timestamptz;
+    v_auto    boolean;
+    a         credits.accounts;
+    pk        credits.packs;
+    pu        credits.purchases;
+    nb        record;
+BEGIN
+    a := credits._lock_account(v_account);
+    v_now := credits._now();
+    SELECT * INTO pu FROM credits.purchases WHERE account_id = v_account AND payment_ref = v_ref;
+    IF FOUND THEN
+        IF pu.pack_id <> v_pack THEN
+            PERFORM credits._raise('CR006', format('payment_ref "%s" was already used for pack "%s"', v_ref, pu.pack_id),
+                format('Account "%s" bought pack "%s" with it; this call asks for pack "%s".', v_account, pu.pack_id, v_pack),
+                'Each payment buys one pack: use the payment''s own reference.');
+        END IF;
+        RETURN pu.bucket_id;
+    END IF;
+    SELECT * INTO pk FROM credits.packs WHERE pack_id = v_pack AND active;
+    IF NOT FOUND THEN
+        PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
+            'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
+    END IF;
+    IF NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
+        PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
+            format('Account "%s" is on a plan without purchases.', v_account),
+            'Upgrade the account to a plan that allows purchases.');
+    END IF;
+    IF a.byok THEN
+        PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
+            'BYOK accounts bring their own keys: they have no allocation and no buckets.',
+            'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.');
+    END IF;
+
+    SELECT * INTO nb FROM credits._new_bucket(v_account, 'pack', pk.credits, NULL, v_now, a.debt, v_ref,
+        jsonb_build_object('pack', v_pack, 'payment_ref', v_ref, 'price', pk.price, 'currency', pk.currency), 'purchase');
+    UPDATE credits.accounts SET balance = balance + pk.credits - nb.settled, debt = debt - nb.settled
+     WHERE account_id = v_account;
+    UPDATE credits.recharge_requests SET status = 'completed', resolved_at = v_now
+     WHERE account_id = v_account AND request_id::text = v_ref AND status IN ('pending', 'failed');
+    v_auto := FOUND;
+    INSERT INTO credits.purchases (account_id, pack_id, credits, price, currency, payment_ref, bucket_id, auto_recharge, created_at)
+    VALUES (v_account, v_pack, pk.credits, pk.price, pk.currency, v_ref, nb.bucket_id, v_auto, v_now);
+    RETURN nb.bucket_id;
+END
+$$;
+
+CREATE FUNCTION public.credits_auto_recharge_set(account_id text, enabled boolean, pack text DEFAULT NULL,
+                                                 threshold numeric DEFAULT NULL, monthly_cap numeric DEFAULT 50)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_auto_recharge_set.account_id, 'account_id', 255);
+    v_pack    text := CASE WHEN credits_auto_recharge_set.pack IS NULL THEN NULL
+                           ELSE credits._ident(credits_auto_recharge_set.pack, 'pack', 255) END;
+    v_threshold numeric := CASE WHEN credits_auto_recharge_set.threshold IS NULL THEN NULL
+                                ELSE credits._amount(credits_auto_recharge_set.threshold, 'threshold', true) END;
+    v_cap     numeric := credits._amount(credits_auto_recharge_set.monthly_cap, 'monthly_cap', true);
+    a         credits.accounts;
+    cur       credits.auto_recharge;
+BEGIN
+    PERFORM credits._required(credits_auto_recharge_set.enabled IS NULL, 'enabled');
+    a := credits._lock_account(v_account);
+    SELECT * INTO cur FROM credits.auto_recharge WHERE account_id = v_account;
+    v_pack := coalesce(v_pack, cur.pack_id);
+    v_threshold := coalesce(v_threshold, cur.threshold);
+    PERFORM credits._required(v_pack IS NULL, 'pack');
+    PERFORM credits._required(v_threshold IS NULL, 'threshold');
+    IF NOT EXISTS (SELECT 1 FROM credits.packs WHERE pack_id = v_pack AND active) THEN
+        PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
+            'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
+    END IF;
+    IF credits_auto_recharge_set.enabled AND a.byok THEN
+        PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
+            'BYOK accounts have no balance to recharge.', 'Leave auto-recharge off for BYOK accounts.');
+    END IF;
+    IF credits_auto_recharge_set.enabled
+       AND NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
+        PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
+            'Auto-recharge buys packs, and this plan allows no purchases.',
+            'Upgrade the account to a plan that allows purchases.');
+    END IF;
+    INSERT INTO credits.auto_recharge (account_id, enabled, pack_id, threshold, monthly_cap, updated_at)
+    VALUES (v_account, credits_auto_recharge_set.enabled, v_pack, v_threshold, v_cap, credits._now())
+    ON CONFLICT (account_id) DO UPDATE
+       SET enabled = EXCLUDED.enabled, pack_id = EXCLUDED.pack_id, threshold = EXCLUDED.threshold,
+           monthly_cap = EXCLUDED.monthly_cap, updated_at = EXCLUDED.updated_at;
+    UPDATE credits.accounts
+       SET recharge_below = CASE WHEN credits_auto_recharge_set.enabled THEN v_threshold END
+     WHERE account_id = v_account;
+END
+$$;
+
+CREATE FUNCTION public.credits_recharge_fail(request_id uuid, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text;
+BEGIN
+    PERFORM credits._required(credits_recharge_fail.request_id IS NULL, 'request_id');
+    SELECT r.account_id INTO v_account FROM credits.recharge_requests r WHERE r.request_id = credits_recharge_fail.request_id;
+    IF FOUND THEN
+        PERFORM credits._lock_account(v_account);
+        UPDATE credits.recharge_requests r
+           SET status = 'failed', reason = credits_recharge_fail.reason, resolved_at = credits._now()
+         WHERE r.account_id = v_account AND r.request_id = credits_recharge_fail.request_id AND r.status = 'pending';
+    END IF;
+    IF v_account IS NULL OR NOT FOUND THEN
+        PERFORM credits._raise('CR017', format('recharge request %s is not pending', credits_recharge_fail.request_id),
+            'It does not exist, or it was already completed or failed.',
+            'Only a pending request can be failed.');
+    END IF;
+END
+$$;

@@ -1,0 +1,65 @@
+\ir helpers.inc
+SELECT plan(22);
+
+SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
+SELECT credits_account_upsert(account_id => 'beta', plan_id => 'pro');
+
+-- Products: registered on first use, disabled globally or per account.
+SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'translations');
+SELECT is((SELECT enabled FROM credits.products WHERE product = 'translations'), true, 'a new product is registered, enabled');
+SELECT credits_account_product_set(account_id => 'acme', product => 'seo', enabled => false);
+SELECT pg_temp.state() AS before \gset
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'seo')$$, 'CR009', NULL,
+                 'a product disabled for an account cannot be reserved for');
+SELECT is(pg_temp.state(), :'before', 'and nothing is left behind');
+SELECT lives_ok($$SELECT credits_reserve(account_id => 'beta', amount => 1, product => 'seo')$$, 'other accounts still can');
+SELECT credits_product_upsert(product => 'translations', enabled => false);
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'beta', amount => 1, product => 'translations')$$, 'CR009', NULL,
+                 'a product disabled for everyone cannot be reserved for');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'translations', idempotency_key => 'k')$$,
+                 'CR009', NULL, 'also on the general path');
+SELECT credits_product_upsert(product => 'translations', enabled => true);
+SELECT credits_account_product_set(account_id => 'acme', product => 'seo', enabled => NULL);
+SELECT lives_ok($$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'seo')$$, 're-enabled products work again');
+
+-- Prices and cost previews.
+SELECT credits_price_upsert(product => 'images', action => 'generate', unit => 'image', price => 25);
+SELECT credits_price_upsert(product => 'editor', action => 'rewrite', unit => 'call', price => 0.5);
+SELECT credits_price_upsert(product => 'editor', action => 'rewrite', unit => 'input_tokens_1k', price => 1);
+SELECT credits_price_upsert(product => 'editor', action => 'rewrite', unit => 'output_tokens_1k', price => 3);
+SELECT credits_price_upsert(product => 'editor', action => 'rewrite', unit => 'output_tokens_1k', price => 6, tier => 'premium');
+SELECT is(credits_quote(product => 'images', action => 'generate', images => 2), 50::numeric, 'an image costs 25');
+SELECT is(credits_quote(product => 'editor', action => 'rewrite', input_tokens => 1500, output_tokens => 700),
+          4.1::numeric, 'per call + per 1k tokens: 0.5 + 1.5 + 2.1, exactly');
+SELECT is(credits_quote(product => 'editor', action => 'rewrite', tier => 'premium', output_tokens => 1000), 6::numeric,
+          'model tiers have their own prices');
+SELECT is(credits_quote(product => 'editor', action => 'rewrite', calls => 1, input_tokens => 1, output_tokens => 0),
+          0.501::numeric, 'exact numeric, rounded up to the micro-credit only when needed');
+SELECT throws_ok($$SELECT credits_quote(product => 'editor', action => 'summarize')$$, 'CR015', NULL, 'no price: CR015');
+SELECT throws_ok($$SELECT credits_quote(product => 'images', action => 'generate', images => -1)$$, '22023', NULL,
+                 'negative quantities are refused');
+SELECT is(credits_commit(credits_reserve(account_id => 'acme',
+                                         amount => credits_quote(product => 'images', action => 'generate', images => 1),
+                                         product => 'images', action => 'generate')), 25::numeric,
+          'a reserve can be made from a quote');
+SELECT throws_ok($$SELECT credits_price_upsert(product => 'images', action => 'generate', unit => 'pixel', price => 1)$$,
+                 '22023', NULL, 'unknown units are refused');
+
+-- Temporary overrides and trials.
+SELECT credits_account_upsert(account_id => 'beta', limit_mode => 'soft', soft_limit => 50,
+                              override_until => '2026-03-12 00:00+00');
+SELECT is(credits_balance('beta') #>> '{summary,limit_mode}', 'soft', 'the override is in force');
+SELECT is(credits_balance('beta') #>> '{summary,override_until}', '2026-03-12T00:00:00.000000Z', 'and says until when');
+SELECT lives_ok($$SELECT credits_reserve(account_id => 'beta', amount => 120, product => 'editor', ttl => '30 days')$$,
+                'overage while it lasts');
+SET LOCAL credits.now = '2026-03-13 00:00:00+00';
+SELECT is(credits_balance('beta') #>> '{summary,limit_mode}', 'hard', 'after its end the plan''s limit is back');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'beta', amount => 2, product => 'editor')$$, 'CR001', NULL,
+                 'and enforced');
+SELECT credits_grant(account_id => 'beta', amount => 30, kind => 'promo', expires_at => '2026-03-20 00:00+00');
+SELECT lives_ok($$SELECT credits_reserve(account_id => 'beta', amount => 30, product => 'editor')$$, 'a trial credit is usable');
+SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
+
+SELECT * FROM finish();
+ROLLBACK;

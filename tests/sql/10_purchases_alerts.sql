@@ -1,0 +1,109 @@
+\ir helpers.inc
+SELECT plan(34);
+
+SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
+SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
+SELECT credits_pack_upsert(pack_id => 'p20', credits => 200, price => 20, currency => 'EUR');
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
+SELECT credits_account_upsert(account_id => 'freebie', plan_id => 'free');
+
+-- Purchases.
+SELECT credits_purchase(account_id => 'acme', pack => 'p20', payment_ref => 'pi_1')::text AS b1 \gset
+SELECT is((SELECT kind || ':' || balance || ':' || coalesce(expires_at::text, 'never') FROM credits.buckets WHERE bucket_id = :'b1'),
+          'pack:200.000000:never', 'a purchase is a pack bucket that never expires');
+SELECT is(credits_purchase(account_id => 'acme', pack => 'p20', payment_ref => 'pi_1')::text, :'b1',
+          'idempotent on the payment reference');
+SELECT is((SELECT count(*) FROM credits.purchases WHERE account_id = 'acme'), 1::bigint, 'one purchase');
+SELECT ok(EXISTS (SELECT 1 FROM credits.ledger WHERE bucket_id = :'b1' AND kind = 'purchase' AND amount = 200),
+          'recorded in the ledger as a purchase');
+SELECT credits_pack_upsert(pack_id => 'p50', credits => 600, price => 50, currency => 'EUR');
+SELECT throws_ok($$SELECT credits_purchase(account_id => 'acme', pack => 'p50', payment_ref => 'pi_1')$$, 'CR006', NULL,
+                 'a payment reference buys one pack');
+SELECT pg_temp.state() AS before \gset
+SELECT throws_ok($$SELECT credits_purchase(account_id => 'freebie', pack => 'p20', payment_ref => 'pi_2')$$, 'CR010',
+                 'purchases are not allowed on plan "free"', 'the free plan must upgrade');
+SELECT throws_ok($$SELECT credits_purchase(account_id => 'acme', pack => 'nope', payment_ref => 'pi_3')$$, 'CR016', NULL,
+                 'unknown pack');
+SELECT is(pg_temp.state(), :'before', 'refused purchases leave nothing behind');
+SELECT credits_commit(credits_reserve(account_id => 'acme', amount => 120, product => 'editor'));
+SELECT is((SELECT balance FROM credits.buckets WHERE bucket_id = :'b1'), 180::numeric,
+          'packs are used only after the allocation');
+
+-- Alerts at 80% and 100% of the allocation, once per period.
+SELECT credits_account_upsert(account_id => 'al', plan_id => 'pro');
+SELECT credits_commit(credits_reserve(account_id => 'al', amount => 79, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'al'), 0::bigint, 'no alert below 80%');
+SELECT credits_commit(credits_reserve(account_id => 'al', amount => 1, product => 'editor'));
+SELECT results_eq($$SELECT kind, payload->>'percent' FROM credits.events WHERE account_id = 'al' ORDER BY event_id$$,
+                  $$VALUES ('usage_alert', '80')$$, 'the 80% alert at 80%');
+SELECT credits_commit(credits_reserve(account_id => 'al', amount => 5, product => 'editor'));
+SELECT credits_refund(credits_reserve(account_id => 'al', amount => 1, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'al'), 1::bigint, 'raised once');
+SELECT credits_commit(credits_reserve(account_id => 'al', amount => 15, product => 'editor'));
+SELECT results_eq($$SELECT payload->>'percent' FROM credits.events WHERE account_id = 'al' ORDER BY event_id$$,
+                  $$VALUES ('80'), ('100')$$, 'then the 100% alert');
+SET LOCAL credits.now = '2026-04-02 00:00:00+00';
+SELECT credits_commit(credits_reserve(account_id => 'al', amount => 85, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'al' AND payload->>'percent' = '80'), 2::bigint,
+          'alerts are raised again in the next period');
+SET LOCAL credits.now = '2026-03-10 12:00:00+00';
+
+-- Auto-recharge: once per crossing, within the monthly cap.
+SELECT credits_account_upsert(account_id => 'ar', plan_id => 'pro', alert_percents => '{}');
+SELECT throws_ok($$SELECT credits_auto_recharge_set(account_id => 'freebie', enabled => true, pack => 'p20', threshold => 5)$$,
+                 'CR010', NULL, 'no auto-recharge where purchases are not allowed');
+SELECT credits_auto_recharge_set(account_id => 'ar', enabled => true, pack => 'p20', threshold => 30, monthly_cap => 50);
+SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 60, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar'), 0::bigint, 'no request above the threshold');
+SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 15, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar' AND status = 'pending'), 1::bigint,
+          'a commit crossing the threshold writes a request');
+SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'ar' AND kind = 'recharge_requested'), 1::bigint,
+          'and an event');
+SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 5, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar'), 1::bigint, 'once per crossing');
+SELECT request_id::text AS req FROM credits.recharge_requests WHERE account_id = 'ar' \gset
+SELECT credits_purchase(account_id => 'ar', pack => 'p20', payment_ref => :'req');
+SELECT is((SELECT status FROM credits.recharge_requests WHERE request_id = :'req'), 'completed',
+          'the payment worker completes it with credits_purchase');
+SELECT ok((SELECT auto_recharge FROM credits.purchases WHERE payment_ref = :'req'), 'as an auto-recharge purchase');
+SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 200, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar'), 2::bigint,
+          'the next crossing writes a second request (20 + 20 <= 50)');
+SELECT request_id::text AS req2 FROM credits.recharge_requests WHERE account_id = 'ar' AND status = 'pending' \gset
+SELECT credits_recharge_fail(request_id => :'req2', reason => 'card declined');
+SELECT is((SELECT status || ':' || reason FROM credits.recharge_requests WHERE request_id = :'req2'), 'failed:card declined',
+          'a failed payment is recorded');
+SELECT throws_ok(format('SELECT credits_recharge_fail(request_id => %L)', :'req2'), 'CR017', NULL,
+                 'only a pending request can be failed');
+SELECT credits_grant(account_id => 'ar', amount => 100, kind => 'adjustment');
+SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 100, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar'), 3::bigint,
+          'failed requests do not count against the cap');
+SELECT credits_purchase(account_id => 'ar', pack => 'p20', payment_ref => (SELECT request_id::text FROM credits.recharge_requests WHERE account_id = 'ar' AND status = 'pending'));
+SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 200, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar'), 3::bigint,
+          'a third 20 would pass the monthly cap of 50: no request');
+
+-- BYOK accounts raise no alerts or recharges.
+SELECT credits_account_upsert(account_id => 'own', plan_id => 'pro', byok => true);
+SELECT credits_commit(credits_reserve(account_id => 'own', amount => 500, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'own'), 0::bigint, 'BYOK usage raises nothing');
+
+-- The outbox: claim, visibility, redelivery, ack.
+SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w1', max_events => 100)),
+          (SELECT count(*) FROM credits.events WHERE visible_at <= credits._now()), 'a consumer claims every visible event');
+SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w2')), 0::bigint, 'no one else holds them meanwhile');
+SET LOCAL credits.now = '2026-03-10 12:01:00+00';
+SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w2', max_events => 100, kinds => '{recharge_requested}')),
+          3::bigint, 'unacknowledged events come back after their visibility timeout, filtered by kind');
+SELECT is(credits_events_ack((SELECT array_agg(event_id) FROM credits.events WHERE kind = 'recharge_requested')), 3,
+          'acknowledged');
+SET LOCAL credits.now = '2026-03-10 12:05:00+00';
+SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w3', max_events => 100, kinds => '{recharge_requested}')),
+          0::bigint, 'acknowledged events are not delivered again');
+SELECT throws_ok($$SELECT * FROM credits_events_claim(consumer => 'w', max_events => 0)$$, '22023', NULL, 'bad claim sizes');
+SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
+
+SELECT * FROM finish();
+ROLLBACK;
