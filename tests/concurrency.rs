@@ -514,3 +514,143 @@ fn pg_cron_runs_the_maintenance_job_and_rolls_a_due_account() {
     );
     assert_verify_empty(&mut client);
 }
+
+fn count(client: &mut Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).unwrap().get(0)
+}
+
+#[test]
+fn concurrent_commits_crossing_the_threshold_raise_one_request_and_one_alert() {
+    let url = fresh_db("it_cross");
+    let mut client = connect(&url);
+    client
+        .batch_execute(
+            "SELECT credits_plan_upsert(plan_id => 'p', allocation => 100);
+             SELECT credits_pack_upsert(pack_id => 'p20', credits => 200, price => 20);
+             SELECT credits_account_upsert(account_id => 'acme', plan_id => 'p', alert_percents => '{50}');
+             SELECT credits_auto_recharge_set(account_id => 'acme', enabled => true, pack => 'p20', threshold => 60);
+             CREATE TABLE holds AS
+               SELECT i, credits_reserve(account_id => 'acme', amount => 4, product => 'editor')::text AS id
+                 FROM generate_series(1, 20) i;",
+        )
+        .unwrap();
+    let ids: Vec<String> = client
+        .query("SELECT id FROM holds ORDER BY i", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let ids = Arc::new(ids);
+    let results = race(&url, 20, move |i, c| {
+        c.query_one(
+            "SELECT credits_commit(reservation_id => $1::text::uuid)::text",
+            &[&ids[i]],
+        )
+        .map(|_| ())
+        .map_err(|e| sqlstate(&e))
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.recharge_requests"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.events WHERE kind = 'recharge_requested'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.events WHERE kind = 'usage_alert'"
+        ),
+        1
+    );
+    assert_verify_empty(&mut client);
+}
+
+#[test]
+fn two_python_workers_complete_each_recharge_exactly_once() {
+    let url = fresh_db("it_worker");
+    let mut client = connect(&url);
+    client
+        .batch_execute(
+            "SELECT credits_plan_upsert(plan_id => 'p', allocation => 100);
+             SELECT credits_pack_upsert(pack_id => 'p20', credits => 200, price => 20);
+             SELECT credits_account_upsert(account_id => 'a' || i, plan_id => 'p') FROM generate_series(1, 6) i;
+             SELECT credits_auto_recharge_set(account_id => 'a' || i, enabled => true, pack => 'p20', threshold => 50)
+               FROM generate_series(1, 6) i;
+             SELECT credits_commit(credits_reserve(account_id => 'a' || i, amount => 70, product => 'editor'))
+               FROM generate_series(1, 6) i;
+             -- A worker that claimed one request and crashed: it comes back after 2 seconds.
+             SELECT count(*) FROM credits_events_claim(consumer => 'crashed', max_events => 1, visibility => '2 seconds');",
+        )
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.recharge_requests WHERE status = 'pending'"
+        ),
+        6
+    );
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new("python3")
+                .args([
+                    "examples/recharge_worker.py",
+                    "--dsn",
+                    &url,
+                    "--idle-exit",
+                    "5",
+                ])
+                .spawn()
+                .expect("python3 runs the example worker")
+        })
+        .collect();
+    for mut w in workers {
+        assert!(w.wait().unwrap().success(), "a worker failed");
+    }
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.recharge_requests WHERE status = 'completed'"
+        ),
+        6
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.buckets WHERE kind = 'pack'"
+        ),
+        6,
+        "one pack each"
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.purchases WHERE auto_recharge"
+        ),
+        6
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.events WHERE acked_at IS NULL"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.events WHERE deliveries > 1"
+        ),
+        1,
+        "the crashed worker's event was delivered again"
+    );
+    assert_verify_empty(&mut client);
+}
