@@ -85,6 +85,7 @@ BEGIN
         UPDATE credits.reservations
            SET status = 'committed', charged = v_charge, period_start = a.period_start, resolved_at = v_now
          WHERE reservation_id = v_id AND account_id = v_account;
+        PERFORM credits._rollup(v_account, v_now, r.product, 0, 0, 0, 0, 0, 1, v_charge);
         RETURN trim_scale(v_charge);
     END IF;
 
@@ -125,6 +126,14 @@ BEGIN
                     SELECT 'overage', -(v_charge - t.charged), NULL, r.product, r.action, 0, 2
                       FROM totals t WHERE v_charge > t.charged) x
              ORDER BY x.o, x.n
+        ), rollup AS (
+            INSERT INTO credits.usage_rollup AS u (account_id, day, product, used, overage, billable_overage, actions)
+            SELECT v_account, (v_now AT TIME ZONE 'UTC')::date, r.product, t.charged, v_charge - t.charged,
+                   coalesce((v_charge - t.charged) * v_rate, 0), 1
+              FROM totals t
+            ON CONFLICT (account_id, day, product) DO UPDATE
+               SET used = u.used + EXCLUDED.used, overage = u.overage + EXCLUDED.overage,
+                   billable_overage = u.billable_overage + EXCLUDED.billable_overage, actions = u.actions + 1
         ), account AS (
             UPDATE credits.accounts
                SET held = held - t.released, balance = balance - t.charged - t.written,
@@ -221,6 +230,8 @@ BEGIN
         VALUES (v_account, 'debt', -v_debt, v_id, r.product, r.action, credits._actor(), v_now);
     END IF;
 
+    PERFORM credits._rollup(v_account, v_now, r.product, v_charged + v_debt, v_overage, 0, 0,
+                            coalesce(v_overage * v_rate, 0), 1, 0);
     UPDATE credits.accounts
        SET held = held - v_released, balance = balance - v_charged - v_written,
            overage_held = overage_held - v_ov_held, period_overage = period_overage + v_overage,

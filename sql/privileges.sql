@@ -64,6 +64,22 @@ TO credits_app, credits_admin;
 
 GRANT EXECUTE ON FUNCTION public.credits_balance(text) TO credits_app, credits_admin, credits_reader;
 
+-- The usage views are security_invoker: whoever reads them runs the
+-- read-side functions underneath as themselves, under row-level security.
+REVOKE ALL ON FUNCTION public.credits_usage_daily(text, date, date), public.credits_usage_by_tag(text, text, date, date)
+  FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    public.credits_usage_daily(text, date, date),
+    public.credits_usage_by_tag(text, text, date, date),
+    credits._account_state(text, timestamptz),
+    credits._roll_input(text, timestamptz),
+    credits._roll_plan(jsonb),
+    credits._limit(credits.accounts, timestamptz),
+    credits._now(),
+    credits._raise(text, text, text, text),
+    credits._unknown_account(text)
+TO credits_reader, credits_app, credits_admin;
+
 COMMENT ON FUNCTION public.credits_plan_upsert(text, numeric, text, text, numeric, numeric, numeric, boolean) IS
     'Creates or updates a plan: monthly allocation, reset rule, hard/soft limit, rollover cap, overage rate, purchases.';
 COMMENT ON FUNCTION public.credits_account_upsert(text, text, timestamptz, boolean, text, numeric, timestamptz, numeric[]) IS

@@ -121,11 +121,16 @@ BEGIN
                     v_credit := v_credit + v_take;
                 END IF;
             END LOOP;
+            PERFORM credits._rollup(v_account, v_now, r.product, 0, 0, v_usage + v_overage, v_overage,
+                                    -v_overage * coalesce(r.overage_rate, 0), 0, 0);
             UPDATE credits.accounts
                SET balance = balance + v_credit - v_written, debt = debt - v_debt,
                    period_used = period_used - CASE WHEN v_same THEN v_usage ELSE 0 END,
                    period_overage = period_overage - CASE WHEN v_same THEN v_overage ELSE 0 END
              WHERE account_id = v_account;
+        END IF;
+        IF v_return > 0 AND r.byok THEN
+            PERFORM credits._rollup(v_account, v_now, r.product, 0, 0, 0, 0, 0, 0, -v_return);
         END IF;
         UPDATE credits.reservations
            SET refunded = refunded + v_return, metadata = metadata || v_meta

@@ -10,6 +10,7 @@ CREATE FUNCTION credits._live_buckets(p_account text, p_now timestamptz)
 RETURNS TABLE (bucket_id uuid, kind text, priority smallint, amount numeric, remaining numeric,
                held numeric, expires_at timestamptz, created_at timestamptz, metadata jsonb)
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT x.id, x.kind, x.priority, CASE WHEN x.new THEN x.amount ELSE b.amount END,
            x.balance - x.held, x.held, x.expires_at, x.created_at, coalesce(b.metadata, '{}')
@@ -26,6 +27,7 @@ RETURNS TABLE (account_id text, plan_id text, byok boolean, limit_mode text, sof
                overage_available numeric, debt numeric, period_start timestamptz, period_end timestamptz,
                days_until_reset integer, override_until timestamptz)
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE

@@ -138,6 +138,43 @@ AS $$
              OR r.charged <> (SELECT coalesce(sum(x), 0) FROM unnest(r.draw_amounts) x) + r.overage + r.debt
         END
     UNION ALL
+    SELECT 'usage roll-up equals the ledger', coalesce(x.account_id, y.account_id),
+           format('%s %s: roll-up used %s overage %s refunded %s, ledger used %s overage %s refunded %s',
+                  coalesce(x.day, y.day), coalesce(x.product, y.product), x.used, x.overage, x.refunded,
+                  y.used, y.overage, y.refunded)
+      FROM credits.usage_rollup x
+      FULL JOIN (
+            SELECT l.account_id, (l.created_at AT TIME ZONE 'UTC')::date AS day, r.product,
+                   coalesce(-sum(l.amount) FILTER (WHERE l.kind IN ('charge', 'debt')), 0) AS used,
+                   coalesce(-sum(l.amount) FILTER (WHERE l.kind = 'overage'), 0) AS overage,
+                   coalesce(sum(l.amount) FILTER (WHERE l.kind IN ('refund', 'debt_refund', 'overage_refund')), 0) AS refunded,
+                   coalesce(sum(l.amount) FILTER (WHERE l.kind = 'overage_refund'), 0) AS overage_refunded
+              FROM credits.ledger l
+              JOIN credits.reservations r ON r.reservation_id = l.reservation_id AND r.account_id = l.account_id
+             WHERE l.kind IN ('charge', 'debt', 'overage', 'refund', 'debt_refund', 'overage_refund')
+             GROUP BY 1, 2, 3) y
+        ON x.account_id = y.account_id AND x.day = y.day AND x.product = y.product
+     WHERE coalesce(x.used, 0) <> coalesce(y.used, 0) OR coalesce(x.overage, 0) <> coalesce(y.overage, 0)
+        OR coalesce(x.refunded, 0) <> coalesce(y.refunded, 0)
+        OR coalesce(x.overage_refunded, 0) <> coalesce(y.overage_refunded, 0)
+    UNION ALL
+    SELECT 'usage roll-up counts every commit', coalesce(x.account_id, y.account_id),
+           format('%s %s: roll-up %s actions, %s BYOK; reservations %s, %s',
+                  coalesce(x.product, y.product), coalesce(x.day::text, 'any day'), x.actions, x.byok_used,
+                  y.actions, y.byok_used)
+      FROM (SELECT account_id, product, day, actions, NULL::numeric AS byok_used FROM credits.usage_rollup
+            UNION ALL
+            SELECT account_id, product, NULL, NULL, sum(byok_used) FROM credits.usage_rollup GROUP BY 1, 2) x
+      FULL JOIN (SELECT account_id, product, (resolved_at AT TIME ZONE 'UTC')::date AS day, count(*) AS actions,
+                        NULL::numeric AS byok_used
+                   FROM credits.reservations WHERE status = 'committed' GROUP BY 1, 2, 3
+                 UNION ALL
+                 SELECT account_id, product, NULL, NULL, sum(charged - refunded)
+                   FROM credits.reservations WHERE status = 'committed' AND byok GROUP BY 1, 2) y
+        ON x.account_id = y.account_id AND x.product = y.product AND x.day IS NOT DISTINCT FROM y.day
+       AND (x.actions IS NULL) = (y.actions IS NULL)
+     WHERE coalesce(x.actions, 0) <> coalesce(y.actions, 0) OR coalesce(x.byok_used, 0) <> coalesce(y.byok_used, 0)
+    UNION ALL
     SELECT 'committed charges equal their ledger rows', r.account_id,
            format('reservation %s: charged %s, refunded %s, ledger %s', r.reservation_id, r.charged, r.refunded,
                   coalesce(lr.amount, 0))

@@ -39,6 +39,11 @@ extension_sql_file!(
     requires = ["tables", "errors", input::_ident, clock::_now]
 );
 extension_sql_file!(
+    "../sql/usage.sql",
+    name = "usage",
+    requires = ["tables"]
+);
+extension_sql_file!(
     "../sql/housekeeping.sql",
     name = "housekeeping",
     requires = ["tables", "errors", "limits", clock::_now, roll::_roll_plan]
@@ -82,12 +87,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/commit.sql",
     name = "commit",
-    requires = ["draw", "reserve", "alerts"]
+    requires = ["draw", "reserve", "alerts", "usage"]
 );
 extension_sql_file!(
     "../sql/refund.sql",
     name = "refund",
-    requires = ["draw", "reserve"]
+    requires = ["draw", "reserve", "usage"]
 );
 extension_sql_file!(
     "../sql/products.sql",
@@ -119,7 +124,12 @@ extension_sql_file!(
     name = "balance",
     requires = ["state", balance::_balance_json]
 );
-extension_sql_file!("../sql/verify.sql", name = "verify", requires = ["state"]);
+extension_sql_file!(
+    "../sql/views.sql",
+    name = "views",
+    requires = ["state", "usage", "reserve"]
+);
+extension_sql_file!("../sql/verify.sql", name = "verify", requires = ["state", "usage"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]

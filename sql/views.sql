@@ -1,0 +1,122 @@
+-- Usage views for dashboards and BI tools. All are security_invoker: the
+-- row-level security of the tables underneath decides what a reader sees.
+-- Their columns are stable; new columns are only ever added at the end.
+
+-- The usage ring: one row per account, in its rolled-forward state.
+CREATE VIEW credits.account_summary WITH (security_invoker = true) AS
+SELECT s.account_id, s.plan_id, s.byok, s.limit_mode, s.soft_limit AS soft_allowance,
+       trim_scale(s.allocation) AS allocation, trim_scale(s.used) AS used,
+       CASE WHEN s.allocation > 0 THEN round(100 * s.used / s.allocation, 2) END AS percent_used,
+       trim_scale(s.reserved) AS reserved, trim_scale(s.available) AS available,
+       trim_scale(s.overage) AS overage, trim_scale(s.overage_available) AS overage_available,
+       trim_scale(s.debt) AS debt, s.period_start, s.period_end, s.period_end AS next_reset,
+       s.days_until_reset, s.override_until
+  FROM credits.accounts a,
+       LATERAL credits._account_state(a.account_id, credits._now()) s;
+
+-- Daily usage per account and product (UTC days), from the roll-up.
+CREATE VIEW credits.usage_daily WITH (security_invoker = true) AS
+SELECT account_id, day, product, trim_scale(used) AS used, trim_scale(overage) AS overage,
+       trim_scale(refunded) AS refunded, trim_scale(used + overage - refunded) AS net_used,
+       trim_scale(billable_overage) AS billable_overage, actions, trim_scale(byok_used) AS byok_used
+  FROM credits.usage_rollup;
+
+-- Monthly usage per account and product (UTC calendar months).
+CREATE VIEW credits.usage_monthly WITH (security_invoker = true) AS
+SELECT account_id, date_trunc('month', day)::date AS month, product,
+       trim_scale(sum(used)) AS used, trim_scale(sum(overage)) AS overage, trim_scale(sum(refunded)) AS refunded,
+       trim_scale(sum(used + overage - refunded)) AS net_used, trim_scale(sum(billable_overage)) AS billable_overage,
+       sum(actions)::bigint AS actions, trim_scale(sum(byok_used)) AS byok_used
+  FROM credits.usage_rollup
+ GROUP BY account_id, date_trunc('month', day)::date, product;
+
+-- The transaction history: every ledger row, with its category.
+CREATE VIEW credits.transactions WITH (security_invoker = true) AS
+SELECT l.entry_id, l.account_id, l.created_at,
+       CASE WHEN l.kind = 'purchase' THEN 'purchase'
+            WHEN l.kind IN ('allocation', 'rollover') THEN 'reset'
+            WHEN l.kind IN ('topup', 'promo', 'pack', 'adjustment', 'plan_change') THEN 'grant'
+            WHEN l.kind IN ('charge', 'overage', 'debt') THEN 'deduction'
+            WHEN l.kind IN ('refund', 'overage_refund', 'debt_refund') THEN 'refund'
+            WHEN l.kind IN ('expire', 'hold_expired') THEN 'expiry'
+            ELSE l.kind END AS category,
+       l.kind, trim_scale(l.amount) AS amount, l.product, l.action, l.reservation_id, l.bucket_id,
+       r.metadata->>'project' AS project, r.metadata->>'session' AS session,
+       l.actor, l.idempotency_key, l.metadata
+  FROM credits.ledger l
+  LEFT JOIN credits.reservations r ON r.reservation_id = l.reservation_id AND r.account_id = l.account_id;
+
+-- The per-action log: one row per reservation. Failed actions show as refunded.
+CREATE VIEW credits.actions WITH (security_invoker = true) AS
+SELECT r.reservation_id, r.account_id, r.created_at, r.resolved_at, r.product, r.action,
+       CASE WHEN r.status = 'released' THEN 'refunded'
+            WHEN r.status = 'committed' AND r.refunded > 0 AND r.refunded = r.charged THEN 'refunded'
+            WHEN r.status = 'committed' AND r.refunded > 0 THEN 'partially_refunded'
+            WHEN r.status = 'pending' AND r.expires_at <= credits._now() THEN 'expired'
+            ELSE r.status END AS status,
+       trim_scale(r.amount) AS reserved, trim_scale(coalesce(r.charged, 0)) AS charged,
+       trim_scale(r.refunded) AS refunded, trim_scale(coalesce(r.charged, 0) - r.refunded) AS net,
+       trim_scale(r.overage) AS overage, r.byok, r.expires_at,
+       r.metadata->>'project' AS project, r.metadata->>'session' AS session, r.metadata
+  FROM credits.reservations r;
+
+-- Counters for scraping (Prometheus exporters, Grafana): totals per account
+-- and product since the beginning, with the time of the scrape.
+CREATE VIEW credits.metrics WITH (security_invoker = true) AS
+SELECT account_id, product, sum(actions)::bigint AS actions_total,
+       trim_scale(sum(used)) AS used_total, trim_scale(sum(overage)) AS overage_total,
+       trim_scale(sum(refunded)) AS refunded_total, trim_scale(sum(billable_overage)) AS billable_overage_total,
+       trim_scale(sum(byok_used)) AS byok_used_total, credits._now() AS scrape_time
+  FROM credits.usage_rollup
+ GROUP BY account_id, product;
+
+-- Day-over-day usage for a graph: every day of [from_day, to_day] and every
+-- product the account used in it, zeros included.
+CREATE FUNCTION public.credits_usage_daily(account_id text, from_day date, to_day date)
+RETURNS TABLE (day date, product text, used numeric, overage numeric, refunded numeric, net_used numeric,
+               actions integer)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH products AS (
+        SELECT DISTINCT u.product FROM credits.usage_rollup u
+         WHERE u.account_id = credits_usage_daily.account_id AND u.day BETWEEN from_day AND to_day
+    )
+    SELECT d::date, p.product, trim_scale(coalesce(u.used, 0)), trim_scale(coalesce(u.overage, 0)),
+           trim_scale(coalesce(u.refunded, 0)), trim_scale(coalesce(u.used + u.overage - u.refunded, 0)),
+           coalesce(u.actions, 0)
+      FROM generate_series(from_day, to_day, interval '1 day') d
+     CROSS JOIN products p
+      LEFT JOIN credits.usage_rollup u
+             ON u.account_id = credits_usage_daily.account_id AND u.day = d::date AND u.product = p.product
+     ORDER BY 1, 2
+$$;
+
+-- Usage broken down by any tag of the reservations' metadata (subject,
+-- team, project, ...), for committed actions created in [from_day, to_day].
+CREATE FUNCTION public.credits_usage_by_tag(account_id text, tag text, from_day date DEFAULT NULL,
+                                            to_day date DEFAULT NULL)
+RETURNS TABLE (tag_value text, product text, actions bigint, charged numeric, refunded numeric, net numeric)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.metadata->>tag, r.product, count(*), trim_scale(sum(r.charged)), trim_scale(sum(r.refunded)),
+           trim_scale(sum(r.charged - r.refunded))
+      FROM credits.reservations r
+     WHERE r.account_id = credits_usage_by_tag.account_id AND r.status = 'committed'
+       AND r.created_at >= coalesce(from_day, '-infinity'::date)
+       AND r.created_at < coalesce(to_day + 1, 'infinity'::date)
+     GROUP BY 1, 2
+     ORDER BY 1, 2
+$$;
+
+COMMENT ON VIEW credits.account_summary IS 'Usage ring per account: allocation, used, percent, reserved, available, overage, limit, next reset.';
+COMMENT ON VIEW credits.usage_daily IS 'Usage per account, UTC day and product.';
+COMMENT ON VIEW credits.usage_monthly IS 'Usage per account, UTC calendar month and product.';
+COMMENT ON VIEW credits.transactions IS 'Transaction history: purchases, grants, resets, deductions, refunds, expiries.';
+COMMENT ON VIEW credits.actions IS 'Per-action log: reserved, charged, refunded, status (failed actions show as refunded).';
+COMMENT ON VIEW credits.metrics IS 'Totals per account and product since the start, with the scrape time.';
+COMMENT ON FUNCTION public.credits_usage_daily(text, date, date) IS
+    'Day-over-day usage per product for one account, every day of the range included (zeros too).';
+COMMENT ON FUNCTION public.credits_usage_by_tag(text, text, date, date) IS
+    'Usage of one account broken down by a tag of the reservation metadata (e.g. subject, team, project).';

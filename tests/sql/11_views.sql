@@ -1,0 +1,95 @@
+\ir helpers.inc
+SELECT plan(16);
+
+SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
+                           limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
+SELECT credits_account_upsert(account_id => 'v', plan_id => 'pro');
+SELECT credits_account_upsert(account_id => 'vb', plan_id => 'pro', byok => true);
+
+-- Day 1: two editor actions (one partly refunded) and a failed seo action.
+SELECT credits_commit(credits_reserve(account_id => 'v', amount => 30, product => 'editor',
+                                      metadata => '{"subject": "design", "project": "p1"}'), 25);
+SELECT credits_refund(credits_reserve(account_id => 'v', amount => 10, product => 'seo'));
+SELECT credits_reserve(account_id => 'v', amount => 10, product => 'editor',
+                       metadata => '{"subject": "research"}')::text AS e2 \gset
+SELECT credits_commit(:'e2');
+SELECT credits_refund(:'e2', 4);
+-- Day 2: an image job that goes 11 into overage, then 5 refunded.
+SET LOCAL credits.now = '2026-03-11 09:00:00+00';
+SELECT credits_reserve(account_id => 'v', amount => 80, product => 'images')::text AS i1 \gset
+SELECT credits_commit(:'i1');
+SELECT credits_refund(:'i1', 5);
+-- BYOK usage.
+SELECT credits_commit(credits_reserve(account_id => 'vb', amount => 500, product => 'editor'), 300);
+
+SELECT results_eq($$SELECT day, product, used, overage, refunded, net_used, billable_overage, actions
+                      FROM credits.usage_daily WHERE account_id = 'v' ORDER BY 1, 2$$,
+                  $$VALUES ('2026-03-10'::date, 'editor', 35::numeric, 0::numeric, 4::numeric, 31::numeric, 0::numeric, 2),
+                           ('2026-03-11'::date, 'images', 69::numeric, 11::numeric, 5::numeric, 75::numeric, 12::numeric, 1)$$,
+                  'usage_daily: used, overage, refunds (overage first), billable overage at rate 2, actions');
+SELECT results_eq($$SELECT month, product, used, overage, refunded, net_used, actions FROM credits.usage_monthly
+                     WHERE account_id = 'v' ORDER BY 2$$,
+                  $$VALUES ('2026-03-01'::date, 'editor', 35::numeric, 0::numeric, 4::numeric, 31::numeric, 2::bigint),
+                           ('2026-03-01'::date, 'images', 69::numeric, 11::numeric, 5::numeric, 75::numeric, 1::bigint)$$,
+                  'usage_monthly');
+SELECT results_eq($$SELECT day, product, net_used FROM credits_usage_daily('v', '2026-03-09', '2026-03-12')$$,
+                  $$VALUES ('2026-03-09'::date, 'editor', 0::numeric), ('2026-03-09', 'images', 0),
+                           ('2026-03-10', 'editor', 31), ('2026-03-10', 'images', 0),
+                           ('2026-03-11', 'editor', 0), ('2026-03-11', 'images', 75),
+                           ('2026-03-12', 'editor', 0), ('2026-03-12', 'images', 0)$$,
+                  'credits_usage_daily: every day and product of the range, zeros included');
+SELECT results_eq($$SELECT tag_value, product, actions, net FROM credits_usage_by_tag('v', 'subject')$$,
+                  $$VALUES ('design', 'editor', 1::bigint, 25::numeric), ('research', 'editor', 1, 6),
+                           (NULL, 'images', 1, 75)$$,
+                  'credits_usage_by_tag: usage by a metadata tag');
+SELECT results_eq($$SELECT product, status, reserved, charged, refunded, net FROM credits.actions
+                     WHERE account_id = 'v' ORDER BY created_at$$,
+                  $$VALUES ('editor', 'committed', 30::numeric, 25::numeric, 0::numeric, 25::numeric),
+                           ('seo', 'refunded', 10, 0, 0, 0),
+                           ('editor', 'partially_refunded', 10, 10, 4, 6),
+                           ('images', 'partially_refunded', 80, 80, 5, 75)$$,
+                  'actions: the failed action shows as refunded');
+SELECT results_eq($$SELECT allocation, used, percent_used, reserved, available, overage, overage_available, limit_mode,
+                           soft_allowance, next_reset, days_until_reset
+                      FROM credits.account_summary WHERE account_id = 'v'$$,
+                  $$VALUES (100::numeric, 100::numeric, 100.00::numeric, 0::numeric, 0::numeric, 6::numeric, 14::numeric,
+                            'soft', 20::numeric, '2026-04-01 00:00+00'::timestamptz, 21)$$,
+                  'account_summary: the usage ring');
+SELECT results_eq($$SELECT category, count(*) FROM credits.transactions WHERE account_id = 'v' GROUP BY 1 ORDER BY 1$$,
+                  $$VALUES ('deduction', 4::bigint), ('refund', 2::bigint), ('reset', 1::bigint)$$,
+                  'transactions: categories');
+SELECT is((SELECT project FROM credits.transactions WHERE account_id = 'v' AND kind = 'charge' ORDER BY entry_id LIMIT 1),
+          'p1', 'transactions carry the resource references of their reservation');
+SELECT results_eq($$SELECT product, actions_total, used_total, refunded_total, byok_used_total FROM credits.metrics
+                     WHERE account_id IN ('v', 'vb') ORDER BY account_id, product$$,
+                  $$VALUES ('editor', 2::bigint, 35::numeric, 4::numeric, 0::numeric),
+                           ('images', 1::bigint, 69::numeric, 5::numeric, 0::numeric),
+                           ('editor', 1::bigint, 0::numeric, 0::numeric, 300::numeric)$$,
+                  'metrics: totals per account and product; BYOK usage reported as such');
+SELECT ok((SELECT scrape_time = credits._now() FROM credits.metrics LIMIT 1), 'metrics carry the scrape time');
+SELECT is((SELECT byok_used FROM credits.usage_daily WHERE account_id = 'vb'), 300::numeric, 'BYOK usage per day');
+
+-- A reset, an expiry, a promo and a grant in the history.
+SELECT credits_grant(account_id => 'v', amount => 5, kind => 'promo', expires_at => '2026-03-20 00:00+00');
+SET LOCAL credits.now = '2026-04-01 00:00:00+00';
+SELECT credits_reset();
+SELECT results_eq($$SELECT category, kind, amount FROM credits.transactions WHERE account_id = 'v'
+                     AND created_at >= '2026-03-11' AND category IN ('grant', 'expiry', 'reset') ORDER BY entry_id$$,
+                  $$VALUES ('grant', 'promo', 5::numeric), ('expiry', 'expire', -5::numeric),
+                           ('reset', 'allocation', 100::numeric)$$,
+                  'transactions: grants, expiries and resets');
+SELECT results_eq($$SELECT used, overage, available, overage_available FROM credits.account_summary WHERE account_id = 'v'$$,
+                  $$VALUES (0::numeric, 0::numeric, 100::numeric, 20::numeric)$$, 'a new period in the usage ring');
+
+-- The views are security_invoker and granted to the reader role.
+SELECT is((SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'credits' AND c.relkind = 'v'
+              AND NOT coalesce('security_invoker=true' = ANY (c.reloptions), false)), 0::bigint,
+          'every view is security_invoker');
+SELECT ok((SELECT bool_and(has_table_privilege('credits_reader', format('credits.%I', v), 'SELECT'))
+             FROM unnest(ARRAY['account_summary', 'usage_daily', 'usage_monthly', 'transactions', 'actions', 'metrics']) v),
+          'the reader role may read every view');
+SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
+
+SELECT * FROM finish();
+ROLLBACK;
