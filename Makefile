@@ -1,7 +1,9 @@
-.PHONY: demo test bench
+.PHONY: demo test bench bench-views
 demo:
 	bash scripts/demo.sh
 test:
 	bash scripts/test.sh
 bench:
 	bash scripts/bench.sh
+bench-views:
+	bash scripts/bench_views.sh

@@ -17,7 +17,8 @@ CREATE TABLE credits.usage_rollup (
     byok_used        numeric(20,6) NOT NULL DEFAULT 0,  -- BYOK usage, net of refunds
     PRIMARY KEY (account_id, day, product)
 ) WITH (fillfactor = 70);
-CREATE INDEX usage_rollup_by_day ON credits.usage_rollup (day);
+-- The all-accounts monthly report reads one month of every account.
+CREATE INDEX usage_rollup_by_month ON credits.usage_rollup ((date_trunc('month', day::timestamp)::date));
 SELECT pg_catalog.pg_extension_config_dump('credits.usage_rollup', '');
 COMMENT ON TABLE credits.usage_rollup IS 'Usage per account, UTC day and product, maintained with every commit and refund.';
 
