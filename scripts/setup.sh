@@ -24,10 +24,10 @@ if [[ "$(cargo pgrx --version 2>/dev/null || true)" != *"0.18.1"* ]]; then
     cargo install cargo-pgrx --version =0.18.1 --locked
 fi
 
-# The example payment worker (examples/recharge_worker.py) and its test.
-if ! python3 -c "import psycopg" 2>/dev/null; then
-    echo "setup: installing psycopg"
-    python3 -m pip install -q "psycopg[binary]"
+# The Python examples (payment worker, usage chart) and their tests.
+if ! python3 -c "import psycopg, matplotlib" 2>/dev/null; then
+    echo "setup: installing psycopg and matplotlib"
+    python3 -m pip install -q --root-user-action=ignore "psycopg[binary]" matplotlib
 fi
 
 if ! grep -qs "$PG_CONFIG" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then

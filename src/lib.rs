@@ -38,11 +38,7 @@ extension_sql_file!(
     name = "events",
     requires = ["tables", "errors", input::_ident, clock::_now]
 );
-extension_sql_file!(
-    "../sql/usage.sql",
-    name = "usage",
-    requires = ["tables"]
-);
+extension_sql_file!("../sql/usage.sql", name = "usage", requires = ["tables"]);
 extension_sql_file!(
     "../sql/housekeeping.sql",
     name = "housekeeping",
@@ -129,7 +125,11 @@ extension_sql_file!(
     name = "views",
     requires = ["state", "usage", "reserve"]
 );
-extension_sql_file!("../sql/verify.sql", name = "verify", requires = ["state", "usage"]);
+extension_sql_file!(
+    "../sql/verify.sql",
+    name = "verify",
+    requires = ["state", "usage"]
+);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]

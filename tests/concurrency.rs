@@ -654,3 +654,53 @@ fn two_python_workers_complete_each_recharge_exactly_once() {
     );
     assert_verify_empty(&mut client);
 }
+
+#[test]
+fn the_chart_example_renders_the_usage_dashboard_to_png() {
+    let url = fresh_db("it_chart");
+    let mut client = connect(&url);
+    client
+        .batch_execute(
+            "SELECT set_config('credits.now', '2026-11-01 09:00+00', false);
+             SELECT credits_plan_upsert(plan_id => 'p', allocation => 2000, reset => 'calendar_month');
+             SELECT credits_account_upsert(account_id => 'acme', plan_id => 'p');
+             DO $$
+             BEGIN
+               FOR d IN 0..20 LOOP
+                 PERFORM set_config('credits.now', ('2026-11-01 10:00+00'::timestamptz + d * interval '1 day')::text, false);
+                 PERFORM credits_commit(credits_reserve(account_id => 'acme', amount => 10 + d % 7 * 3, product => 'editor'));
+                 PERFORM credits_commit(credits_reserve(account_id => 'acme', amount => 5 + d % 3 * 8, product => 'seo'));
+                 IF d % 4 = 0 THEN
+                   PERFORM credits_commit(credits_reserve(account_id => 'acme', amount => 25, product => 'translations'));
+                 END IF;
+               END LOOP;
+             END $$;",
+        )
+        .unwrap();
+    let out = std::env::temp_dir().join("credits-usage-chart.png");
+    let _ = std::fs::remove_file(&out);
+    let status = std::process::Command::new("python3")
+        .args([
+            "examples/usage_chart.py",
+            "--dsn",
+            &url,
+            "--account",
+            "acme",
+            "--to",
+            "2026-11-23",
+            "--days",
+            "30",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("python3 runs the chart example");
+    assert!(status.success());
+    let png = std::fs::read(&out).expect("the chart was written");
+    assert!(
+        png.len() > 10_000,
+        "a real chart, not an empty image: {} bytes",
+        png.len()
+    );
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
