@@ -10,7 +10,7 @@ AS $$
 DECLARE
     v_account text := credits._ident(credits_balance.account_id, 'account_id', 255);
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM credits.accounts WHERE account_id = v_account) THEN
+    IF NOT EXISTS (SELECT 1 FROM credits.accounts WHERE account_id = v_account) OR NOT credits._may_touch(v_account) THEN
         PERFORM credits._unknown_account(v_account);
     END IF;
     RETURN credits._balance_json(v_account);

@@ -55,7 +55,7 @@ BEGIN
     SELECT * INTO a FROM credits.accounts
      WHERE account_id = (SELECT x.account_id FROM credits.reservations x WHERE x.reservation_id = v_id)
        FOR NO KEY UPDATE;
-    IF NOT FOUND OR a.account_id <> coalesce(v_account, a.account_id) THEN
+    IF NOT FOUND OR a.account_id <> coalesce(v_account, a.account_id) OR NOT credits._may_touch(a.account_id) THEN
         PERFORM credits._reservation_account(v_id, v_account);
     END IF;
     v_account := a.account_id;

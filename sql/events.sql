@@ -63,6 +63,7 @@ BEGIN
         SELECT e.event_id, e.account_id FROM credits.events e
          WHERE e.acked_at IS NULL AND e.visible_at <= v_now
            AND (credits_events_claim.kinds IS NULL OR e.kind = ANY (credits_events_claim.kinds))
+           AND credits._may_touch(e.account_id)
          ORDER BY e.visible_at, e.event_id
          LIMIT credits_events_claim.max_events
            FOR UPDATE SKIP LOCKED
@@ -86,7 +87,7 @@ DECLARE
 BEGIN
     PERFORM credits._required(credits_events_ack.event_ids IS NULL, 'event_ids');
     UPDATE credits.events SET acked_at = credits._now()
-     WHERE event_id = ANY (credits_events_ack.event_ids) AND acked_at IS NULL;
+     WHERE event_id = ANY (credits_events_ack.event_ids) AND acked_at IS NULL AND credits._may_touch(account_id);
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END

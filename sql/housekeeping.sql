@@ -154,7 +154,8 @@ AS $$
 $$;
 
 -- Locks an account row (the first lock of every write path), raising CR002
--- for an unknown account, and brings it up to the clock read after the lock.
+-- for an unknown account (or one the caller is not bound to), and brings it
+-- up to the clock read after the lock.
 CREATE FUNCTION credits._lock_account(p_account text) RETURNS credits.accounts
 LANGUAGE plpgsql
 AS $$
@@ -162,6 +163,9 @@ DECLARE
     a     credits.accounts;
     v_now timestamptz;
 BEGIN
+    IF NOT credits._may_touch(p_account) THEN
+        PERFORM credits._unknown_account(p_account);
+    END IF;
     SELECT * INTO a FROM credits.accounts WHERE account_id = p_account FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         PERFORM credits._unknown_account(p_account);

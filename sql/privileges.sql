@@ -30,7 +30,9 @@ REVOKE ALL ON FUNCTION
     public.credits_auto_recharge_set(text, boolean, text, numeric, numeric),
     public.credits_recharge_fail(uuid, text),
     public.credits_events_claim(text, integer, interval, text[]),
-    public.credits_events_ack(bigint[])
+    public.credits_events_ack(bigint[]),
+    public.credits_account_bind(text, regrole),
+    public.credits_account_unbind(text, regrole)
 FROM PUBLIC;
 REVOKE ALL ON PROCEDURE public.credits_maintenance(integer) FROM PUBLIC;
 
@@ -48,6 +50,8 @@ GRANT EXECUTE ON FUNCTION
     public.credits_purchase(text, text, text),
     public.credits_auto_recharge_set(text, boolean, text, numeric, numeric),
     public.credits_recharge_fail(uuid, text),
+    public.credits_account_bind(text, regrole),
+    public.credits_account_unbind(text, regrole),
     credits._maintenance_batch(integer)
 TO credits_admin;
 GRANT EXECUTE ON PROCEDURE public.credits_maintenance(integer) TO credits_admin;
@@ -77,7 +81,9 @@ GRANT EXECUTE ON FUNCTION
     credits._limit(credits.accounts, timestamptz),
     credits._now(),
     credits._raise(text, text, text, text),
-    credits._unknown_account(text)
+    credits._unknown_account(text),
+    credits._sees_all(),
+    credits._bound_accounts()
 TO credits_reader, credits_app, credits_admin;
 
 COMMENT ON FUNCTION public.credits_plan_upsert(text, numeric, text, text, numeric, numeric, numeric, boolean) IS
@@ -118,6 +124,10 @@ COMMENT ON FUNCTION public.credits_events_claim(text, integer, interval, text[])
     'Claims up to max_events events for visibility (SKIP LOCKED); unacknowledged events come back afterwards.';
 COMMENT ON FUNCTION public.credits_events_ack(bigint[]) IS
     'Acknowledges handled events. Returns how many were newly acknowledged.';
+COMMENT ON FUNCTION public.credits_account_bind(text, regrole) IS
+    'Binds an account to a role: members of bound roles see and touch only their accounts.';
+COMMENT ON FUNCTION public.credits_account_unbind(text, regrole) IS
+    'Removes a binding of an account to a role.';
 COMMENT ON FUNCTION public.credits_verify() IS
     'One row per violated invariant of the stored balances, holds, limits and ledger; empty when healthy.';
 

@@ -68,6 +68,9 @@ BEGIN
         v_metadata := credits._metadata(v_metadata);
     END IF;
 
+    IF NOT credits._may_touch(v_account) THEN
+        PERFORM credits._unknown_account(v_account);
+    END IF;
     -- Products are registered on first use and may be disabled.
     SELECT p.enabled AND coalesce(ap.enabled, true) INTO v_allowed
       FROM credits.products p
@@ -164,7 +167,8 @@ END
 $$;
 
 -- The account a reservation belongs to, for commit and refund: CR004 when
--- there is no such reservation, CR007 when the caller names another account.
+-- there is no such reservation or the caller may not reach its account,
+-- CR007 when the caller names another account.
 CREATE FUNCTION credits._reservation_account(p_reservation uuid, p_account text) RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
@@ -173,9 +177,9 @@ DECLARE
 BEGIN
     PERFORM credits._required(p_reservation IS NULL, 'reservation_id');
     SELECT account_id INTO v_account FROM credits.reservations WHERE reservation_id = p_reservation;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR NOT credits._may_touch(v_account) THEN
         PERFORM credits._raise('CR004', format('unknown reservation %s', p_reservation),
-            'No reservation has this id.',
+            'No reservation has this id (among the accounts this role may reach).',
             'Pass the uuid that credits_reserve() returned.');
     END IF;
     IF p_account IS NOT NULL AND p_account <> v_account THEN

@@ -30,12 +30,14 @@ BEGIN
     FOR a IN
         SELECT c.account_id FROM credits.accounts c
          WHERE (v_account IS NULL OR c.account_id = v_account) AND c.next_event <= v_as_of
+           AND credits._may_touch(c.account_id)
          ORDER BY c.account_id
     LOOP
         PERFORM 1 FROM credits.accounts c WHERE c.account_id = a.account_id FOR NO KEY UPDATE;
         v_rolled := v_rolled + credits._housekeep(a.account_id, v_as_of);
     END LOOP;
-    IF v_account IS NOT NULL AND NOT EXISTS (SELECT 1 FROM credits.accounts c WHERE c.account_id = v_account) THEN
+    IF v_account IS NOT NULL AND (NOT EXISTS (SELECT 1 FROM credits.accounts c WHERE c.account_id = v_account)
+                                  OR NOT credits._may_touch(v_account)) THEN
         PERFORM credits._unknown_account(v_account);
     END IF;
     RETURN v_rolled;

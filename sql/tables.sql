@@ -121,6 +121,9 @@ CREATE TABLE credits.ledger (
     idempotency_key text,
     metadata        jsonb NOT NULL DEFAULT '{}',
     created_at      timestamptz NOT NULL,
+    -- The hash chain (sql/ledger_chain.sql), added in 0.2.0.
+    seq             bigint NOT NULL,
+    hash            text NOT NULL,
     PRIMARY KEY (account_id, entry_id)
 );
 CREATE INDEX ledger_by_account_time ON credits.ledger (account_id, created_at);

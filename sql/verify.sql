@@ -175,6 +175,16 @@ AS $$
        AND (x.actions IS NULL) = (y.actions IS NULL)
      WHERE coalesce(x.actions, 0) <> coalesce(y.actions, 0) OR coalesce(x.byok_used, 0) <> coalesce(y.byok_used, 0)
     UNION ALL
+    SELECT 'ledger hash chain is intact', x.account_id,
+           format('entry %s: seq %s (expected %s), hash %s', x.entry_id, x.seq, x.n,
+                  CASE WHEN x.hash = x.expected THEN 'ok' ELSE 'does not match its content and predecessor' END)
+      FROM (SELECT (c.l).account_id, (c.l).entry_id, (c.l).seq, (c.l).hash, c.n,
+                   credits._ledger_hash(coalesce(c.prev, ''), credits._ledger_content(c.l)) AS expected
+              FROM (SELECT l, lag(l.hash) OVER w AS prev, row_number() OVER w AS n
+                      FROM credits.ledger l
+                    WINDOW w AS (PARTITION BY l.account_id ORDER BY l.entry_id)) c) x
+     WHERE x.seq <> x.n OR x.hash <> x.expected
+    UNION ALL
     SELECT 'committed charges equal their ledger rows', r.account_id,
            format('reservation %s: charged %s, refunded %s, ledger %s', r.reservation_id, r.charged, r.refunded,
                   coalesce(lr.amount, 0))

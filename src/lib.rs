@@ -9,6 +9,7 @@
 use pgrx::prelude::*;
 
 mod balance;
+mod chain;
 mod clock;
 mod input;
 mod period;
@@ -28,6 +29,16 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/guards.sql", name = "guards", requires = ["tables"]);
 extension_sql_file!(
+    "../sql/ledger_chain.sql",
+    name = "ledger_chain",
+    requires = ["tables", chain::_ledger_hash]
+);
+extension_sql_file!(
+    "../sql/security.sql",
+    name = "security",
+    requires = ["tables", "errors", input::_ident]
+);
+extension_sql_file!(
     "../sql/errors.sql",
     name = "errors",
     requires = ["bootstrap"]
@@ -42,7 +53,14 @@ extension_sql_file!("../sql/usage.sql", name = "usage", requires = ["tables"]);
 extension_sql_file!(
     "../sql/housekeeping.sql",
     name = "housekeeping",
-    requires = ["tables", "errors", "limits", clock::_now, roll::_roll_plan]
+    requires = [
+        "tables",
+        "errors",
+        "limits",
+        "security",
+        clock::_now,
+        roll::_roll_plan
+    ]
 );
 extension_sql_file!(
     "../sql/state.sql",
@@ -121,9 +139,14 @@ extension_sql_file!(
     requires = ["state", balance::_balance_json]
 );
 extension_sql_file!(
+    "../sql/row_security.sql",
+    name = "row_security",
+    requires = ["security", "products", "purchases", "events", "usage"]
+);
+extension_sql_file!(
     "../sql/views.sql",
     name = "views",
-    requires = ["state", "usage", "reserve"]
+    requires = ["state", "usage", "reserve", "row_security"]
 );
 extension_sql_file!(
     "../sql/verify.sql",

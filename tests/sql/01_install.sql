@@ -4,7 +4,7 @@ SELECT plan(16);
 SELECT has_schema('credits');
 SELECT tables_are('credits', ARRAY['plans', 'accounts', 'buckets', 'reservations', 'ledger', 'idempotency_keys',
                                    'products', 'account_products', 'prices', 'packs', 'purchases', 'auto_recharge',
-                                   'recharge_requests', 'events', 'usage_rollup']);
+                                   'recharge_requests', 'events', 'usage_rollup', 'account_roles']);
 SELECT has_role('credits_admin');
 SELECT has_role('credits_app');
 SELECT has_role('credits_reader');

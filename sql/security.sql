@@ -1,0 +1,95 @@
+-- Account binding and row-level security. An admin binds accounts to roles
+-- (a role may be bound to several accounts). A role that is a member of a
+-- bound role sees and touches only the accounts bound to it; a role bound
+-- to nothing (through none of its memberships) and superusers see every
+-- account, which keeps a single-tenant setup free of bookkeeping. The API
+-- functions run as the owner, which bypasses row-level security, so they
+-- check the binding themselves; readers go through forced row-level
+-- security on the tables under the security_invoker views. A session
+-- setting is not a binding: membership is checked with pg_has_role.
+
+CREATE TABLE credits.account_roles (
+    account_id text NOT NULL REFERENCES credits.accounts (account_id),
+    role_id    oid NOT NULL,
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (account_id, role_id)
+);
+SELECT pg_catalog.pg_extension_config_dump('credits.account_roles', '');
+COMMENT ON TABLE credits.account_roles IS 'Accounts bound to roles: members of a bound role see and touch only their accounts.';
+
+-- The roles (by OID, existing ones only) whose accounts p_role may reach.
+CREATE FUNCTION credits._bindings_of(p_role text)
+RETURNS TABLE (account_id text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ar.account_id
+      FROM credits.account_roles ar
+      JOIN pg_catalog.pg_roles r ON r.oid = ar.role_id
+     WHERE pg_catalog.pg_has_role(p_role, r.oid, 'MEMBER')
+$$;
+
+-- Whether the caller (credits._actor(): the session's role, or the one it
+-- SET ROLE to) sees every account: superusers, and roles bound to nothing.
+-- SECURITY DEFINER: the row-level security policies call it, and it reads
+-- credits.account_roles, which has a policy of its own.
+CREATE FUNCTION credits._sees_all() RETURNS boolean
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT NOT EXISTS (SELECT 1 FROM credits.account_roles)
+        OR coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = credits._actor()), false)
+        OR NOT EXISTS (SELECT 1 FROM credits._bindings_of(credits._actor()))
+$$;
+
+-- The accounts bound to the caller's roles.
+CREATE FUNCTION credits._bound_accounts() RETURNS text[]
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(array_agg(DISTINCT b.account_id), '{}') FROM credits._bindings_of(credits._actor()) b
+$$;
+
+-- Whether the caller of an API function may touch p_account. Cheap when
+-- no account is bound at all (one probe of an empty table).
+CREATE FUNCTION credits._may_touch(p_account text) RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT NOT EXISTS (SELECT 1 FROM credits.account_roles)
+        OR credits._sees_all()
+        OR p_account = ANY (credits._bound_accounts())
+$$;
+
+CREATE FUNCTION public.credits_account_bind(account_id text, role regrole) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_account_bind.account_id, 'account_id', 255);
+BEGIN
+    PERFORM credits._required(credits_account_bind.role IS NULL, 'role');
+    PERFORM credits._lock_account(v_account);
+    INSERT INTO credits.account_roles (account_id, role_id, created_at)
+    VALUES (v_account, credits_account_bind.role::oid, credits._now())
+    ON CONFLICT DO NOTHING;
+END
+$$;
+
+CREATE FUNCTION public.credits_account_unbind(account_id text, role regrole) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_account_unbind.account_id, 'account_id', 255);
+BEGIN
+    PERFORM credits._required(credits_account_unbind.role IS NULL, 'role');
+    PERFORM credits._lock_account(v_account);
+    DELETE FROM credits.account_roles WHERE account_id = v_account AND role_id = credits_account_unbind.role::oid;
+END
+$$;

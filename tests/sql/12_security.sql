@@ -1,0 +1,102 @@
+\ir helpers.inc
+SELECT plan(37);
+
+SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
+SELECT credits_account_upsert(account_id => a, plan_id => 'pro') FROM unnest(ARRAY['a1', 'a2']) a;
+CREATE ROLE t_app IN ROLE credits_app;
+CREATE ROLE t_reader IN ROLE credits_reader;
+CREATE ROLE t_app_a1 IN ROLE credits_app;
+CREATE ROLE t_reader_a1 IN ROLE credits_reader;
+SELECT credits_account_bind(account_id => 'a1', role => 't_app_a1');
+SELECT credits_account_bind(account_id => 'a1', role => 't_reader_a1');
+SELECT credits_reserve(account_id => 'a2', amount => 5, product => 'editor')::text AS r2 \gset
+SELECT credits_commit(credits_reserve(account_id => 'a1', amount => 3, product => 'editor'));
+SELECT credits_commit(credits_reserve(account_id => 'a2', amount => 4, product => 'seo'));
+SELECT pg_temp.state() AS before \gset
+
+-- The app role: reserve, commit, refund; nothing an admin does, no table writes.
+SET ROLE t_app;
+SELECT lives_ok($$SELECT credits_refund(credits_reserve(account_id => 'a2', amount => 1, product => 'editor'))$$,
+                'an unbound app role reserves and refunds for any account');
+SELECT throws_ok($$SELECT credits_grant(account_id => 'a1', amount => 5)$$, '42501', NULL, 'app: grant refused');
+SELECT throws_ok($$SELECT credits_purchase(account_id => 'a1', pack => 'x', payment_ref => 'p')$$, '42501', NULL, 'app: purchase refused');
+SELECT throws_ok($$SELECT credits_reset()$$, '42501', NULL, 'app: reset refused');
+SELECT throws_ok($$SELECT credits_plan_upsert(plan_id => 'x', allocation => 1)$$, '42501', NULL, 'app: plans refused');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'a1', plan_id => 'pro')$$, '42501', NULL, 'app: accounts refused');
+SELECT throws_ok($$CALL credits_maintenance()$$, '42501', NULL, 'app: maintenance refused');
+SELECT throws_ok($$INSERT INTO credits.ledger (account_id, kind, amount, actor, created_at) VALUES ('a1', 'topup', 1, 'x', now())$$,
+                 '42501', NULL, 'app: writing the ledger refused');
+SELECT throws_ok($$UPDATE credits.accounts SET balance = 1e9$$, '42501', NULL, 'app: writing accounts refused');
+SELECT throws_ok($$SELECT credits._housekeep('a1', now())$$, '42501', NULL, 'app: internal functions refused');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'a1', amount => 'NaN', product => 'editor')$$, '22023', NULL,
+                 'app: bad input keeps its SQLSTATE (NaN)');
+SELECT throws_ok($$SELECT credits_reserve(account_id => NULL, amount => 1, product => 'editor')$$, '22004', NULL,
+                 'app: bad input keeps its SQLSTATE (NULL)');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'a1', amount => 1e20, product => 'editor')$$, '22003', NULL,
+                 'app: bad input keeps its SQLSTATE (huge)');
+RESET ROLE;
+
+-- The reader: views and tables, no write function.
+SET ROLE t_reader;
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'a1', amount => 1, product => 'editor')$$, '42501', NULL, 'reader: reserve refused');
+SELECT throws_ok(format('SELECT credits_commit(%L)', :'r2'), '42501', NULL, 'reader: commit refused');
+SELECT throws_ok(format('SELECT credits_refund(%L)', :'r2'), '42501', NULL, 'reader: refund refused');
+SELECT throws_ok($$SELECT credits_grant(account_id => 'a1', amount => 5)$$, '42501', NULL, 'reader: grant refused');
+SELECT throws_ok($$DELETE FROM credits.reservations$$, '42501', NULL, 'reader: deleting refused');
+SELECT is((SELECT count(*) FROM credits.account_summary), 2::bigint, 'an unbound reader sees every account');
+RESET ROLE;
+
+-- Bound roles see and touch only their accounts.
+SET ROLE t_app_a1;
+SELECT lives_ok($$SELECT credits_commit(credits_reserve(account_id => 'a1', amount => 1, product => 'editor'))$$,
+                'a bound app works on its account');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'a2', amount => 1, product => 'editor')$$, 'CR002', NULL,
+                 'but another account is unknown to it');
+SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L)', :'r2'), 'CR004', NULL,
+                 'another account''s reservation id is unknown to it (commit)');
+SELECT throws_ok(format('SELECT credits_refund(reservation_id => %L)', :'r2'), 'CR004', NULL,
+                 'another account''s reservation id is unknown to it (refund)');
+SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L, account_id => %L)', :'r2', 'a1'), 'CR004', NULL,
+                 'also when it names its own account');
+SELECT throws_ok($$SELECT credits_balance('a2')$$, 'CR002', NULL, 'and its balance');
+SELECT is((credits_balance('a1') -> 'summary' ->> 'used')::numeric, 4::numeric, 'its own balance is readable');
+RESET ROLE;
+SELECT is((SELECT status FROM credits.reservations WHERE reservation_id = :'r2'), 'pending',
+          'the other account''s reservation is untouched');
+SET ROLE t_reader_a1;
+SELECT results_eq($$SELECT DISTINCT account_id FROM credits.account_summary$$, $$VALUES ('a1')$$,
+                  'a bound reader sees only its account in the views');
+SELECT results_eq($$SELECT DISTINCT account_id FROM credits.ledger$$, $$VALUES ('a1')$$, 'and in the tables');
+SELECT is((SELECT count(*) FROM credits.usage_daily WHERE account_id = 'a2'), 0::bigint, 'nothing of a2');
+SELECT is((SELECT count(*) FROM credits_usage_daily('a2', '2026-03-01', '2026-03-31')), 0::bigint,
+          'not through the usage functions either');
+RESET ROLE;
+SELECT throws_ok($$SET credits.now = '2030-01-01'$$, '42501', NULL, 'the clock setting is superuser-only')
+  FROM (SELECT set_config('role', 't_app', true)) x;
+RESET ROLE;
+
+-- Hostile objects on the caller's search_path are never picked up.
+CREATE SCHEMA hostile;
+CREATE FUNCTION hostile.trim_scale(numeric) RETURNS numeric LANGUAGE sql AS 'SELECT 999999::numeric';
+CREATE FUNCTION hostile.numeric_sub(numeric, numeric) RETURNS numeric LANGUAGE sql AS 'SELECT 0::numeric';
+CREATE OPERATOR hostile.- (LEFTARG = numeric, RIGHTARG = numeric, FUNCTION = hostile.numeric_sub);
+CREATE FUNCTION hostile.gen_random_uuid() RETURNS uuid LANGUAGE sql AS $$SELECT '00000000-0000-0000-0000-000000000000'::uuid$$;
+SET LOCAL search_path = hostile, public, pg_catalog;
+SELECT credits_reserve(account_id => 'a1', amount => 7, product => 'editor')::text AS h1 \gset
+SELECT isnt(:'h1'::text, '00000000-0000-0000-0000-000000000000'::text, 'a shadowing gen_random_uuid is not used');
+SELECT is(credits_commit(reservation_id => :'h1', amount => 5), 5::numeric, 'a shadowing trim_scale is not used');
+SELECT is((credits_balance('a1') -> 'summary' ->> 'available')::numeric, 91::numeric,
+          'a shadowing minus operator is not used (100 - 4 - 5)');
+RESET search_path;
+
+-- Tamper evidence: editing a ledger row behind the guard breaks the hash chain.
+SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty before');
+ALTER TABLE credits.ledger DISABLE TRIGGER ledger_append_only;
+UPDATE credits.ledger SET metadata = '{"edited": true}'
+ WHERE entry_id = (SELECT min(entry_id) FROM credits.ledger WHERE account_id = 'a2' AND kind = 'charge');
+ALTER TABLE credits.ledger ENABLE TRIGGER ledger_append_only;
+SELECT results_eq($$SELECT invariant, account_id FROM credits_verify()$$,
+                  $$VALUES ('ledger hash chain is intact', 'a2')$$, 'credits_verify() reports the broken chain');
+
+SELECT * FROM finish();
+ROLLBACK;
