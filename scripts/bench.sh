@@ -21,7 +21,7 @@ trap cleanup EXIT
 
 bash scripts/setup.sh
 echo "== building and installing the extension ($PROFILE)"
-cargo pgrx install $PROFILE --pg-config "$PG_CONFIG" >/dev/null
+install_extension $PROFILE
 cluster_start "$BENCH_DIR" "$BENCH_PORT"
 cat >>"$BENCH_DIR/data/postgresql.conf" <<CONF
 shared_buffers = 1GB

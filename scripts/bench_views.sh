@@ -18,7 +18,7 @@ cleanup() { cluster_stop "$DIR"; }
 trap cleanup EXIT
 
 bash scripts/setup.sh
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+install_extension --release
 cluster_start "$DIR" "$PORT"
 cat >>"$DIR/data/postgresql.conf" <<CONF
 shared_buffers = 4GB

@@ -39,3 +39,12 @@ cluster_stop() {
         runuser -u postgres -- "$PGBIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
     fi
 }
+
+# install_extension [cargo pgrx install flags]: builds and installs the
+# extension, and copies the released install scripts and the upgrade
+# scripts next to it, so that CREATE EXTENSION credits VERSION '0.1.0' and
+# ALTER EXTENSION credits UPDATE work.
+install_extension() {
+    cargo pgrx install "$@" --pg-config "$PG_CONFIG" >/dev/null
+    cp sql/releases/*.sql sql/upgrades/*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+}

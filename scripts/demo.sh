@@ -10,7 +10,7 @@ DEMO_PORT=${CREDITS_DEMO_PORT:-54330}
 
 bash scripts/setup.sh
 echo "== building and installing the extension"
-cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
+install_extension
 echo "== starting a throwaway cluster in $DEMO_DIR on port $DEMO_PORT"
 cluster_start "$DEMO_DIR" "$DEMO_PORT"
 PSQL=(psql -X -q -h 127.0.0.1 -p "$DEMO_PORT" -U postgres)

@@ -26,7 +26,7 @@ chown postgres:postgres "$PGRX_DATA"
 cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA"
 
 echo "== installing the extension"
-cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
+install_extension
 cluster_start "$TEST_DIR" "$TEST_PORT"
 PSQL=(psql -X -q -h 127.0.0.1 -p "$TEST_PORT" -U postgres -v ON_ERROR_STOP=1)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE credits_sql" -c "CREATE DATABASE credits"
@@ -41,4 +41,4 @@ BENCH_SECONDS=1 BENCH_CLIENTS=2 BENCH_ROWS=200 BENCH_PROFILE= CREDITS_BENCH_PORT
 
 echo "== integration tests (many client connections)"
 CREDITS_TEST_URL="host=127.0.0.1 port=$TEST_PORT user=postgres" \
-    cargo test --features integration --test concurrency -- --test-threads=1
+    cargo test --features integration --test concurrency --test durability -- --test-threads=1

@@ -2,66 +2,14 @@
 //! cluster (started by scripts/test.sh, which sets CREDITS_TEST_URL).
 //! Each test gets its own database, so credits_verify() speaks of it alone.
 
-use postgres::{Client, NoTls};
+mod common;
+
+use common::{assert_verify_empty, base_url, connect, count, fresh_db, sqlstate};
+use postgres::Client;
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
-
-fn base_url() -> String {
-    std::env::var("CREDITS_TEST_URL")
-        .expect("CREDITS_TEST_URL is not set: run the integration tests through scripts/test.sh")
-}
-
-/// A fresh database with the extension installed; returns its connection string.
-fn fresh_db(name: &str) -> String {
-    let mut admin = Client::connect(&format!("{} dbname=postgres", base_url()), NoTls).unwrap();
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .unwrap();
-    let url = format!("{} dbname={name}", base_url());
-    let mut client = Client::connect(&url, NoTls).unwrap();
-    client.batch_execute("CREATE EXTENSION credits").unwrap();
-    url
-}
-
-fn connect(url: &str) -> Client {
-    Client::connect(url, NoTls).unwrap()
-}
-
-/// The SQLSTATE of a failed call.
-fn sqlstate(e: &postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
-}
-
-fn assert_verify_empty(client: &mut Client) {
-    let rows = client
-        .query(
-            "SELECT invariant, account_id, detail FROM credits_verify()",
-            &[],
-        )
-        .unwrap();
-    let violations: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{}: {} ({})",
-                r.get::<_, String>(0),
-                r.get::<_, String>(1),
-                r.get::<_, String>(2)
-            )
-        })
-        .collect();
-    assert!(
-        violations.is_empty(),
-        "credits_verify() found {violations:#?}"
-    );
-}
 
 fn setup_account(client: &mut Client, plan_sql: &str, account: &str, plan: &str) {
     client.batch_execute(plan_sql).unwrap();
@@ -513,10 +461,6 @@ fn pg_cron_runs_the_maintenance_job_and_rolls_a_due_account() {
         "the job granted each account its new allocation"
     );
     assert_verify_empty(&mut client);
-}
-
-fn count(client: &mut Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).unwrap().get(0)
 }
 
 #[test]

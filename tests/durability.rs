@@ -1,0 +1,211 @@
+//! Durability: pg_dump and pg_restore keep every balance and the hash chain;
+//! an install of the released 0.1.0 upgrades to the current version with its
+//! data and behaviour intact, into the same schema as a fresh install.
+
+mod common;
+
+use common::{assert_verify_empty, base_url, connect, count, empty_db, fresh_db, rows};
+use postgres::Client;
+use std::process::Command;
+
+const PGBIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A bit of everything: plans, accounts (one bound to a role, one BYOK),
+/// grants, a purchase, commits, refunds, a pending hold and overage.
+fn populate(client: &mut Client) {
+    client
+        .batch_execute(
+            "SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
+                                        limit_mode => 'soft', soft_limit => 30, rollover_cap => 10);
+             SELECT credits_pack_upsert(pack_id => 'p', credits => 50, price => 5);
+             SELECT credits_account_upsert(account_id => 'a' || i, plan_id => 'pro') FROM generate_series(1, 5) i;
+             SELECT credits_account_upsert(account_id => 'own', plan_id => 'pro', byok => true);
+             SELECT credits_grant(account_id => 'a1', amount => 20, kind => 'topup');
+             SELECT credits_purchase(account_id => 'a2', pack => 'p', payment_ref => 'pi_1');
+             SELECT credits_commit(credits_reserve(account_id => 'a' || i, amount => 20 * i, product => 'editor'))
+               FROM generate_series(1, 5) i;
+             SELECT credits_refund(credits_reserve(account_id => 'a3', amount => 5, product => 'seo'));
+             SELECT credits_refund(reservation_id, 7) FROM credits.reservations WHERE account_id = 'a4' AND status = 'committed';
+             SELECT credits_reserve(account_id => 'a1', amount => 3, product => 'seo', ttl => '1 day');
+             SELECT credits_commit(credits_reserve(account_id => 'own', amount => 50, product => 'editor'));",
+        )
+        .unwrap();
+}
+
+const STATE: &str = "SELECT concat_ws(' ', account_id, balance, held, overage_held, period_used, period_overage, debt) \
+                     FROM credits.accounts ORDER BY account_id";
+
+/// The schema of the extension, as text lines sorted: functions (with their
+/// body, privileges and comment), columns, constraints, indexes, triggers,
+/// policies, relations (with row security, privileges, options, comment),
+/// views and the tables pg_dump keeps.
+const FINGERPRINT: &str = r#"
+SELECT x FROM (
+  SELECT 'fn ' || p.oid::regprocedure::text || ' ' || md5(pg_get_functiondef(p.oid)) || ' '
+         || coalesce((SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(p.proacl) a), '') || ' '
+         || coalesce(obj_description(p.oid, 'pg_proc'), '')
+    FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+    JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'credits'
+  UNION ALL
+  SELECT 'col ' || c.relname || ' ' || a.attnum || ' ' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+         || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '')
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+    LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+   WHERE c.relnamespace = 'credits'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT 'con ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+    FROM pg_constraint WHERE connamespace = 'credits'::regnamespace
+  UNION ALL
+  SELECT 'idx ' || pg_get_indexdef(i.indexrelid)
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'credits'::regnamespace
+  UNION ALL
+  SELECT 'trg ' || pg_get_triggerdef(oid) FROM pg_trigger
+   WHERE NOT tgisinternal AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'credits'::regnamespace)
+  UNION ALL
+  SELECT 'pol ' || tablename || ' ' || policyname || ' ' || cmd || ' ' || qual FROM pg_policies WHERE schemaname = 'credits'
+  UNION ALL
+  SELECT 'rel ' || c.relname || ' ' || c.relkind::text || ' ' || c.relrowsecurity || ' ' || c.relforcerowsecurity || ' '
+         || coalesce((SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(c.relacl) a), '') || ' '
+         || coalesce(c.reloptions::text, '') || ' ' || coalesce(obj_description(c.oid, 'pg_class'), '')
+    FROM pg_class c WHERE c.relnamespace = 'credits'::regnamespace
+  UNION ALL
+  SELECT 'view ' || c.relname || ' ' || pg_get_viewdef(c.oid) FROM pg_class c
+   WHERE c.relnamespace = 'credits'::regnamespace AND c.relkind = 'v'
+  UNION ALL
+  SELECT 'dump ' || (SELECT string_agg(t::regclass::text, ',' ORDER BY t::regclass::text) FROM unnest(extconfig) t)
+    FROM pg_extension WHERE extname = 'credits'
+) s(x) ORDER BY x
+"#;
+
+fn pg_tool(tool: &str, args: &[&str]) {
+    let status = Command::new(format!("{PGBIN}/{tool}"))
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(status.success(), "{tool} {args:?} failed");
+}
+
+fn conn_args() -> Vec<String> {
+    // CREDITS_TEST_URL is "host=... port=... user=..."
+    base_url()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .flat_map(|(k, v)| match k {
+            "host" => vec!["-h".to_string(), v.to_string()],
+            "port" => vec!["-p".to_string(), v.to_string()],
+            "user" => vec!["-U".to_string(), v.to_string()],
+            _ => vec![],
+        })
+        .collect()
+}
+
+#[test]
+fn pg_dump_and_pg_restore_keep_every_balance_and_the_chain() {
+    let url = fresh_db("it_dump");
+    let mut client = connect(&url);
+    populate(&mut client);
+    client
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_dump_app') THEN
+                 CREATE ROLE it_dump_app IN ROLE credits_app; END IF; END $$;
+             SELECT credits_account_bind('a1', 'it_dump_app');",
+        )
+        .unwrap();
+    let before = rows(&mut client, STATE);
+    let ledger_before = count(&mut client, "SELECT count(*) FROM credits.ledger");
+    assert_verify_empty(&mut client);
+
+    let dump = std::env::temp_dir().join("credits-it-dump.pgdump");
+    let dump = dump.to_str().unwrap();
+    let mut args: Vec<String> = conn_args();
+    args.extend(["-Fc", "-d", "it_dump", "-f", dump].map(String::from));
+    pg_tool(
+        "pg_dump",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    empty_db("it_restored");
+    let mut args: Vec<String> = conn_args();
+    args.extend(["-d", "it_restored", "--exit-on-error", dump].map(String::from));
+    pg_tool(
+        "pg_restore",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    let mut restored = connect(&format!("{} dbname=it_restored", base_url()));
+    assert_eq!(
+        rows(&mut restored, STATE),
+        before,
+        "balances are identical after the restore"
+    );
+    assert_eq!(
+        count(&mut restored, "SELECT count(*) FROM credits.ledger"),
+        ledger_before
+    );
+    assert_eq!(
+        count(&mut restored, "SELECT count(*) FROM credits.account_roles"),
+        1,
+        "bindings are kept"
+    );
+    assert_verify_empty(&mut restored);
+    // And it goes on working: the chain continues, no identity collides.
+    restored
+        .batch_execute(
+            "SELECT credits_commit(credits_reserve(account_id => 'a5', amount => 1, product => 'editor'));
+             SELECT credits_grant(account_id => 'a5', amount => 1);",
+        )
+        .unwrap();
+    assert_verify_empty(&mut restored);
+}
+
+#[test]
+fn the_released_0_1_0_upgrades_with_its_data_and_behaviour_intact() {
+    let url = empty_db("it_upgrade");
+    let mut client = connect(&url);
+    client
+        .batch_execute("CREATE EXTENSION credits VERSION '0.1.0'")
+        .unwrap();
+    populate(&mut client);
+    let before = rows(&mut client, STATE);
+    let ledger_before = count(&mut client, "SELECT count(*) FROM credits.ledger");
+    assert_verify_empty(&mut client);
+
+    client
+        .batch_execute("ALTER EXTENSION credits UPDATE")
+        .unwrap();
+    let version: String = client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'credits'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        rows(&mut client, STATE),
+        before,
+        "balances are identical after the upgrade"
+    );
+    assert_eq!(
+        count(&mut client, "SELECT count(*) FROM credits.ledger"),
+        ledger_before
+    );
+    assert_verify_empty(&mut client);
+    client
+        .batch_execute(
+            "SELECT credits_commit(credits_reserve(account_id => 'a5', amount => 1, product => 'editor'));
+             SELECT credits_reset();",
+        )
+        .unwrap();
+    assert_verify_empty(&mut client);
+
+    let fresh_url = fresh_db("it_fresh");
+    let mut fresh = connect(&fresh_url);
+    let upgraded = rows(&mut client, FINGERPRINT);
+    let installed = rows(&mut fresh, FINGERPRINT);
+    let only_upgraded: Vec<&String> = upgraded.iter().filter(|x| !installed.contains(x)).collect();
+    let only_fresh: Vec<&String> = installed.iter().filter(|x| !upgraded.contains(x)).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "the upgrade script does not give the schema of a fresh install:\nonly after upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
+    );
+}
