@@ -21,10 +21,10 @@ SELECT gen_random_uuid(), 'acct' || (1 + i % :accounts), 'committed', (ARRAY['ed
   FROM generate_series(1, :ledger_rows / 4) i,
        LATERAL (SELECT now() - (i % 395) * interval '1 day' - (i % 86400) * interval '1 second' AS t) x;
 
-INSERT INTO credits.ledger (account_id, kind, amount, product, action, actor, created_at)
+INSERT INTO credits.ledger (account_id, kind, amount, product, action, actor, created_at, seq, hash)
 SELECT 'acct' || (1 + i % :accounts), CASE WHEN i % 20 = 0 THEN 'refund' ELSE 'charge' END,
        CASE WHEN i % 20 = 0 THEN 8 ELSE -8 END, (ARRAY['editor', 'seo', 'translations'])[1 + i % 3], 'run', 'loader',
-       now() - (i % 395) * interval '1 day' - (i % 86400) * interval '1 second'
+       now() - (i % 395) * interval '1 day' - (i % 86400) * interval '1 second', i / :accounts + 1, 'synthetic'
   FROM generate_series(1, :ledger_rows) i;
 
 INSERT INTO credits.usage_rollup (account_id, day, product, used, refunded, actions)
