@@ -40,5 +40,6 @@ BENCH_SECONDS=1 BENCH_CLIENTS=2 BENCH_ROWS=200 BENCH_PROFILE= CREDITS_BENCH_PORT
     CREDITS_BENCH_DIR=/tmp/credits-bench-smoke bash scripts/bench.sh --out /tmp/credits-bench-smoke-results | tail -3
 
 echo "== integration tests (many client connections)"
-CREDITS_TEST_URL="host=127.0.0.1 port=$TEST_PORT user=postgres" \
-    cargo test --features integration --test concurrency --test durability -- --test-threads=1
+CREDITS_TEST_URL="host=127.0.0.1 port=$TEST_PORT user=postgres" CREDITS_TEST_PGDATA="$TEST_DIR/data" \
+    CREDITS_TORTURE_SECONDS=${CREDITS_TORTURE_SECONDS:-20} \
+    cargo test --features integration --test concurrency --test durability --test torture -- --test-threads=1 --nocapture
