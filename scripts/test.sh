@@ -41,5 +41,6 @@ BENCH_SECONDS=1 BENCH_CLIENTS=2 BENCH_ROWS=200 BENCH_PROFILE= CREDITS_BENCH_PORT
 
 echo "== integration tests (many client connections)"
 CREDITS_TEST_URL="host=127.0.0.1 port=$TEST_PORT user=postgres" CREDITS_TEST_PGDATA="$TEST_DIR/data" \
-    CREDITS_TORTURE_SECONDS=${CREDITS_TORTURE_SECONDS:-20} \
-    cargo test --features integration --test concurrency --test durability --test torture -- --test-threads=1 --nocapture
+    CREDITS_TORTURE_SECONDS=${CREDITS_TORTURE_SECONDS:-20} CREDITS_MODEL_CASES=${CREDITS_MODEL_CASES:-64} \
+    cargo test --features integration --test concurrency --test durability --test model --test torture \
+    -- --test-threads=1 --nocapture
