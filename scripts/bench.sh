@@ -3,8 +3,9 @@
 # mode, starts a throwaway cluster (fsync and synchronous_commit on), loads
 # the data and runs bench/run.py. Settings and results are printed and
 # written to bench/results/. BENCH_SECONDS, BENCH_CLIENTS and BENCH_ROWS
-# shorten it; BENCH_PROFILE= (empty) uses the debug build (the smoke run of
-# scripts/test.sh).
+# shorten it; BENCH_PROFILE= (empty) uses the debug build, and
+# CREDITS_SKIP_INSTALL=1 the extension as installed (the smoke run of
+# scripts/test.sh: replacing the library under a running server can crash it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
@@ -20,8 +21,10 @@ cleanup() { cluster_stop "$BENCH_DIR"; }
 trap cleanup EXIT
 
 bash scripts/setup.sh
-echo "== building and installing the extension ($PROFILE)"
-install_extension $PROFILE
+if [[ -z "${CREDITS_SKIP_INSTALL:-}" ]]; then
+    echo "== building and installing the extension (${PROFILE:-debug})"
+    install_extension $PROFILE
+fi
 cluster_start "$BENCH_DIR" "$BENCH_PORT"
 cat >>"$BENCH_DIR/data/postgresql.conf" <<CONF
 shared_buffers = 1GB

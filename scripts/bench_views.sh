@@ -4,7 +4,8 @@
 # (bench/usage_data.sql, about 10 minutes to load), then the time of each
 # view query (the Execution Time of EXPLAIN ANALYZE, best of 5 in one
 # session), with its plan written next to the results.
-# BENCH_ACCOUNTS and BENCH_LEDGER_ROWS make it smaller.
+# BENCH_ACCOUNTS and BENCH_LEDGER_ROWS make it smaller; BENCH_REUSE=1 times
+# the queries again on the data of the previous run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
@@ -20,16 +21,21 @@ trap cleanup EXIT
 
 bash scripts/setup.sh
 install_extension --release
-cluster_start "$DIR" "$PORT"
-cat >>"$DIR/data/postgresql.conf" <<CONF
+PSQL=(psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -v ON_ERROR_STOP=1)
+if [[ -n "${BENCH_REUSE:-}" && -f "$DIR/data/PG_VERSION" ]]; then
+    # BENCH_REUSE=1: time the queries again on the data loaded last time.
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
+else
+    cluster_start "$DIR" "$PORT"
+    cat >>"$DIR/data/postgresql.conf" <<CONF
 shared_buffers = 4GB
 max_wal_size = 16GB
 CONF
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w restart >/dev/null
-PSQL=(psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -v ON_ERROR_STOP=1)
-"${PSQL[@]}" -d postgres -c "CREATE DATABASE views"
-echo "== loading $ACCOUNTS accounts and $LEDGER_ROWS ledger rows"
-time "${PSQL[@]}" -d views -v accounts="$ACCOUNTS" -v ledger_rows="$LEDGER_ROWS" -f bench/usage_data.sql
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w restart >/dev/null
+    "${PSQL[@]}" -d postgres -c "CREATE DATABASE views"
+    echo "== loading $ACCOUNTS accounts and $LEDGER_ROWS ledger rows"
+    time "${PSQL[@]}" -d views -v accounts="$ACCOUNTS" -v ledger_rows="$LEDGER_ROWS" -f bench/usage_data.sql
+fi
 
 mkdir -p "$OUT"
 report="$OUT/views-$(date +%Y%m%d-%H%M%S).md"
