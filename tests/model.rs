@@ -105,7 +105,7 @@ fn amount() -> impl Strategy<Value = Amount> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..3, amount(), prop_oneof![9 => 1i64..300, 1 => -5i64..1], proptest::option::weighted(0.3, 0u8..3), 0u8..4)
+        4 => (0u8..3, amount(), prop_oneof![9 => 1i64..300, 1 => -5i64..1], proptest::option::weighted(0.3, 0u8..3), 0u8..5)
             .prop_map(|(acct, amount, ttl, key, product)| Op::Reserve { acct, amount, ttl, key, product }),
         3 => (0usize..12, proptest::option::weighted(0.7, amount()), proptest::bool::weighted(0.2))
             .prop_map(|(res, amount, force)| Op::Commit { res, amount, force }),
@@ -310,8 +310,8 @@ impl Model {
         product: u8,
     ) -> Outcome {
         let amount = amount.check(false).map_err(String::from)?;
-        if product == 3 {
-            return err("22023"); // an empty product
+        if product >= 3 {
+            return err("22023"); // an empty product, a 300-character one
         }
         if ttl <= 0 {
             return err("22023");
@@ -567,7 +567,7 @@ struct Db {
     ids: Vec<String>,
 }
 
-const PRODUCTS: [&str; 4] = ["editor", "seo", "images", ""];
+const PRODUCTS: [&str; 5] = ["editor", "seo", "images", "", "x"];
 
 impl Db {
     fn account(&self, acct: u8) -> String {
@@ -602,7 +602,7 @@ impl Db {
                  idempotency_key => {})::text",
                 self.account(*acct),
                 amount.sql(),
-                PRODUCTS[*product as usize],
+                if *product == 4 { "x".repeat(300) } else { PRODUCTS[*product as usize].to_string() },
                 key.map(|k| format!("'key{k}'")).unwrap_or("NULL".into())
             ),
             Op::Commit { res, amount, force } => format!(

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(16);
+SELECT plan(17);
 
 SELECT has_schema('credits');
 SELECT tables_are('credits', ARRAY['plans', 'accounts', 'buckets', 'reservations', 'ledger', 'idempotency_keys',
@@ -10,6 +10,9 @@ SELECT has_role('credits_app');
 SELECT has_role('credits_reader');
 
 CREATE ROLE credits_test_nobody;
+SELECT ok(NOT has_schema_privilege('credits_app', 'credits', 'CREATE') AND has_schema_privilege('credits_app', 'credits', 'USAGE')
+          AND NOT has_schema_privilege('credits_test_nobody', 'credits', 'USAGE'),
+          'the schema grants USAGE to the roles, CREATE to no one');
 SELECT ok(NOT has_function_privilege('credits_test_nobody', 'credits_reserve(text,numeric,text,text,text,interval,jsonb)', 'EXECUTE'),
           'PUBLIC cannot reserve');
 SELECT ok(NOT has_function_privilege('credits_test_nobody', 'credits._housekeep(text,timestamptz)', 'EXECUTE'),
