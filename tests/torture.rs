@@ -337,8 +337,9 @@ fn torture_nothing_is_lost_and_no_limit_is_broken() {
             let row = client
                 .query_one(
                     "SELECT status, charged::float8,
-                            (SELECT count(*) FROM credits.ledger l WHERE l.reservation_id = r.reservation_id
-                               AND l.kind IN ('charge', 'overage', 'debt'))
+                            (SELECT count(*) FROM credits.ledger l
+                              WHERE l.account_id = r.account_id AND l.reservation_id = r.reservation_id
+                                AND l.kind IN ('charge', 'overage', 'debt'))
                        FROM credits.reservations r WHERE reservation_id = $1::text::uuid",
                     &[id],
                 )
