@@ -9,12 +9,15 @@ DEMO_DIR=${CREDITS_DEMO_DIR:-/tmp/credits-demo}
 DEMO_PORT=${CREDITS_DEMO_PORT:-54330}
 
 bash scripts/setup.sh
-echo "== building and installing the extension"
-install_extension
+if [[ -z "${CREDITS_SKIP_INSTALL:-}" ]]; then
+    echo "== building and installing the extension"
+    install_extension
+fi
 echo "== starting a throwaway cluster in $DEMO_DIR on port $DEMO_PORT"
 cluster_start "$DEMO_DIR" "$DEMO_PORT"
 PSQL=(psql -X -q -h 127.0.0.1 -p "$DEMO_PORT" -U postgres)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE credits"
+"${PSQL[@]}" -d credits -c "CREATE EXTENSION credits"
 echo "== running examples/demo.sql"
 "${PSQL[@]}" -d credits -v ON_ERROR_STOP=1 -f examples/demo.sql
 

@@ -10,7 +10,7 @@ TEST_DIR=${CREDITS_TEST_DIR:-/tmp/credits-test}
 TEST_PORT=${CREDITS_TEST_PORT:-54331}
 PGRX_DATA=${CREDITS_PGRX_DATA:-/tmp/credits-pgrx}
 
-cleanup() { cluster_stop "$TEST_DIR"; }
+cleanup() { cluster_stop "$TEST_DIR"; cluster_stop /tmp/credits-demo-check; }
 trap cleanup EXIT
 
 bash scripts/setup.sh
@@ -27,6 +27,14 @@ cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA"
 
 echo "== installing the extension"
 install_extension
+
+echo "== the demo (command 1) runs to its end"
+CREDITS_SKIP_INSTALL=1 CREDITS_DEMO_DIR=/tmp/credits-demo-check CREDITS_DEMO_PORT=$((TEST_PORT + 4)) \
+    bash scripts/demo.sh > /tmp/credits-demo-check.log 2>&1 || { tail -30 /tmp/credits-demo-check.log; exit 1; }
+cluster_stop /tmp/credits-demo-check
+grep -q "violations" /tmp/credits-demo-check.log || { echo "the demo did not reach its end"; exit 1; }
+echo "demo: ok"
+
 cluster_start "$TEST_DIR" "$TEST_PORT"
 PSQL=(psql -X -q -h 127.0.0.1 -p "$TEST_PORT" -U postgres -v ON_ERROR_STOP=1)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE credits_sql" -c "CREATE DATABASE credits"
