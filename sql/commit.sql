@@ -2,11 +2,30 @@
 -- amount <= reserved charges that and releases the rest (0 releases it all);
 -- more than reserved charges the excess as new usage, all or nothing, or as
 -- debt with force. A hold that expired is judged as new usage the same way.
-CREATE FUNCTION public.credits_commit(
+-- credits_commit is a SQL function that Postgres inlines into the caller's
+-- query: it tries the Rust fast path (credits._commit_fast,
+-- src/fast_commit.rs), which handles the common case (a pending hold on one
+-- bucket, charged at most what was reserved) in two statements and returns
+-- NULL, having written nothing, for anything else; then the general path
+-- (credits._commit) judges the call and raises the documented errors.
+
+CREATE FUNCTION credits._commit_fast(
     reservation_id uuid,
-    amount         numeric DEFAULT NULL,
-    force          boolean DEFAULT false,
-    account_id     text DEFAULT NULL)
+    amount         numeric,
+    force          boolean,
+    account_id     text)
+RETURNS numeric
+LANGUAGE c
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'credits_commit_fast';
+
+CREATE FUNCTION credits._commit(
+    reservation_id uuid,
+    amount         numeric,
+    force          boolean,
+    account_id     text)
 RETURNS numeric
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -14,9 +33,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_id       uuid    := credits_commit.reservation_id;
-    v_amount   numeric := credits_commit.amount;
-    v_account  text    := credits_commit.account_id;
+    v_id       uuid    := _commit.reservation_id;
+    v_amount   numeric := _commit.amount;
+    v_account  text    := _commit.account_id;
     v_now      timestamptz;
     v_charge   numeric;
     v_left     numeric;
@@ -44,7 +63,7 @@ BEGIN
     IF v_amount IS NOT NULL AND NOT (v_amount >= 0 AND v_amount < 1e14 AND scale(v_amount) <= 6) THEN
         v_amount := credits._amount(v_amount, 'amount', true);
     END IF;
-    IF credits_commit.force IS NULL THEN
+    IF _commit.force IS NULL THEN
         PERFORM credits._required(true, 'force');
     END IF;
     IF v_account IS NOT NULL AND (length(v_account) NOT BETWEEN 1 AND 255 OR btrim(v_account) = '') THEN
@@ -206,7 +225,7 @@ BEGIN
                            ELSE 0 END;
             v_overage := v_overage + v_take;
             v_left := v_left - v_take;
-            IF v_left > 0 AND NOT credits_commit.force THEN
+            IF v_left > 0 AND NOT _commit.force THEN
                 PERFORM credits._raise('CR001',
                     format('insufficient credits for account "%s"', v_account),
                     format('needs %s, available %s', v_charge, v_charge - v_left),
@@ -250,4 +269,16 @@ BEGIN
      WHERE reservation_id = v_id AND account_id = v_account;
     RETURN trim_scale(v_charge);
 END
+$$;
+
+CREATE FUNCTION public.credits_commit(
+    reservation_id uuid,
+    amount         numeric DEFAULT NULL,
+    force          boolean DEFAULT false,
+    account_id     text DEFAULT NULL)
+RETURNS numeric
+LANGUAGE sql
+VOLATILE
+AS $$
+    SELECT coalesce(credits._commit_fast($1, $2, $3, $4), credits._commit($1, $2, $3, $4))
 $$;

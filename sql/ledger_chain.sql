@@ -1,8 +1,9 @@
 -- Tamper evidence for the ledger: a per-account sequence number and a hash
 -- chained over each row's content and the previous row's hash (SHA-256, in
 -- Rust: credits._ledger_hash). The trigger fills both only when they are
--- NULL, so rows reloaded by pg_restore keep theirs; credits_verify()
--- recomputes the chain.
+-- NULL, so rows reloaded by pg_restore keep theirs, and the commit fast
+-- path (src/fast_commit.rs), which chains its row in its own statement,
+-- does not call it; credits_verify() recomputes the chain.
 
 -- The canonical content of a ledger row, as hashed.
 CREATE FUNCTION credits._ledger_content(l credits.ledger) RETURNS text
@@ -34,4 +35,6 @@ $$;
 
 CREATE TRIGGER ledger_chain
     BEFORE INSERT ON credits.ledger
-    FOR EACH ROW EXECUTE FUNCTION credits._ledger_chain();
+    FOR EACH ROW
+    WHEN (NEW.seq IS NULL OR NEW.hash IS NULL)
+    EXECUTE FUNCTION credits._ledger_chain();

@@ -63,7 +63,13 @@ GRANT EXECUTE ON FUNCTION
     public.credits_refund(uuid, numeric, text, text, text),
     public.credits_quote(text, text, text, numeric, numeric, numeric, numeric, numeric),
     public.credits_events_claim(text, integer, interval, text[]),
-    public.credits_events_ack(bigint[])
+    public.credits_events_ack(bigint[]),
+    -- What credits_reserve and credits_commit call (they are inlined into
+    -- the caller's query, so the caller needs EXECUTE on these too).
+    credits._reserve_fast(text, numeric, text, text, text, interval, jsonb),
+    credits._reserve(text, numeric, text, text, text, interval, jsonb),
+    credits._commit_fast(uuid, numeric, boolean, text),
+    credits._commit(uuid, numeric, boolean, text)
 TO credits_app, credits_admin;
 
 GRANT EXECUTE ON FUNCTION public.credits_balance(text) TO credits_app, credits_admin, credits_reader;

@@ -1,19 +1,42 @@
 -- credits_reserve: hold credits before an AI action.
 --
--- Hot path: without an idempotency key, one UPDATE both takes the account
--- lock and adds the hold, guarded by the conditions under which nothing else
--- needs judging (no housekeeping due, no debt, not BYOK, enough in the live
--- buckets). Its WHERE clause is re-checked on the locked row's newest version
--- (and the clock re-read), so concurrent sessions cannot both pass. Anything
--- else takes the general path below.
-CREATE FUNCTION public.credits_reserve(
+-- credits_reserve is a SQL function that Postgres inlines into the caller's
+-- query: it tries the Rust fast path (credits._reserve_fast,
+-- src/fast_reserve.rs), which handles the common case in two statements and
+-- returns NULL, having written nothing, for anything else; then the general
+-- path below (credits._reserve) judges the call and raises the documented
+-- errors. Both are SECURITY DEFINER with a pinned search_path; the wrapper
+-- itself only names them, schema-qualified.
+
+CREATE FUNCTION credits._reserve_fast(
     account_id      text,
     amount          numeric,
     product         text,
-    action          text DEFAULT NULL,
-    idempotency_key text DEFAULT NULL,
-    ttl             interval DEFAULT '15 minutes',
-    metadata        jsonb DEFAULT '{}')
+    action          text,
+    idempotency_key text,
+    ttl             interval,
+    metadata        jsonb)
+RETURNS uuid
+LANGUAGE c
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'credits_reserve_fast';
+
+-- The general path: every case, with its errors. Without an idempotency key
+-- it first tries one guarded UPDATE that both takes the account lock and
+-- adds the hold, under the conditions in which nothing else needs judging
+-- (no housekeeping due, no debt, not BYOK, enough in the live buckets); its
+-- WHERE clause is re-checked on the locked row's newest version (and the
+-- clock re-read), so concurrent sessions cannot both pass.
+CREATE FUNCTION credits._reserve(
+    account_id      text,
+    amount          numeric,
+    product         text,
+    action          text,
+    idempotency_key text,
+    ttl             interval,
+    metadata        jsonb)
 RETURNS uuid
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -21,13 +44,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_account  text     := credits_reserve.account_id;
-    v_amount   numeric  := credits_reserve.amount;
-    v_product  text     := credits_reserve.product;
-    v_action   text     := credits_reserve.action;
-    v_key      text     := credits_reserve.idempotency_key;
-    v_ttl      interval := credits_reserve.ttl;
-    v_metadata jsonb    := credits_reserve.metadata;
+    v_account  text     := _reserve.account_id;
+    v_amount   numeric  := _reserve.amount;
+    v_product  text     := _reserve.product;
+    v_action   text     := _reserve.action;
+    v_key      text     := _reserve.idempotency_key;
+    v_ttl      interval := _reserve.ttl;
+    v_metadata jsonb    := _reserve.metadata;
     v_id       uuid     := gen_random_uuid();
     v_now      timestamptz := credits._now();
     v_period   timestamptz;
@@ -164,6 +187,22 @@ BEGIN
     PERFORM credits._idempotent_store(v_account, 'reserve', v_key, v_request, v_id::text, v_now);
     RETURN v_id;
 END
+$$;
+
+CREATE FUNCTION public.credits_reserve(
+    account_id      text,
+    amount          numeric,
+    product         text,
+    action          text DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    ttl             interval DEFAULT '15 minutes',
+    metadata        jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE sql
+VOLATILE
+AS $$
+    SELECT coalesce(credits._reserve_fast($1, $2, $3, $4, $5, $6, $7),
+                    credits._reserve($1, $2, $3, $4, $5, $6, $7))
 $$;
 
 -- The account a reservation belongs to, for commit and refund: CR004 when

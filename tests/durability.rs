@@ -1,5 +1,5 @@
 //! Durability: pg_dump and pg_restore keep every balance and the hash chain;
-//! an install of the released 0.1.0 upgrades to the current version with its
+//! an install of each released version upgrades to the current version with its
 //! data and behaviour intact, into the same schema as a fresh install.
 
 mod common;
@@ -157,12 +157,14 @@ fn pg_dump_and_pg_restore_keep_every_balance_and_the_chain() {
     assert_verify_empty(&mut restored);
 }
 
-#[test]
-fn the_released_0_1_0_upgrades_with_its_data_and_behaviour_intact() {
-    let url = empty_db("it_upgrade");
+/// Installs the released `version`, fills it, upgrades it to the current
+/// version and checks data, behaviour and schema against a fresh install.
+fn upgrade_from(version: &str) {
+    let tag = version.replace('.', "_");
+    let url = empty_db(&format!("it_upgrade_{tag}"));
     let mut client = connect(&url);
     client
-        .batch_execute("CREATE EXTENSION credits VERSION '0.1.0'")
+        .batch_execute(&format!("CREATE EXTENSION credits VERSION '{version}'"))
         .unwrap();
     populate(&mut client);
     let before = rows(&mut client, STATE);
@@ -198,7 +200,7 @@ fn the_released_0_1_0_upgrades_with_its_data_and_behaviour_intact() {
         .unwrap();
     assert_verify_empty(&mut client);
 
-    let fresh_url = fresh_db("it_fresh");
+    let fresh_url = fresh_db(&format!("it_fresh_{tag}"));
     let mut fresh = connect(&fresh_url);
     let upgraded = rows(&mut client, FINGERPRINT);
     let installed = rows(&mut fresh, FINGERPRINT);
@@ -208,4 +210,14 @@ fn the_released_0_1_0_upgrades_with_its_data_and_behaviour_intact() {
         only_upgraded.is_empty() && only_fresh.is_empty(),
         "the upgrade script does not give the schema of a fresh install:\nonly after upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
     );
+}
+
+#[test]
+fn the_released_0_1_0_upgrades_with_its_data_and_behaviour_intact() {
+    upgrade_from("0.1.0");
+}
+
+#[test]
+fn the_released_0_2_0_upgrades_with_its_data_and_behaviour_intact() {
+    upgrade_from("0.2.0");
 }

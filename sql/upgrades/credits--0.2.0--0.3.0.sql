@@ -2,3 +2,494 @@
 -- A faster reserve/commit hot path (issue 5).
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.0'" to load this file. \quit
+
+-- The general paths keep the 0.2.0 code of credits_reserve and
+-- credits_commit, under internal names.
+CREATE FUNCTION credits._reserve(
+    account_id      text,
+    amount          numeric,
+    product         text,
+    action          text,
+    idempotency_key text,
+    ttl             interval,
+    metadata        jsonb)
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account  text     := _reserve.account_id;
+    v_amount   numeric  := _reserve.amount;
+    v_product  text     := _reserve.product;
+    v_action   text     := _reserve.action;
+    v_key      text     := _reserve.idempotency_key;
+    v_ttl      interval := _reserve.ttl;
+    v_metadata jsonb    := _reserve.metadata;
+    v_id       uuid     := gen_random_uuid();
+    v_now      timestamptz := credits._now();
+    v_period   timestamptz;
+    v_buckets  uuid[];
+    v_amounts  numeric[];
+    v_request  jsonb;
+    v_result   text;
+    v_mode     text;
+    v_soft     numeric;
+    v_free     numeric;
+    v_overage  numeric := 0;
+    v_allowed  boolean;
+    a          credits.accounts;
+    d          record;
+BEGIN
+    -- Cheap checks first; the validators raise the precise error.
+    IF v_account IS NULL OR length(v_account) NOT BETWEEN 1 AND 255 OR btrim(v_account) = '' THEN
+        PERFORM credits._ident(v_account, 'account_id', 255);
+    END IF;
+    IF v_amount IS NULL OR NOT (v_amount > 0 AND v_amount < 1e14 AND scale(v_amount) <= 6) THEN
+        v_amount := credits._amount(v_amount, 'amount', false);
+    END IF;
+    IF v_product IS NULL OR length(v_product) NOT BETWEEN 1 AND 255 OR btrim(v_product) = '' THEN
+        PERFORM credits._ident(v_product, 'product', 255);
+    END IF;
+    IF v_action IS NOT NULL AND (length(v_action) NOT BETWEEN 1 AND 255 OR btrim(v_action) = '') THEN
+        PERFORM credits._ident(v_action, 'action', 255);
+    END IF;
+    IF v_key IS NOT NULL AND (length(v_key) NOT BETWEEN 1 AND 255 OR btrim(v_key) = '') THEN
+        PERFORM credits._ident(v_key, 'idempotency_key', 255);
+    END IF;
+    IF v_ttl IS NULL OR v_ttl <= interval '0' THEN
+        PERFORM credits._required(v_ttl IS NULL, 'ttl');
+        PERFORM credits._raise('22023', 'ttl must be positive',
+            format('ttl is %s.', v_ttl), 'Pass how long the hold may stay pending, such as ''15 minutes''.');
+    END IF;
+    IF v_metadata IS NULL OR jsonb_typeof(v_metadata) <> 'object' THEN
+        v_metadata := credits._metadata(v_metadata);
+    END IF;
+
+    IF NOT credits._may_touch(v_account) THEN
+        PERFORM credits._unknown_account(v_account);
+    END IF;
+    -- Products are registered on first use and may be disabled.
+    SELECT p.enabled AND coalesce(ap.enabled, true) INTO v_allowed
+      FROM credits.products p
+      LEFT JOIN credits.account_products ap ON ap.account_id = v_account AND ap.product = p.product
+     WHERE p.product = v_product;
+    IF v_allowed IS NOT TRUE THEN
+        PERFORM credits._product_allowed(v_account, v_product, v_now);
+    END IF;
+
+    IF v_key IS NULL THEN
+        UPDATE credits.accounts
+           SET held = held + v_amount, next_event = least(next_event, v_now + v_ttl)
+         WHERE account_id = v_account AND balance - held >= v_amount AND debt = 0 AND NOT byok
+           AND next_event > credits._now()
+        RETURNING period_start INTO v_period;
+        IF FOUND THEN
+            -- Most often the first live bucket covers it all: hold it there
+            -- and record the reservation in one statement.
+            WITH hold AS (
+                UPDATE credits.buckets SET held = held + v_amount
+                 WHERE account_id = v_account AND balance - held >= v_amount
+                   AND bucket_id = (SELECT b.bucket_id FROM credits.buckets b
+                                     WHERE b.account_id = v_account AND b.balance > b.held
+                                       AND (b.expires_at IS NULL OR b.expires_at > v_now)
+                                     ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id
+                                     LIMIT 1)
+                RETURNING bucket_id)
+            INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
+                                              draw_buckets, draw_amounts, period_start, expires_at, created_at, metadata)
+            SELECT v_id, v_account, 'pending', v_product, v_action, v_amount,
+                   ARRAY[hold.bucket_id], ARRAY[v_amount], v_period, v_now + v_ttl, v_now, v_metadata
+              FROM hold;
+            IF NOT FOUND THEN
+                SELECT x.buckets, x.amounts INTO v_buckets, v_amounts FROM credits._draw(v_account, v_amount, v_now, true) x;
+                INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
+                                                  draw_buckets, draw_amounts, period_start, expires_at, created_at, metadata)
+                VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
+                        v_buckets, v_amounts, v_period, v_now + v_ttl, v_now, v_metadata);
+            END IF;
+            RETURN v_id;
+        END IF;
+    END IF;
+
+    a := credits._lock_account(v_account);
+    v_now := credits._now();
+    v_request := jsonb_build_object('amount', v_amount, 'product', v_product, 'action', v_action,
+                                    'ttl', extract(epoch FROM v_ttl), 'metadata', v_metadata);
+    v_result := credits._idempotent_result(v_account, 'reserve', v_key, v_request);
+    IF v_result IS NOT NULL THEN
+        RETURN v_result::uuid;
+    END IF;
+
+    IF a.byok THEN
+        -- Logged, never blocked, no balance effect.
+        INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
+                                          draw_buckets, draw_amounts, byok, period_start, expires_at, created_at, metadata)
+        VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
+                '{}', '{}', true, a.period_start, v_now + v_ttl, v_now, v_metadata);
+        PERFORM credits._idempotent_store(v_account, 'reserve', v_key, v_request, v_id::text, v_now);
+        RETURN v_id;
+    END IF;
+    IF a.debt > 0 THEN
+        PERFORM credits._raise('CR008', format('account "%s" is in debt', v_account),
+            format('The account owes %s credits from a forced commit.', trim_scale(a.debt)),
+            'Grant credits to pay the debt off (credits_grant), or wait for the next allocation.');
+    END IF;
+
+    v_free := a.balance - a.held;
+    IF v_free < v_amount THEN
+        SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, v_now) l;
+        v_overage := v_amount - v_free;
+        IF v_mode <> 'soft' OR a.period_overage + a.overage_held + v_overage > v_soft THEN
+            PERFORM credits._raise('CR001',
+                format('insufficient credits for account "%s"', v_account),
+                format('needs %s, available %s', trim_scale(v_amount),
+                       trim_scale(v_free + CASE WHEN v_mode = 'soft'
+                                     THEN greatest(v_soft - a.period_overage - a.overage_held, 0) ELSE 0 END)),
+                format('top up, or wait for the reset on %s', to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD')));
+        END IF;
+    END IF;
+
+    SELECT * INTO d FROM credits._draw(v_account, v_amount - v_overage, v_now, true);
+    UPDATE credits.accounts
+       SET held = held + d.total, overage_held = overage_held + v_overage,
+           next_event = least(next_event, v_now + v_ttl)
+     WHERE account_id = v_account;
+    INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
+                                      draw_buckets, draw_amounts, overage, period_start, expires_at, created_at, metadata)
+    VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
+            d.buckets, d.amounts, v_overage, a.period_start, v_now + v_ttl, v_now, v_metadata);
+    PERFORM credits._idempotent_store(v_account, 'reserve', v_key, v_request, v_id::text, v_now);
+    RETURN v_id;
+END
+$$;
+
+CREATE FUNCTION credits._commit(
+    reservation_id uuid,
+    amount         numeric,
+    force          boolean,
+    account_id     text)
+RETURNS numeric
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_id       uuid    := _commit.reservation_id;
+    v_amount   numeric := _commit.amount;
+    v_account  text    := _commit.account_id;
+    v_now      timestamptz;
+    v_charge   numeric;
+    v_left     numeric;
+    v_take     numeric;
+    v_wo       numeric;
+    v_buckets  uuid[]    := '{}';
+    v_amounts  numeric[] := '{}';
+    v_charged  numeric := 0;   -- taken from bucket balances
+    v_released numeric := 0;   -- hold given back to buckets
+    v_written  numeric := 0;   -- written off from expired buckets
+    v_overage  numeric := 0;
+    v_debt     numeric := 0;
+    v_ov_held  numeric := 0;
+    v_mode     text;
+    v_soft     numeric;
+    v_rate     numeric;
+    v_free_after     numeric;
+    v_recharge_below numeric;
+    v_next_alert     numeric;
+    v_usage          numeric;
+    a          credits.accounts;
+    r          credits.reservations;
+    d          record;
+BEGIN
+    IF v_amount IS NOT NULL AND NOT (v_amount >= 0 AND v_amount < 1e14 AND scale(v_amount) <= 6) THEN
+        v_amount := credits._amount(v_amount, 'amount', true);
+    END IF;
+    IF _commit.force IS NULL THEN
+        PERFORM credits._required(true, 'force');
+    END IF;
+    IF v_account IS NOT NULL AND (length(v_account) NOT BETWEEN 1 AND 255 OR btrim(v_account) = '') THEN
+        PERFORM credits._ident(v_account, 'account_id', 255);
+    END IF;
+    -- Lock the reservation's account first (the reservation is only read
+    -- after the lock, so its state is the latest).
+    SELECT * INTO a FROM credits.accounts
+     WHERE account_id = (SELECT x.account_id FROM credits.reservations x WHERE x.reservation_id = v_id)
+       FOR NO KEY UPDATE;
+    IF NOT FOUND OR a.account_id <> coalesce(v_account, a.account_id) OR NOT credits._may_touch(a.account_id) THEN
+        PERFORM credits._reservation_account(v_id, v_account);
+    END IF;
+    v_account := a.account_id;
+    v_now := credits._now();
+    IF a.next_event <= v_now THEN
+        PERFORM credits._housekeep(v_account, v_now);
+        SELECT * INTO a FROM credits.accounts WHERE account_id = v_account;
+    END IF;
+    SELECT * INTO r FROM credits.reservations WHERE reservation_id = v_id AND account_id = v_account;
+    v_charge := coalesce(v_amount, r.amount);
+
+    IF r.status = 'committed' AND r.refunded = 0 AND r.charged = v_charge THEN
+        RETURN trim_scale(r.charged);
+    ELSIF r.status = 'committed' AND r.refunded = 0 THEN
+        PERFORM credits._raise('CR011',
+            format('reservation %s was already committed with another amount', v_id),
+            format('It was committed for %s; this call asks for %s.', r.charged, v_charge),
+            'Repeat the commit with the same amount, or refund the difference with credits_refund().');
+    ELSIF r.status IN ('committed', 'released') THEN
+        PERFORM credits._raise('CR005',
+            format('reservation %s is not pending', v_id),
+            format('It is %s.', CASE WHEN r.status = 'committed' THEN 'committed and refunded' ELSE r.status END),
+            'Only a pending (or expired) reservation can be committed; reserve again for a new action.');
+    END IF;
+
+    IF r.byok THEN
+        UPDATE credits.reservations
+           SET status = 'committed', charged = v_charge, period_start = a.period_start, resolved_at = v_now
+         WHERE reservation_id = v_id AND account_id = v_account;
+        PERFORM credits._rollup(v_account, v_now, r.product, 0, 0, 0, 0, 0, 1, v_charge);
+        RETURN trim_scale(v_charge);
+    END IF;
+
+    IF r.status = 'pending' AND v_charge <= r.amount THEN
+        IF r.overage > 0 THEN
+            SELECT p.overage_rate INTO v_rate FROM credits.plans p WHERE p.plan_id = a.plan_id;
+        END IF;
+        -- The common case in one statement: charge the draws in order, give
+        -- back the rest of each (written off if its bucket expired since),
+        -- write the ledger rows, and update the account and the reservation.
+        WITH draws AS (
+            SELECT u.bucket_id, u.amount, u.n,
+                   greatest(least(u.amount, v_charge - coalesce(sum(u.amount) OVER (ORDER BY u.n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)), 0) AS take
+              FROM unnest(r.draw_buckets, r.draw_amounts) WITH ORDINALITY AS u(bucket_id, amount, n)
+        ), changed AS (
+            UPDATE credits.buckets b
+               SET held = b.held - d.amount,
+                   balance = b.balance - d.take - CASE WHEN b.expires_at <= v_now THEN d.amount - d.take ELSE 0 END
+              FROM draws d
+             WHERE b.account_id = v_account AND b.bucket_id = d.bucket_id
+            RETURNING d.bucket_id, d.n, d.amount, d.take,
+                      CASE WHEN b.expires_at <= v_now THEN d.amount - d.take ELSE 0 END AS written
+        ), totals AS (
+            SELECT coalesce(sum(take), 0) AS charged, coalesce(sum(amount), 0) AS released,
+                   coalesce(sum(written), 0) AS written,
+                   coalesce(array_agg(bucket_id ORDER BY n) FILTER (WHERE take > 0), '{}') AS buckets,
+                   coalesce(array_agg(take ORDER BY n) FILTER (WHERE take > 0), '{}') AS amounts
+              FROM changed
+        ), ledger AS (
+            INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, product, action, rate, actor, created_at)
+            SELECT v_account, x.kind, x.amount, x.bucket_id, v_id, x.product, x.action,
+                   CASE WHEN x.kind = 'overage' THEN v_rate END, credits._actor(), v_now
+              FROM (SELECT 'charge' AS kind, -c.take AS amount, c.bucket_id, r.product, r.action, c.n, 0 AS o
+                      FROM changed c WHERE c.take > 0
+                    UNION ALL
+                    SELECT 'expire', -c.written, c.bucket_id, NULL, NULL, c.n, 1 FROM changed c WHERE c.written > 0
+                    UNION ALL
+                    SELECT 'overage', -(v_charge - t.charged), NULL, r.product, r.action, 0, 2
+                      FROM totals t WHERE v_charge > t.charged) x
+             ORDER BY x.o, x.n
+        ), rollup AS (
+            INSERT INTO credits.usage_rollup AS u (account_id, day, product, used, overage, billable_overage, actions)
+            SELECT v_account, (v_now AT TIME ZONE 'UTC')::date, r.product, t.charged, v_charge - t.charged,
+                   coalesce((v_charge - t.charged) * v_rate, 0), 1
+              FROM totals t
+            ON CONFLICT (account_id, day, product) DO UPDATE
+               SET used = u.used + EXCLUDED.used, overage = u.overage + EXCLUDED.overage,
+                   billable_overage = u.billable_overage + EXCLUDED.billable_overage, actions = u.actions + 1
+        ), account AS (
+            UPDATE credits.accounts
+               SET held = held - t.released, balance = balance - t.charged - t.written,
+                   overage_held = overage_held - r.overage,
+                   period_overage = period_overage + (v_charge - t.charged),
+                   period_used = period_used + t.charged
+              FROM totals t
+             WHERE account_id = v_account
+            RETURNING balance AS free, recharge_below, next_alert_at, period_used + period_overage AS usage
+        )
+        UPDATE credits.reservations
+           SET status = 'committed', charged = v_charge, draw_buckets = t.buckets, draw_amounts = t.amounts,
+               overage = v_charge - t.charged,
+               overage_rate = CASE WHEN v_charge > t.charged THEN v_rate END,
+               period_start = a.period_start, resolved_at = v_now
+          FROM totals t, account ac
+         WHERE reservation_id = v_id AND account_id = v_account
+        RETURNING ac.free, ac.recharge_below, ac.next_alert_at, ac.usage
+             INTO v_free_after, v_recharge_below, v_next_alert, v_usage;
+        IF v_usage >= v_next_alert
+           OR (v_free_after < v_recharge_below AND a.balance >= v_recharge_below) THEN
+            PERFORM credits._after_usage(v_account, a.balance, v_now);
+        END IF;
+        RETURN trim_scale(v_charge);
+    END IF;
+
+    v_left := v_charge;
+    IF r.status = 'pending' THEN
+        -- Charge from the draws in order; give back the rest of each draw
+        -- (written off if its bucket expired meanwhile).
+        FOR d IN
+            SELECT u.bucket_id, u.amount, b.expires_at <= v_now AS expired
+              FROM unnest(r.draw_buckets, r.draw_amounts) WITH ORDINALITY AS u(bucket_id, amount, n)
+              JOIN credits.buckets b ON b.account_id = v_account AND b.bucket_id = u.bucket_id
+             ORDER BY u.n
+        LOOP
+            v_take := least(d.amount, v_left);
+            v_wo := CASE WHEN d.expired THEN d.amount - v_take ELSE 0 END;
+            UPDATE credits.buckets SET held = held - d.amount, balance = balance - v_take - v_wo
+             WHERE account_id = v_account AND bucket_id = d.bucket_id;
+            IF v_take > 0 THEN
+                v_buckets := v_buckets || d.bucket_id;
+                v_amounts := v_amounts || v_take;
+            END IF;
+            IF v_wo > 0 THEN
+                INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, actor, created_at)
+                VALUES (v_account, 'expire', -v_wo, d.bucket_id, v_id, credits._actor(), v_now);
+            END IF;
+            v_left := v_left - v_take;
+            v_charged := v_charged + v_take;
+            v_released := v_released + d.amount;
+            v_written := v_written + v_wo;
+        END LOOP;
+        v_overage := least(r.overage, v_left);
+        v_left := v_left - v_overage;
+        v_ov_held := r.overage;
+    END IF;
+
+    IF v_left > 0 THEN
+        -- Beyond the hold: new usage, judged now.
+        SELECT * INTO d FROM credits._draw(v_account, v_left, v_now, false);
+        v_buckets := v_buckets || d.buckets;
+        v_amounts := v_amounts || d.amounts;
+        v_charged := v_charged + d.total;
+        v_left := v_left - d.total;
+        IF v_left > 0 THEN
+            SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, v_now) l;
+            v_take := CASE WHEN v_mode = 'soft'
+                           THEN least(v_left, greatest(v_soft - a.period_overage - a.overage_held - v_overage + v_ov_held, 0))
+                           ELSE 0 END;
+            v_overage := v_overage + v_take;
+            v_left := v_left - v_take;
+            IF v_left > 0 AND NOT _commit.force THEN
+                PERFORM credits._raise('CR001',
+                    format('insufficient credits for account "%s"', v_account),
+                    format('needs %s, available %s', v_charge, v_charge - v_left),
+                    format('commit at most %s, pass force => true to record the excess as debt, or top up first',
+                           v_charge - v_left));
+            END IF;
+            v_debt := v_left;
+        END IF;
+    END IF;
+
+    INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, product, action, actor, created_at)
+    SELECT v_account, 'charge', -u.amount, u.bucket_id, v_id, r.product, r.action, credits._actor(), v_now
+      FROM unnest(v_buckets, v_amounts) AS u(bucket_id, amount);
+    IF v_overage > 0 THEN
+        SELECT overage_rate INTO v_rate FROM credits.plans WHERE plan_id = a.plan_id;
+        INSERT INTO credits.ledger (account_id, kind, amount, reservation_id, product, action, rate, actor, created_at)
+        VALUES (v_account, 'overage', -v_overage, v_id, r.product, r.action, v_rate, credits._actor(), v_now);
+    END IF;
+    IF v_debt > 0 THEN
+        INSERT INTO credits.ledger (account_id, kind, amount, reservation_id, product, action, actor, created_at)
+        VALUES (v_account, 'debt', -v_debt, v_id, r.product, r.action, credits._actor(), v_now);
+    END IF;
+
+    PERFORM credits._rollup(v_account, v_now, r.product, v_charged + v_debt, v_overage, 0, 0,
+                            coalesce(v_overage * v_rate, 0), 1, 0);
+    UPDATE credits.accounts
+       SET held = held - v_released, balance = balance - v_charged - v_written,
+           overage_held = overage_held - v_ov_held, period_overage = period_overage + v_overage,
+           period_used = period_used + v_charged + v_debt, debt = debt + v_debt
+     WHERE account_id = v_account
+    RETURNING balance, recharge_below, next_alert_at, period_used + period_overage
+         INTO v_free_after, v_recharge_below, v_next_alert, v_usage;
+    IF v_usage >= v_next_alert
+       OR (v_free_after < v_recharge_below AND a.balance >= v_recharge_below) THEN
+        PERFORM credits._after_usage(v_account, a.balance, v_now);
+    END IF;
+    UPDATE credits.reservations
+       SET status = 'committed', charged = v_charge, draw_buckets = v_buckets, draw_amounts = v_amounts,
+           overage = v_overage, overage_rate = v_rate, debt = v_debt, period_start = a.period_start,
+           resolved_at = v_now
+     WHERE reservation_id = v_id AND account_id = v_account;
+    RETURN trim_scale(v_charge);
+END
+$$;
+
+-- The Rust fast paths (src/fast_reserve.rs, src/fast_commit.rs).
+CREATE FUNCTION credits._reserve_fast(
+    account_id      text,
+    amount          numeric,
+    product         text,
+    action          text,
+    idempotency_key text,
+    ttl             interval,
+    metadata        jsonb)
+RETURNS uuid
+LANGUAGE c
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'credits_reserve_fast';
+
+CREATE FUNCTION credits._commit_fast(
+    reservation_id uuid,
+    amount         numeric,
+    force          boolean,
+    account_id     text)
+RETURNS numeric
+LANGUAGE c
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'credits_commit_fast';
+
+-- The API functions become SQL wrappers that Postgres inlines into the
+-- caller's query: the fast path first, the general path when it declines.
+CREATE OR REPLACE FUNCTION public.credits_reserve(
+    account_id      text,
+    amount          numeric,
+    product         text,
+    action          text DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    ttl             interval DEFAULT '15 minutes',
+    metadata        jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE sql
+VOLATILE
+AS $$
+    SELECT coalesce(credits._reserve_fast($1, $2, $3, $4, $5, $6, $7),
+                    credits._reserve($1, $2, $3, $4, $5, $6, $7))
+$$;
+
+CREATE OR REPLACE FUNCTION public.credits_commit(
+    reservation_id uuid,
+    amount         numeric DEFAULT NULL,
+    force          boolean DEFAULT false,
+    account_id     text DEFAULT NULL)
+RETURNS numeric
+LANGUAGE sql
+VOLATILE
+AS $$
+    SELECT coalesce(credits._commit_fast($1, $2, $3, $4), credits._commit($1, $2, $3, $4))
+$$;
+
+-- The chain trigger is not called for rows that come with their chain.
+DROP TRIGGER ledger_chain ON credits.ledger;
+CREATE TRIGGER ledger_chain
+    BEFORE INSERT ON credits.ledger
+    FOR EACH ROW
+    WHEN (NEW.seq IS NULL OR NEW.hash IS NULL)
+    EXECUTE FUNCTION credits._ledger_chain();
+
+REVOKE ALL ON FUNCTION
+    credits._reserve_fast(text, numeric, text, text, text, interval, jsonb),
+    credits._reserve(text, numeric, text, text, text, interval, jsonb),
+    credits._commit_fast(uuid, numeric, boolean, text),
+    credits._commit(uuid, numeric, boolean, text)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    credits._reserve_fast(text, numeric, text, text, text, interval, jsonb),
+    credits._reserve(text, numeric, text, text, text, interval, jsonb),
+    credits._commit_fast(uuid, numeric, boolean, text),
+    credits._commit(uuid, numeric, boolean, text)
+TO credits_app, credits_admin;

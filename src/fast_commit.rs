@@ -1,0 +1,228 @@
+//! The commit fast path: `credits._commit_fast`, called first by
+//! `credits_commit` (sql/commit.sql). It handles the common case — a
+//! pending, unexpired hold drawn from one bucket, charged at most what was
+//! reserved, on an account with nothing due — in two statements run through
+//! kept SPI plans:
+//!
+//! 1. lock the reservation's account row (FOR NO KEY UPDATE) and read the
+//!    reservation;
+//! 2. one statement, under that lock and with a fresh snapshot: mark the
+//!    reservation committed (only if it is still pending: a racing commit or
+//!    refund that got the lock first makes it match nothing, and then nothing
+//!    else in the statement happens), charge the bucket and release the rest
+//!    of its hold, append the charge row to the ledger with its hash chained
+//!    to the account's previous row, add it to the usage roll-up and update
+//!    the account.
+//!
+//! Alerts and auto-recharge run (credits._after_usage) only when the commit
+//! crossed one of their lines. Anything else returns NULL with nothing
+//! written, and the general path judges the call.
+
+use crate::fast_path::{
+    arg, param, plausible_ident, text_arg, Plans, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
+};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::AnyNumeric;
+
+thread_local! {
+    static PLANS: Plans = const { Plans::new() };
+}
+
+const LOCK: &str = "
+SELECT a.account_id, a.period_start, a.balance,
+       a.next_event > credits._now()
+         AND (NOT EXISTS (SELECT 1 FROM credits.account_roles) OR credits._sees_all()
+              OR a.account_id = ANY (credits._bound_accounts()))
+         AND r.status = 'pending' AND NOT r.byok AND r.overage = 0 AND cardinality(r.draw_buckets) = 1
+         AND r.expires_at > credits._now()
+         AND ($2 IS NULL OR ($2 >= 0 AND $2 < 1e14 AND scale($2) <= 6 AND $2 <= r.amount)) AS simple,
+       r.amount, r.draw_buckets[1], r.product, r.action, coalesce($2, r.amount),
+       pg_catalog.trim_scale(coalesce($2, r.amount))::text,
+       CASE WHEN pg_catalog.current_setting('role') = 'none' THEN session_user::text
+            ELSE pg_catalog.current_setting('role') END,
+       credits._now()
+  FROM credits.accounts a
+  JOIN credits.reservations r ON r.reservation_id = $1 AND r.account_id = a.account_id
+ WHERE a.account_id = (SELECT x.account_id FROM credits.reservations x WHERE x.reservation_id = $1 LIMIT 1)
+   FOR NO KEY UPDATE OF a";
+
+const CHARGE: &str = "
+WITH r AS (
+    UPDATE credits.reservations
+       SET status = 'committed', charged = $3,
+           draw_buckets = CASE WHEN $3 > 0 THEN ARRAY[$5] ELSE '{}' END,
+           draw_amounts = CASE WHEN $3 > 0 THEN ARRAY[$3] ELSE '{}' END,
+           period_start = $7, resolved_at = $6
+     WHERE reservation_id = $1 AND account_id = $2 AND status = 'pending'
+    RETURNING 1
+), b AS (
+    UPDATE credits.buckets SET held = held - $4, balance = balance - $3
+     WHERE account_id = $2 AND bucket_id = $5 AND EXISTS (SELECT 1 FROM r)
+), l AS (
+    INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, product, action, actor,
+                                created_at, seq, hash)
+    SELECT $2, 'charge', -$3, $5, $1, $8, $9, $10, $6, coalesce(p.seq, 0) + 1,
+           credits._ledger_hash(coalesce(p.hash, ''),
+               format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', $2, coalesce(p.seq, 0) + 1, 'charge',
+                      trim_scale(-$3), $5, $1, $8, coalesce($9, '-'), '-', $10, '-', '{}',
+                      (extract(epoch FROM $6) * 1000000)::bigint))
+      FROM r
+      LEFT JOIN LATERAL (SELECT e.seq, e.hash FROM credits.ledger e
+                          WHERE e.account_id = $2 ORDER BY e.entry_id DESC LIMIT 1) p ON true
+     WHERE $3 > 0
+), u AS (
+    INSERT INTO credits.usage_rollup AS u (account_id, day, product, used, actions)
+    SELECT $2, ($6 AT TIME ZONE 'UTC')::date, $8, $3, 1 FROM r
+    ON CONFLICT (account_id, day, product) DO UPDATE
+       SET used = u.used + EXCLUDED.used, actions = u.actions + 1
+)
+UPDATE credits.accounts
+   SET held = held - $4, balance = balance - $3, period_used = period_used + $3
+  FROM r
+ WHERE account_id = $2
+RETURNING period_used + period_overage >= next_alert_at
+          OR (balance < recharge_below AND $11 >= recharge_below)";
+
+const AFTER_USAGE: &str = "SELECT credits._after_usage($1, $2, $3)";
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_credits_commit_fast() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `credits._commit_fast(reservation_id uuid, amount numeric, force boolean,
+/// account_id text) RETURNS numeric`: the amount charged, or NULL when the
+/// general path must judge the call (nothing written then).
+///
+/// # Safety
+/// Called by Postgres through the fmgr interface with the arguments above.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn credits_commit_fast(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: Postgres calls this with the four arguments declared in
+    // sql/commit.sql.
+    let charged = unsafe { commit(fcinfo) };
+    match charged.and_then(|text| AnyNumeric::try_from(text.as_str()).ok()) {
+        Some(n) => n.into_datum().expect("a numeric is never NULL as a datum"),
+        None => {
+            // SAFETY: fcinfo is this call's.
+            unsafe { (*fcinfo).isnull = true };
+            pg_sys::Datum::from(0)
+        }
+    }
+}
+
+unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
+    // SAFETY: argument positions and types are those of the SQL declaration.
+    let (id, amount, force, account) = unsafe {
+        (
+            arg(fcinfo, 0)?,
+            arg(fcinfo, 1),
+            arg(fcinfo, 2),
+            arg(fcinfo, 3),
+        )
+    };
+    force?;
+    // SAFETY: a text argument.
+    let account_text = unsafe { text_arg(account) };
+    if account.is_some() && !account_text.is_some_and(plausible_ident) {
+        return None;
+    }
+
+    PLANS.with(|plans| {
+        Spi::connect_mut(|client| {
+            let plans = plans.get(
+                client,
+                &[
+                    (LOCK, &[UUID, NUMERIC][..]),
+                    (
+                        CHARGE,
+                        &[
+                            UUID,
+                            TEXT,
+                            NUMERIC,
+                            NUMERIC,
+                            UUID,
+                            TIMESTAMPTZ,
+                            TIMESTAMPTZ,
+                            TEXT,
+                            TEXT,
+                            TEXT,
+                            NUMERIC,
+                        ][..],
+                    ),
+                    (AFTER_USAGE, &[TEXT, NUMERIC, TIMESTAMPTZ][..]),
+                ],
+            );
+            let locked = client
+                .update(
+                    &plans[0],
+                    None,
+                    &[param(Some(id), UUID), param(amount, NUMERIC)],
+                )
+                .expect("credits: the commit fast path failed to lock the account");
+            if locked.is_empty() {
+                return None;
+            }
+            let row = locked.first();
+            let col = |n: usize| {
+                row.get_datum_by_ordinal(n)
+                    .expect("the lock returns every column")
+            };
+            if row.get::<bool>(4).ok().flatten() != Some(true) {
+                return None;
+            }
+            let account_id: String = row.get(1).ok().flatten()?;
+            if account_text.is_some_and(|a| a != account_id) {
+                return None;
+            }
+            let charged_text: String = row.get(10).ok().flatten()?;
+            let (acct, period_start, balance_before) = (col(1), col(2), col(3));
+            let (reserved, bucket, product, action) = (col(5), col(6), col(7), col(8));
+            let (charge, actor, now) = (col(9), col(11), col(12));
+
+            let charged = client
+                .update(
+                    &plans[1],
+                    None,
+                    &[
+                        param(Some(id), UUID),
+                        param(acct, TEXT),
+                        param(charge, NUMERIC),
+                        param(reserved, NUMERIC),
+                        param(bucket, UUID),
+                        param(now, TIMESTAMPTZ),
+                        param(period_start, TIMESTAMPTZ),
+                        param(product, TEXT),
+                        param(action, TEXT),
+                        param(actor, TEXT),
+                        param(balance_before, NUMERIC),
+                    ],
+                )
+                .expect("credits: the commit fast path failed to charge");
+            if charged.is_empty() {
+                // A racing commit or refund resolved it first.
+                return None;
+            }
+            if charged.first().get::<bool>(1).ok().flatten() == Some(true) {
+                client
+                    .update(
+                        &plans[2],
+                        None,
+                        &[
+                            param(acct, TEXT),
+                            param(balance_before, NUMERIC),
+                            param(now, TIMESTAMPTZ),
+                        ],
+                    )
+                    .expect("credits: the commit fast path failed to raise alerts");
+            }
+            Some(charged_text)
+        })
+    })
+}

@@ -1,0 +1,114 @@
+//! Shared plumbing of the reserve and commit fast paths (`fast_reserve`,
+//! `fast_commit`): raw argument access, SPI plans prepared once per backend
+//! and kept, and the conversions between them.
+//!
+//! A fast path handles the common case only and never raises a domain error:
+//! when anything is unusual it returns NULL without having written anything,
+//! and the SQL wrapper (`credits_reserve`, `credits_commit`) calls the
+//! general PL/pgSQL path, which judges the call and raises the documented
+//! SQLSTATE itself (pgrx would turn a custom SQLSTATE passing through Rust
+//! into XX000).
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use std::cell::OnceCell;
+
+/// Argument `n` of the call: `None` when SQL NULL.
+///
+/// # Safety
+/// `fcinfo` must be the call's own, with at least `n + 1` arguments.
+pub unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<pg_sys::Datum> {
+    // SAFETY: the caller passes the live fcinfo of this call.
+    unsafe {
+        if pgrx::fcinfo::pg_arg_is_null(fcinfo, n) {
+            None
+        } else {
+            Some(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n))
+        }
+    }
+}
+
+/// A datum of type `oid` as an SPI argument (NULL when `None`).
+pub fn param<'a>(datum: Option<pg_sys::Datum>, oid: pg_sys::Oid) -> DatumWithOid<'a> {
+    match datum {
+        // SAFETY: the datum is a valid value of type `oid` for the duration
+        // of the call (an argument of the call or a value SPI returned).
+        Some(d) => unsafe { DatumWithOid::new(d, oid) },
+        None => DatumWithOid::null_oid(oid),
+    }
+}
+
+/// A text argument as `&str`, without copying when it is not toasted.
+///
+/// # Safety
+/// `datum` must be a text datum valid for the rest of the call.
+pub unsafe fn text_arg<'a>(datum: Option<pg_sys::Datum>) -> Option<&'a str> {
+    // SAFETY: a text datum, per the caller; a detoasted copy lives in the
+    // call's memory context.
+    datum.and_then(|d| unsafe { <&str as FromDatum>::from_datum(d, false) })
+}
+
+/// What the API accepts as an identifier (account, product, action): 1 to
+/// 255 characters, not only spaces. Anything else goes to the general path,
+/// which raises the precise error.
+pub fn plausible_ident(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && !s.bytes().all(|b| b == b' ')
+}
+
+/// A set of SPI plans, prepared on first use and kept for the backend's
+/// life (Postgres revalidates them when the objects they use change).
+pub struct Plans {
+    cell: OnceCell<Vec<OwnedPreparedStatement>>,
+}
+
+impl Plans {
+    pub const fn new() -> Self {
+        Plans {
+            cell: OnceCell::new(),
+        }
+    }
+
+    /// The plans of `sources` (query text and argument types), in order.
+    pub fn get(
+        &self,
+        client: &SpiClient<'_>,
+        sources: &[(&str, &[pg_sys::Oid])],
+    ) -> &[OwnedPreparedStatement] {
+        self.cell.get_or_init(|| {
+            sources
+                .iter()
+                .map(|(query, args)| {
+                    let args: Vec<PgOid> = args.iter().map(|oid| PgOid::from(*oid)).collect();
+                    client
+                        .prepare_mut(*query, &args)
+                        .unwrap_or_else(|e| panic!("credits: cannot prepare a fast-path plan: {e}"))
+                        .keep()
+                })
+                .collect()
+        })
+    }
+}
+
+pub const TEXT: pg_sys::Oid = pg_sys::TEXTOID;
+pub const NUMERIC: pg_sys::Oid = pg_sys::NUMERICOID;
+pub const INTERVAL: pg_sys::Oid = pg_sys::INTERVALOID;
+pub const JSONB: pg_sys::Oid = pg_sys::JSONBOID;
+pub const TIMESTAMPTZ: pg_sys::Oid = pg_sys::TIMESTAMPTZOID;
+pub const UUID: pg_sys::Oid = pg_sys::UUIDOID;
+
+#[cfg(test)]
+mod unit {
+    use super::plausible_ident;
+
+    #[test]
+    fn identifiers_the_fast_path_accepts() {
+        assert!(plausible_ident("acct1"));
+        assert!(plausible_ident(" a "));
+        assert!(!plausible_ident(""));
+        assert!(!plausible_ident("   "));
+        assert!(!plausible_ident(&"x".repeat(256)));
+        assert!(plausible_ident(&"x".repeat(255)));
+    }
+}

@@ -1,0 +1,195 @@
+//! The reserve fast path: `credits._reserve_fast`, called first by
+//! `credits_reserve` (sql/reserve.sql). It handles the common case — no
+//! idempotency key, valid input, an enabled product, an account that is not
+//! BYOK, owes nothing, has nothing due and has enough credits — in two
+//! statements run through kept SPI plans:
+//!
+//! 1. one guarded UPDATE of the account row takes the row lock and adds the
+//!    hold; its WHERE clause is rechecked on the locked row's newest version
+//!    (the clock re-read), so two sessions can never both pass;
+//! 2. one statement holds the first live bucket (CHECK held <= balance on
+//!    the bucket row) and inserts the reservation with its draw; when that
+//!    bucket alone does not cover the amount, a third statement draws across
+//!    the buckets in consumption order (credits._draw).
+//!
+//! When the guarded UPDATE matches nothing, nothing was written and the
+//! function returns NULL: the general path judges the call.
+
+use crate::fast_path::{
+    arg, param, plausible_ident, text_arg, Plans, INTERVAL, JSONB, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
+};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+thread_local! {
+    static PLANS: Plans = const { Plans::new() };
+}
+
+const TAKE_HOLD: &str = "
+UPDATE credits.accounts
+   SET held = held + $2, next_event = least(next_event, $6 + $4)
+ WHERE account_id = $1
+   AND $2 > 0 AND $2 < 1e14 AND scale($2) <= 6 AND $4 > interval '0' AND jsonb_typeof($5) = 'object'
+   AND balance - held >= $2 AND debt = 0 AND NOT byok AND next_event > credits._now()
+   AND (NOT EXISTS (SELECT 1 FROM credits.account_roles) OR credits._sees_all()
+        OR account_id = ANY (credits._bound_accounts()))
+   AND EXISTS (SELECT 1 FROM credits.products p WHERE p.product = $3 AND p.enabled)
+   AND NOT EXISTS (SELECT 1 FROM credits.account_products ap
+                    WHERE ap.account_id = $1 AND ap.product = $3 AND NOT ap.enabled)
+RETURNING period_start";
+
+const HOLD_FIRST_BUCKET: &str = "
+WITH hold AS (
+    UPDATE credits.buckets SET held = held + $2
+     WHERE account_id = $1 AND balance - held >= $2
+       AND bucket_id = (SELECT b.bucket_id FROM credits.buckets b
+                         WHERE b.account_id = $1 AND b.balance > b.held
+                           AND (b.expires_at IS NULL OR b.expires_at > $7)
+                         ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id
+                         LIMIT 1)
+    RETURNING bucket_id)
+INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
+                                  draw_buckets, draw_amounts, period_start, expires_at, created_at, metadata)
+SELECT $8, $1, 'pending', $3, $4, $2, ARRAY[hold.bucket_id], ARRAY[$2], $9, $7 + $5, $7, $6
+  FROM hold";
+
+const HOLD_ACROSS_BUCKETS: &str = "
+INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
+                                  draw_buckets, draw_amounts, period_start, expires_at, created_at, metadata)
+SELECT $8, $1, 'pending', $3, $4, $2, d.buckets, d.amounts, $9, $7 + $5, $7, $6
+  FROM credits._draw($1, $2, $7, true) d";
+
+const HOLD_ARGS: &[pg_sys::Oid] = &[
+    TEXT,
+    NUMERIC,
+    TEXT,
+    TEXT,
+    INTERVAL,
+    JSONB,
+    TIMESTAMPTZ,
+    UUID,
+    TIMESTAMPTZ,
+];
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_credits_reserve_fast() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `credits._reserve_fast(account_id text, amount numeric, product text,
+/// action text, idempotency_key text, ttl interval, metadata jsonb)
+/// RETURNS uuid`: the reservation id, or NULL when the general path must
+/// judge the call (nothing written then).
+///
+/// # Safety
+/// Called by Postgres through the fmgr interface with the arguments above.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn credits_reserve_fast(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: Postgres calls this with the seven arguments declared in
+    // sql/reserve.sql.
+    let result = unsafe { reserve(fcinfo) };
+    match result {
+        Some(id) => id.into_datum().expect("a uuid is never NULL as a datum"),
+        None => {
+            // SAFETY: fcinfo is this call's.
+            unsafe { (*fcinfo).isnull = true };
+            pg_sys::Datum::from(0)
+        }
+    }
+}
+
+unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
+    // SAFETY: argument positions and types are those of the SQL declaration.
+    let (account, amount, product, action, key, ttl, metadata) = unsafe {
+        (
+            arg(fcinfo, 0),
+            arg(fcinfo, 1)?,
+            arg(fcinfo, 2),
+            arg(fcinfo, 3),
+            arg(fcinfo, 4),
+            arg(fcinfo, 5)?,
+            arg(fcinfo, 6)?,
+        )
+    };
+    if key.is_some() {
+        return None;
+    }
+    // SAFETY: text arguments.
+    let (account_text, product_text, action_text) =
+        unsafe { (text_arg(account)?, text_arg(product)?, text_arg(action)) };
+    if !plausible_ident(account_text)
+        || !plausible_ident(product_text)
+        || action.is_some() && !action_text.is_some_and(plausible_ident)
+    {
+        return None;
+    }
+
+    let now = crate::clock::_now()
+        .into_datum()
+        .expect("a timestamptz is never NULL as a datum");
+    let id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+    let id_datum = id.into_datum().expect("a uuid is never NULL as a datum");
+
+    let reserved = PLANS.with(|plans| {
+        Spi::connect_mut(|client| {
+            let plans = plans.get(
+                client,
+                &[
+                    (
+                        TAKE_HOLD,
+                        &[TEXT, NUMERIC, TEXT, INTERVAL, JSONB, TIMESTAMPTZ][..],
+                    ),
+                    (HOLD_FIRST_BUCKET, HOLD_ARGS),
+                    (HOLD_ACROSS_BUCKETS, HOLD_ARGS),
+                ],
+            );
+            let taken = client
+                .update(
+                    &plans[0],
+                    None,
+                    &[
+                        param(account, TEXT),
+                        param(Some(amount), NUMERIC),
+                        param(product, TEXT),
+                        param(Some(ttl), INTERVAL),
+                        param(Some(metadata), JSONB),
+                        param(Some(now), TIMESTAMPTZ),
+                    ],
+                )
+                .expect("credits: the reserve fast path failed to take the hold");
+            if taken.is_empty() {
+                return false;
+            }
+            let period_start = taken
+                .first()
+                .get_datum_by_ordinal(1)
+                .expect("the hold returns the period start");
+            let hold_args = [
+                param(account, TEXT),
+                param(Some(amount), NUMERIC),
+                param(product, TEXT),
+                param(action, TEXT),
+                param(Some(ttl), INTERVAL),
+                param(Some(metadata), JSONB),
+                param(Some(now), TIMESTAMPTZ),
+                param(Some(id_datum), UUID),
+                param(period_start, TIMESTAMPTZ),
+            ];
+            let held = client
+                .update(&plans[1], None, &hold_args)
+                .expect("credits: the reserve fast path failed to hold a bucket");
+            if held.is_empty() {
+                client
+                    .update(&plans[2], None, &hold_args)
+                    .expect("credits: the reserve fast path failed to draw from the buckets");
+            }
+            true
+        })
+    });
+    reserved.then_some(id)
+}
