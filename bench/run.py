@@ -23,8 +23,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = [
     ("baseline A: UPDATE one random row of 10,000", "baseline_one_row.sql", None),
     ("ours A: reserve + commit, 10,000 accounts", "action.sql", "baseline A: UPDATE one random row of 10,000"),
+    ("lean reference A (not ours): PL/pgSQL, no buckets", "lean_action.sql",
+     "baseline A: UPDATE one random row of 10,000"),
     ("baseline B: UPDATE one hot row", "baseline_hot_row.sql", None),
     ("ours B: reserve + commit, one hot account", "action_hot.sql", "baseline B: UPDATE one hot row"),
+    ("lean reference B (not ours): PL/pgSQL, one hot account", "lean_action_hot.sql", "baseline B: UPDATE one hot row"),
     ("reserve alone", "reserve_only.sql", "baseline A: UPDATE one random row of 10,000"),
     ("commit alone", "commit_only.sql", "baseline A: UPDATE one random row of 10,000"),
     ("reserve + app INSERT + commit, one transaction", "action_in_app_txn.sql",

@@ -10,4 +10,36 @@ SELECT count(credits_account_upsert(account_id => 'acct' || i, plan_id => 'bench
 SELECT credits_account_upsert(account_id => 'hot', plan_id => 'bench');
 CREATE SEQUENCE bench_hold_seq;
 CREATE TABLE bench_holds (i bigint PRIMARY KEY, reservation_id uuid NOT NULL);
+
+
+-- The lean reference of the issue's calibration, for comparison only (it is
+-- not part of the extension): a hand-written PL/pgSQL reserve + commit with
+-- one conditional UPDATE of a balance row, one reservation row and one
+-- ledger row per transaction, no buckets, no checks beyond the balance.
+CREATE TABLE lean_accounts (id integer PRIMARY KEY, balance numeric NOT NULL, held numeric NOT NULL DEFAULT 0,
+                            CHECK (held <= balance)) WITH (fillfactor = 70);
+INSERT INTO lean_accounts (id, balance) SELECT i, 10000000000 FROM generate_series(0, :rows) i;
+CREATE TABLE lean_reservations (id bigserial PRIMARY KEY, account_id integer NOT NULL, amount numeric NOT NULL,
+                                charged numeric, status text NOT NULL DEFAULT 'pending') WITH (fillfactor = 70);
+CREATE TABLE lean_ledger (id bigserial PRIMARY KEY, account_id integer NOT NULL, reservation_id bigint NOT NULL,
+                          kind text NOT NULL, amount numeric NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+CREATE FUNCTION lean_reserve(p_account integer, p_amount numeric) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE v_id bigint;
+BEGIN
+    UPDATE lean_accounts SET held = held + p_amount WHERE id = p_account AND balance - held >= p_amount;
+    IF NOT FOUND THEN RAISE EXCEPTION USING ERRCODE = 'CR001', MESSAGE = 'insufficient credits'; END IF;
+    INSERT INTO lean_reservations (account_id, amount) VALUES (p_account, p_amount) RETURNING id INTO v_id;
+    INSERT INTO lean_ledger (account_id, reservation_id, kind, amount) VALUES (p_account, v_id, 'hold', p_amount);
+    RETURN v_id;
+END $$;
+CREATE FUNCTION lean_commit(p_id bigint, p_amount numeric) RETURNS numeric LANGUAGE plpgsql AS $$
+DECLARE r lean_reservations;
+BEGIN
+    UPDATE lean_reservations SET status = 'committed', charged = p_amount WHERE id = p_id AND status = 'pending'
+    RETURNING * INTO r;
+    IF NOT FOUND THEN RAISE EXCEPTION USING ERRCODE = 'CR005', MESSAGE = 'not pending'; END IF;
+    UPDATE lean_accounts SET held = held - r.amount, balance = balance - p_amount WHERE id = r.account_id;
+    INSERT INTO lean_ledger (account_id, reservation_id, kind, amount) VALUES (r.account_id, p_id, 'charge', -p_amount);
+    RETURN p_amount;
+END $$;
 VACUUM ANALYZE;

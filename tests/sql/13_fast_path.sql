@@ -1,0 +1,98 @@
+\ir helpers.inc
+SELECT plan(38);
+
+CREATE FUNCTION pg_temp.explain_lines(q text) RETURNS SETOF text LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY EXECUTE 'EXPLAIN (VERBOSE, COSTS OFF) ' || q;
+END
+$$;
+
+-- The fast paths (src/fast_reserve.rs, src/fast_commit.rs) take the common
+-- case and return NULL, having written nothing, for everything else; the
+-- general path then judges the call. Every other file checks the behaviour
+-- through credits_reserve/credits_commit; this one checks which path runs.
+
+SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
+SELECT credits_plan_upsert(plan_id => 'soft', allocation => 10, reset => 'calendar_month',
+                           limit_mode => 'soft', soft_limit => 50);
+SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
+SELECT credits_account_upsert(account_id => 'own', plan_id => 'pro', byok => true);
+SELECT credits_account_upsert(account_id => 'flex', plan_id => 'soft');
+-- Products are registered on first use, by the general path.
+SELECT credits_commit(credits_reserve(account_id => 'acme', amount => 1, product => 'editor'));
+SELECT credits_product_upsert(product => 'retired', enabled => false);
+SELECT credits_account_product_set(account_id => 'acme', product => 'seo', enabled => false);
+SELECT credits_product_upsert(product => 'seo');
+
+-- The wrappers are inlined into the caller's query (no extra function call).
+SELECT ok((SELECT string_agg(x, ' ') FROM pg_temp.explain_lines(
+               $$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'editor')$$) x)
+          ~ 'COALESCE\(credits\._reserve_fast\(.*credits\._reserve\(', 'credits_reserve is inlined');
+SELECT ok((SELECT string_agg(x, ' ') FROM pg_temp.explain_lines(
+               $$SELECT credits_commit('00000000-0000-0000-0000-000000000000', 1)$$) x)
+          ~ 'COALESCE\(credits\._commit_fast\(.*credits\._commit\(', 'credits_commit is inlined');
+
+-- Reserve: the common case.
+SELECT credits._reserve_fast('acme', 30, 'editor', 'rewrite', NULL, '15 minutes', '{"project": "p"}')::text AS r1 \gset
+SELECT isnt(:'r1'::text, NULL::text, 'the fast path reserves the common case');
+SELECT results_eq(format($$SELECT status, amount, action, cardinality(draw_buckets), draw_amounts, metadata->>'project',
+                                  expires_at - created_at FROM credits.reservations WHERE reservation_id = %L$$, :'r1'),
+                  $$VALUES ('pending', 30::numeric, 'rewrite', 1, ARRAY[30]::numeric[], 'p', interval '15 minutes')$$,
+                  'it records the reservation with its one draw');
+SELECT results_eq($$SELECT held FROM credits.buckets WHERE account_id = 'acme' AND kind = 'allocation'$$,
+                  $$VALUES (30::numeric)$$, 'the draw is held on the allocation bucket');
+SELECT is(pg_temp.fig('acme', 'available'), 69::numeric, 'and on the account (100 - 1 - 30)');
+
+-- Reserve: everything else is left to the general path, with nothing written.
+SELECT pg_temp.state() AS before \gset
+SELECT is(credits._reserve_fast('acme', 5, 'editor', NULL, 'key-1', '15 minutes', '{}'), NULL, 'not with an idempotency key');
+SELECT is(credits._reserve_fast('acme', 5, 'newproduct', NULL, NULL, '15 minutes', '{}'), NULL, 'not for a product not yet registered');
+SELECT is(credits._reserve_fast('acme', 5, 'retired', NULL, NULL, '15 minutes', '{}'), NULL, 'not for a disabled product');
+SELECT is(credits._reserve_fast('acme', 5, 'seo', NULL, NULL, '15 minutes', '{}'), NULL, 'not for a product disabled for the account');
+SELECT is(credits._reserve_fast('own', 5, 'editor', NULL, NULL, '15 minutes', '{}'), NULL, 'not for a BYOK account');
+SELECT is(credits._reserve_fast('acme', 70, 'editor', NULL, NULL, '15 minutes', '{}'), NULL, 'not beyond the live buckets');
+SELECT is(credits._reserve_fast('nobody', 5, 'editor', NULL, NULL, '15 minutes', '{}'), NULL, 'not for an unknown account');
+SELECT is(credits._reserve_fast('acme', 0.0000001, 'editor', NULL, NULL, '15 minutes', '{}'), NULL, 'not for a bad amount');
+SELECT is(credits._reserve_fast('  ', 5, 'editor', NULL, NULL, '15 minutes', '{}'), NULL, 'not for a blank account id');
+SELECT is(credits._reserve_fast('acme', 5, 'editor', '', NULL, '15 minutes', '{}'), NULL, 'not for an empty action');
+SELECT is(credits._reserve_fast('acme', 5, 'editor', NULL, NULL, '-1 minute', '{}'), NULL, 'not for a negative ttl');
+SELECT is(credits._reserve_fast('acme', 5, 'editor', NULL, NULL, '15 minutes', '[1]'), NULL, 'not for metadata that is not an object');
+SELECT is(credits._reserve_fast('acme', NULL, 'editor', NULL, NULL, '15 minutes', '{}'), NULL, 'not for a NULL amount');
+SELECT is(pg_temp.state(), :'before', 'a declined fast path writes nothing');
+
+-- Commit: the common case.
+SELECT is(credits._commit_fast(:'r1', 25, false, NULL), 25::numeric, 'the fast path commits the common case');
+SELECT results_eq(format($$SELECT status, charged, draw_amounts FROM credits.reservations WHERE reservation_id = %L$$, :'r1'),
+                  $$VALUES ('committed', 25::numeric, ARRAY[25]::numeric[])$$, 'it records what it charged to the bucket');
+SELECT results_eq(format($$SELECT kind, amount, product, action, seq > 1, length(hash) FROM credits.ledger WHERE reservation_id = %L$$, :'r1'),
+                  $$VALUES ('charge', -25::numeric, 'editor', 'rewrite', true, 64)$$,
+                  'and writes one chained ledger row');
+SELECT results_eq($$SELECT used, actions FROM credits.usage_rollup WHERE account_id = 'acme' AND product = 'editor'$$,
+                  $$VALUES (26::numeric, 2)$$, 'and adds it to the usage roll-up');
+SELECT is(pg_temp.fig('acme', 'available'), 74::numeric, 'the rest of the hold is released (100 - 1 - 25)');
+SELECT is((SELECT count(*) FROM credits_verify()), 0::bigint, 'the chain, the roll-up and every balance verify');
+
+-- Commit: everything else is left to the general path, with nothing written.
+SELECT credits_reserve(account_id => 'acme', amount => 10, product => 'editor')::text AS r2 \gset
+SELECT pg_temp.state() AS before \gset
+SELECT is(credits._commit_fast(:'r1', 25, false, NULL), NULL, 'not a repeated commit');
+SELECT is(credits._commit_fast(:'r2', 11, false, NULL), NULL, 'not more than reserved');
+SELECT is(credits._commit_fast(:'r2', 5, NULL, NULL), NULL, 'not with force NULL');
+SELECT is(credits._commit_fast(:'r2', 5, false, 'other'), NULL, 'not with another account_id');
+SELECT is(credits._commit_fast('00000000-0000-0000-0000-000000000000', 5, false, NULL), NULL, 'not an unknown reservation');
+SELECT is(pg_temp.state(), :'before', 'a declined fast path writes nothing');
+SELECT credits_reserve(account_id => 'flex', amount => 15, product => 'editor')::text AS r3 \gset
+SELECT is(credits._commit_fast(:'r3', 15, false, NULL), NULL, 'not a hold that took overage');
+SELECT is(credits_commit(:'r3', 15), 15::numeric, 'which the general path commits');
+
+-- A hold the first bucket cannot cover is drawn across the buckets.
+SELECT credits_grant(account_id => 'acme', amount => 20, kind => 'topup');
+SELECT credits._reserve_fast('acme', 70, 'editor', NULL, NULL, '15 minutes', '{}')::text AS r4 \gset
+SELECT results_eq(format($$SELECT draw_amounts FROM credits.reservations WHERE reservation_id = %L$$, :'r4'),
+                  $$VALUES (ARRAY[64, 6]::numeric[])$$, 'the fast path draws across buckets in order (64 + 6)');
+SELECT is(credits._commit_fast(:'r4', 70, false, NULL), NULL, 'not a hold drawn from two buckets');
+SELECT is(credits_commit(:'r4', 70), 70::numeric, 'which the general path commits');
+SELECT is((SELECT count(*) FROM credits_verify()), 0::bigint, 'and everything verifies');
+
+SELECT * FROM finish();
+ROLLBACK;
