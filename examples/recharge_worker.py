@@ -9,7 +9,7 @@ its visibility timeout, and another worker may see it again. That is safe
 because credits_purchase is idempotent on payment_ref: a request is bought
 once, however often it is handled.
 
-    python3 examples/recharge_worker.py --dsn "host=127.0.0.1 port=54330 user=postgres dbname=credits"
+    python3 examples/recharge_worker.py --dsn "host=127.0.0.1 port=25430 user=postgres dbname=credits"
 
 The role it connects as needs credits_app (events) and credits_admin
 (purchases). --idle-exit N stops it after N seconds without events (tests).

@@ -3,7 +3,7 @@
 the usage ring (credits.account_summary) and day-over-day usage per
 product, stacked (credits_usage_daily), like the products' own dashboards.
 
-    python3 examples/usage_chart.py --dsn "host=127.0.0.1 port=54330 user=postgres dbname=credits" \\
+    python3 examples/usage_chart.py --dsn "host=127.0.0.1 port=25430 user=postgres dbname=credits" \\
         --account acme --days 30 --out usage.png
 
 The role needs credits_reader (or more)."""

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 source scripts/cluster.sh
 
 DIR=${CREDITS_BENCH_DIR:-/tmp/credits-bench-views}
-PORT=${CREDITS_BENCH_PORT:-54333}
+PORT=${CREDITS_BENCH_PORT:-25433}
 ACCOUNTS=${BENCH_ACCOUNTS:-10000}
 LEDGER_ROWS=${BENCH_LEDGER_ROWS:-20000000}
 OUT=${BENCH_OUT:-bench/results}

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/cluster.sh
 
 DEMO_DIR=${CREDITS_DEMO_DIR:-/tmp/credits-demo}
-DEMO_PORT=${CREDITS_DEMO_PORT:-54330}
+DEMO_PORT=${CREDITS_DEMO_PORT:-25430}
 
 bash scripts/setup.sh
 if [[ -z "${CREDITS_SKIP_INSTALL:-}" ]]; then

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/cluster.sh
 
 TEST_DIR=${CREDITS_TEST_DIR:-/tmp/credits-test}
-TEST_PORT=${CREDITS_TEST_PORT:-54331}
+TEST_PORT=${CREDITS_TEST_PORT:-25431}
 PGRX_DATA=${CREDITS_PGRX_DATA:-/tmp/credits-pgrx}
 
 cleanup() { cluster_stop "$TEST_DIR"; cluster_stop /tmp/credits-demo-check; }
