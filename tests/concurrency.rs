@@ -207,6 +207,78 @@ fn commit_refund_and_expiry_racing_on_one_reservation_give_one_outcome() {
     assert_verify_empty(&mut client);
 }
 
+/// Many connections commit the same reservation at once. The commit fast
+/// path reads the reservation before it has the account lock; whoever gets
+/// the lock second must see the first commit (the charge statement only
+/// matches a still-pending reservation) and answer as a repeat: the same
+/// result for the same amount, CR011 for another. One charge either way.
+#[test]
+fn many_connections_committing_one_reservation_charge_it_once() {
+    let url = fresh_db("it_commit_race");
+    let mut client = connect(&url);
+    setup_account(
+        &mut client,
+        "SELECT credits_plan_upsert(plan_id => 'p', allocation => 100000)",
+        "acme",
+        "p",
+    );
+    let n = 16;
+    for round in 0..8 {
+        let id = reserve(&mut client, "acme", "10", None).unwrap();
+        let shared = id.clone();
+        let same_amount = round % 2 == 0;
+        let results = race(&url, n, move |i, c| {
+            let amount = if same_amount || i % 2 == 0 { "7" } else { "6" };
+            c.query_one(
+                "SELECT credits_commit(reservation_id => $1::text::uuid, amount => $2::text::numeric)::text",
+                &[&shared, &amount],
+            )
+            .map(|r| r.get::<_, String>(0))
+            .map_err(|e| sqlstate(&e))
+        });
+        assert_eq!(
+            count(
+                &mut client,
+                &format!(
+                    "SELECT count(*) FROM credits.ledger WHERE reservation_id = '{id}' AND kind = 'charge'"
+                )
+            ),
+            1,
+            "round {round}: one charge row"
+        );
+        let charged: String = client
+            .query_one(
+                "SELECT trim_scale(charged)::text FROM credits.reservations WHERE reservation_id = $1::text::uuid",
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+        for r in &results {
+            match r {
+                Ok(v) => assert_eq!(
+                    v, &charged,
+                    "round {round}: every success returns the one charge"
+                ),
+                Err(e) => assert_eq!(e, "CR011", "round {round}: another amount is a conflict"),
+            }
+        }
+        if same_amount {
+            assert!(
+                results.iter().all(|r| r.is_ok()),
+                "round {round}: {results:?}"
+            );
+        }
+    }
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.ledger WHERE kind = 'charge'"
+        ),
+        8
+    );
+    assert_verify_empty(&mut client);
+}
+
 #[test]
 fn the_same_idempotency_key_from_many_connections_gives_one_effect() {
     let url = fresh_db("it_idem");
