@@ -7,9 +7,10 @@
 //! 1. lock the reservation's account row (FOR NO KEY UPDATE) and read the
 //!    reservation;
 //! 2. one statement, under that lock and with a fresh snapshot: mark the
-//!    reservation committed (only if it is still pending: a racing commit or
-//!    refund that got the lock first makes it match nothing, and then nothing
-//!    else in the statement happens), charge the bucket and release the rest
+//!    reservation committed (found by the row address the first statement
+//!    read, and only if that row is still the pending one: a racing commit
+//!    or refund that got the lock first makes it match nothing, and then
+//!    nothing else in the statement happens), charge the bucket and release the rest
 //!    of its hold, append the charge row to the ledger with its hash chained
 //!    to the account's previous row, add it to the usage roll-up and update
 //!    the account.
@@ -19,7 +20,7 @@
 //! written, and the general path judges the call.
 
 use crate::fast_path::{
-    arg, param, plausible_ident, text_arg, Plans, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
+    arg, param, plausible_ident, text_arg, Plans, NUMERIC, TEXT, TID, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -41,7 +42,7 @@ SELECT a.account_id, a.period_start, a.balance,
        pg_catalog.trim_scale(coalesce($2, r.amount))::text,
        CASE WHEN pg_catalog.current_setting('role') = 'none' THEN session_user::text
             ELSE pg_catalog.current_setting('role') END,
-       credits._now()
+       credits._now(), r.ctid
   FROM credits.accounts a
   JOIN credits.reservations r ON r.reservation_id = $1 AND r.account_id = a.account_id
  WHERE a.account_id = (SELECT x.account_id FROM credits.reservations x WHERE x.reservation_id = $1 LIMIT 1)
@@ -54,7 +55,7 @@ WITH r AS (
            draw_buckets = CASE WHEN $3 > 0 THEN ARRAY[$5] ELSE '{}' END,
            draw_amounts = CASE WHEN $3 > 0 THEN ARRAY[$3] ELSE '{}' END,
            period_start = $7, resolved_at = $6
-     WHERE reservation_id = $1 AND account_id = $2 AND status = 'pending'
+     WHERE ctid = $12 AND reservation_id = $1 AND account_id = $2 AND status = 'pending'
     RETURNING 1
 ), b AS (
     UPDATE credits.buckets SET held = held - $4, balance = balance - $3
@@ -154,6 +155,7 @@ unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
                             TEXT,
                             TEXT,
                             NUMERIC,
+                            TID,
                         ][..],
                     ),
                     (AFTER_USAGE, &[TEXT, NUMERIC, TIMESTAMPTZ][..]),
@@ -184,7 +186,7 @@ unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
             let charged_text: String = row.get(10).ok().flatten()?;
             let (acct, period_start, balance_before) = (col(1), col(2), col(3));
             let (reserved, bucket, product, action) = (col(5), col(6), col(7), col(8));
-            let (charge, actor, now) = (col(9), col(11), col(12));
+            let (charge, actor, now, row_id) = (col(9), col(11), col(12), col(13));
 
             let charged = client
                 .update(
@@ -202,6 +204,7 @@ unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
                         param(action, TEXT),
                         param(actor, TEXT),
                         param(balance_before, NUMERIC),
+                        param(row_id, TID),
                     ],
                 )
                 .expect("credits: the commit fast path failed to charge");

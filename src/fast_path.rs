@@ -97,6 +97,7 @@ pub const INTERVAL: pg_sys::Oid = pg_sys::INTERVALOID;
 pub const JSONB: pg_sys::Oid = pg_sys::JSONBOID;
 pub const TIMESTAMPTZ: pg_sys::Oid = pg_sys::TIMESTAMPTZOID;
 pub const UUID: pg_sys::Oid = pg_sys::UUIDOID;
+pub const TID: pg_sys::Oid = pg_sys::TIDOID;
 
 #[cfg(test)]
 mod unit {
