@@ -10,10 +10,10 @@
 //!    reservation committed (found by the row address the first statement
 //!    read, and only if that row is still the pending one: a racing commit
 //!    or refund that got the lock first makes it match nothing, and then
-//!    nothing else in the statement happens), charge the bucket and release the rest
-//!    of its hold, append the charge row to the ledger with its hash chained
-//!    to the account's previous row, add it to the usage roll-up and update
-//!    the account.
+//!    nothing else in the statement happens), charge the bucket and release
+//!    the rest of its hold, append the charge row to the ledger with its
+//!    hash chained to the account's previous row, add it to the usage
+//!    roll-up and update the account.
 //!
 //! Alerts and auto-recharge run (credits._after_usage) only when the commit
 //! crossed one of their lines. Anything else returns NULL with nothing
