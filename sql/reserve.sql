@@ -23,12 +23,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'credits_reserve_fast';
 
--- The general path: every case, with its errors. Without an idempotency key
--- it first tries one guarded UPDATE that both takes the account lock and
--- adds the hold, under the conditions in which nothing else needs judging
--- (no housekeeping due, no debt, not BYOK, enough in the live buckets); its
--- WHERE clause is re-checked on the locked row's newest version (and the
--- clock re-read), so concurrent sessions cannot both pass.
+-- The general path: every case, with its errors. It locks the account
+-- first (rolling it forward when something is due), then judges the call.
 CREATE FUNCTION credits._reserve(
     account_id      text,
     amount          numeric,
@@ -53,9 +49,6 @@ DECLARE
     v_metadata jsonb    := _reserve.metadata;
     v_id       uuid     := gen_random_uuid();
     v_now      timestamptz := credits._now();
-    v_period   timestamptz;
-    v_buckets  uuid[];
-    v_amounts  numeric[];
     v_request  jsonb;
     v_result   text;
     v_mode     text;
@@ -101,40 +94,6 @@ BEGIN
      WHERE p.product = v_product;
     IF v_allowed IS NOT TRUE THEN
         PERFORM credits._product_allowed(v_account, v_product, v_now);
-    END IF;
-
-    IF v_key IS NULL THEN
-        UPDATE credits.accounts
-           SET held = held + v_amount, next_event = least(next_event, v_now + v_ttl)
-         WHERE account_id = v_account AND balance - held >= v_amount AND debt = 0 AND NOT byok
-           AND next_event > credits._now()
-        RETURNING period_start INTO v_period;
-        IF FOUND THEN
-            -- Most often the first live bucket covers it all: hold it there
-            -- and record the reservation in one statement.
-            WITH hold AS (
-                UPDATE credits.buckets SET held = held + v_amount
-                 WHERE account_id = v_account AND balance - held >= v_amount
-                   AND bucket_id = (SELECT b.bucket_id FROM credits.buckets b
-                                     WHERE b.account_id = v_account AND b.balance > b.held
-                                       AND (b.expires_at IS NULL OR b.expires_at > v_now)
-                                     ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id
-                                     LIMIT 1)
-                RETURNING bucket_id)
-            INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
-                                              draw_buckets, draw_amounts, period_start, expires_at, created_at, metadata)
-            SELECT v_id, v_account, 'pending', v_product, v_action, v_amount,
-                   ARRAY[hold.bucket_id], ARRAY[v_amount], v_period, v_now + v_ttl, v_now, v_metadata
-              FROM hold;
-            IF NOT FOUND THEN
-                SELECT x.buckets, x.amounts INTO v_buckets, v_amounts FROM credits._draw(v_account, v_amount, v_now, true) x;
-                INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
-                                                  draw_buckets, draw_amounts, period_start, expires_at, created_at, metadata)
-                VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
-                        v_buckets, v_amounts, v_period, v_now + v_ttl, v_now, v_metadata);
-            END IF;
-            RETURN v_id;
-        END IF;
     END IF;
 
     a := credits._lock_account(v_account);

@@ -20,7 +20,8 @@
 //! written, and the general path judges the call.
 
 use crate::fast_path::{
-    arg, param, plausible_ident, text_arg, Plans, NUMERIC, TEXT, TID, TIMESTAMPTZ, UUID,
+    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, Plans, NUMERIC, TEXT, TID,
+    TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -30,11 +31,12 @@ thread_local! {
     static PLANS: Plans = const { Plans::new() };
 }
 
-const LOCK: &str = "
+const LOCK: &str = concat!(
+    "
 SELECT a.account_id, a.period_start, a.balance,
-       a.next_event > credits._now()
-         AND (NOT EXISTS (SELECT 1 FROM credits.account_roles) OR credits._sees_all()
-              OR a.account_id = ANY (credits._bound_accounts()))
+       a.next_event > credits._now() AND ",
+    may_touch!("a.account_id"),
+    "
          AND r.status = 'pending' AND NOT r.byok AND r.overage = 0 AND cardinality(r.draw_buckets) = 1
          AND r.expires_at > credits._now()
          AND ($2 IS NULL OR ($2 >= 0 AND $2 < 1e14 AND scale($2) <= 6 AND $2 <= r.amount)) AS simple,
@@ -46,7 +48,8 @@ SELECT a.account_id, a.period_start, a.balance,
   FROM credits.accounts a
   JOIN credits.reservations r ON r.reservation_id = $1 AND r.account_id = a.account_id
  WHERE a.account_id = (SELECT x.account_id FROM credits.reservations x WHERE x.reservation_id = $1 LIMIT 1)
-   FOR NO KEY UPDATE OF a";
+   FOR NO KEY UPDATE OF a"
+);
 
 const CHARGE: &str = "
 WITH r AS (
@@ -64,10 +67,11 @@ WITH r AS (
     INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, product, action, actor,
                                 created_at, seq, hash)
     SELECT $2, 'charge', -$3, $5, $1, $8, $9, $10, $6, coalesce(p.seq, 0) + 1,
-           credits._ledger_hash(coalesce(p.hash, ''),
-               format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', $2, coalesce(p.seq, 0) + 1, 'charge',
-                      trim_scale(-$3), $5, $1, $8, coalesce($9, '-'), '-', $10, '-', '{}',
-                      (extract(epoch FROM $6) * 1000000)::bigint))
+           -- The row as hashed: the same content function as the chain
+           -- trigger and credits_verify() (inlined by the planner).
+           credits._ledger_hash(coalesce(p.hash, ''), credits._ledger_content(
+               ROW(NULL, $2, 'charge', -$3, $5, $1, $8, $9, NULL, $10, NULL, '{}', $6,
+                   coalesce(p.seq, 0) + 1, NULL)::credits.ledger))
       FROM r
       LEFT JOIN LATERAL (SELECT e.seq, e.hash FROM credits.ledger e
                           WHERE e.account_id = $2 ORDER BY e.entry_id DESC LIMIT 1) p ON true
@@ -87,12 +91,7 @@ RETURNING period_used + period_overage >= next_alert_at
 
 const AFTER_USAGE: &str = "SELECT credits._after_usage($1, $2, $3)";
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_credits_commit_fast() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+finfo_v1!(pg_finfo_credits_commit_fast);
 
 /// `credits._commit_fast(reservation_id uuid, amount numeric, force boolean,
 /// account_id text) RETURNS numeric`: the amount charged, or NULL when the
@@ -106,15 +105,13 @@ pub unsafe extern "C-unwind" fn credits_commit_fast(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     // SAFETY: Postgres calls this with the four arguments declared in
-    // sql/commit.sql.
-    let charged = unsafe { commit(fcinfo) };
-    match charged.and_then(|text| AnyNumeric::try_from(text.as_str()).ok()) {
-        Some(n) => n.into_datum().expect("a numeric is never NULL as a datum"),
-        None => {
-            // SAFETY: fcinfo is this call's.
-            unsafe { (*fcinfo).isnull = true };
-            pg_sys::Datum::from(0)
-        }
+    // sql/commit.sql, and fcinfo is this call's.
+    unsafe {
+        let charged = commit(fcinfo).and_then(|text| AnyNumeric::try_from(text.as_str()).ok());
+        result(
+            fcinfo,
+            charged.map(|n| n.into_datum().expect("a numeric is never NULL as a datum")),
+        )
     }
 }
 

@@ -57,6 +57,52 @@ pub fn plausible_ident(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && !s.bytes().all(|b| b == b' ')
 }
 
+/// The rule of `credits._may_touch` (sql/security.sql) for the account in
+/// column `$col`, written into the fast paths' statements: a call of that
+/// SQL function (not inlinable, it has sub-selects) would be planned anew on
+/// every call. pgTAP 12 checks that a role bound to one account can neither
+/// reserve nor commit on another.
+macro_rules! may_touch {
+    ($col:literal) => {
+        concat!(
+            "(NOT EXISTS (SELECT 1 FROM credits.account_roles) OR credits._sees_all() OR ",
+            $col,
+            " = ANY (credits._bound_accounts()))"
+        )
+    };
+}
+pub(crate) use may_touch;
+
+/// The V1 call-convention record Postgres looks up as `pg_finfo_<name>`
+/// for a C function called `<name>`.
+macro_rules! finfo_v1 {
+    ($finfo:ident) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            const V1: pgrx::pg_sys::Pg_finfo_record =
+                pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+pub(crate) use finfo_v1;
+
+/// Returns `value` from a fast path, or SQL NULL (the general path's turn).
+///
+/// # Safety
+/// `fcinfo` must be the call's own.
+pub unsafe fn result(
+    fcinfo: pg_sys::FunctionCallInfo,
+    value: Option<pg_sys::Datum>,
+) -> pg_sys::Datum {
+    value.unwrap_or_else(|| {
+        // SAFETY: fcinfo is this call's, per the caller.
+        unsafe { (*fcinfo).isnull = true };
+        pg_sys::Datum::from(0)
+    })
+}
+
 /// A set of SPI plans, prepared on first use and kept for the backend's
 /// life (Postgres revalidates them when the objects they use change).
 pub struct Plans {

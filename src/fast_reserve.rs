@@ -16,7 +16,8 @@
 //! function returns NULL: the general path judges the call.
 
 use crate::fast_path::{
-    arg, param, plausible_ident, text_arg, Plans, INTERVAL, JSONB, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
+    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, Plans, INTERVAL, JSONB,
+    NUMERIC, TEXT, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -25,18 +26,21 @@ thread_local! {
     static PLANS: Plans = const { Plans::new() };
 }
 
-const TAKE_HOLD: &str = "
+const TAKE_HOLD: &str = concat!(
+    "
 UPDATE credits.accounts
    SET held = held + $2, next_event = least(next_event, $6 + $4)
  WHERE account_id = $1
    AND $2 > 0 AND $2 < 1e14 AND scale($2) <= 6 AND $4 > interval '0' AND jsonb_typeof($5) = 'object'
    AND balance - held >= $2 AND debt = 0 AND NOT byok AND next_event > credits._now()
-   AND (NOT EXISTS (SELECT 1 FROM credits.account_roles) OR credits._sees_all()
-        OR account_id = ANY (credits._bound_accounts()))
+   AND ",
+    may_touch!("account_id"),
+    "
    AND EXISTS (SELECT 1 FROM credits.products p WHERE p.product = $3 AND p.enabled)
    AND NOT EXISTS (SELECT 1 FROM credits.account_products ap
                     WHERE ap.account_id = $1 AND ap.product = $3 AND NOT ap.enabled)
-RETURNING period_start";
+RETURNING period_start"
+);
 
 const HOLD_FIRST_BUCKET: &str = "
 WITH hold AS (
@@ -71,12 +75,7 @@ const HOLD_ARGS: &[pg_sys::Oid] = &[
     TIMESTAMPTZ,
 ];
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_credits_reserve_fast() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+finfo_v1!(pg_finfo_credits_reserve_fast);
 
 /// `credits._reserve_fast(account_id text, amount numeric, product text,
 /// action text, idempotency_key text, ttl interval, metadata jsonb)
@@ -91,15 +90,13 @@ pub unsafe extern "C-unwind" fn credits_reserve_fast(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     // SAFETY: Postgres calls this with the seven arguments declared in
-    // sql/reserve.sql.
-    let result = unsafe { reserve(fcinfo) };
-    match result {
-        Some(id) => id.into_datum().expect("a uuid is never NULL as a datum"),
-        None => {
-            // SAFETY: fcinfo is this call's.
-            unsafe { (*fcinfo).isnull = true };
-            pg_sys::Datum::from(0)
-        }
+    // sql/reserve.sql, and fcinfo is this call's.
+    unsafe {
+        let id = reserve(fcinfo);
+        result(
+            fcinfo,
+            id.map(|id| id.into_datum().expect("a uuid is never NULL as a datum")),
+        )
     }
 }
 

@@ -3,8 +3,9 @@
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.0'" to load this file. \quit
 
--- The general paths keep the 0.2.0 code of credits_reserve and
--- credits_commit, under internal names.
+-- The general paths: the 0.2.0 code of credits_commit and credits_reserve
+-- under internal names (reserve without its PL/pgSQL fast path, which the
+-- Rust one replaces).
 CREATE FUNCTION credits._reserve(
     account_id      text,
     amount          numeric,
@@ -29,9 +30,6 @@ DECLARE
     v_metadata jsonb    := _reserve.metadata;
     v_id       uuid     := gen_random_uuid();
     v_now      timestamptz := credits._now();
-    v_period   timestamptz;
-    v_buckets  uuid[];
-    v_amounts  numeric[];
     v_request  jsonb;
     v_result   text;
     v_mode     text;
@@ -77,40 +75,6 @@ BEGIN
      WHERE p.product = v_product;
     IF v_allowed IS NOT TRUE THEN
         PERFORM credits._product_allowed(v_account, v_product, v_now);
-    END IF;
-
-    IF v_key IS NULL THEN
-        UPDATE credits.accounts
-           SET held = held + v_amount, next_event = least(next_event, v_now + v_ttl)
-         WHERE account_id = v_account AND balance - held >= v_amount AND debt = 0 AND NOT byok
-           AND next_event > credits._now()
-        RETURNING period_start INTO v_period;
-        IF FOUND THEN
-            -- Most often the first live bucket covers it all: hold it there
-            -- and record the reservation in one statement.
-            WITH hold AS (
-                UPDATE credits.buckets SET held = held + v_amount
-                 WHERE account_id = v_account AND balance - held >= v_amount
-                   AND bucket_id = (SELECT b.bucket_id FROM credits.buckets b
-                                     WHERE b.account_id = v_account AND b.balance > b.held
-                                       AND (b.expires_at IS NULL OR b.expires_at > v_now)
-                                     ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id
-                                     LIMIT 1)
-                RETURNING bucket_id)
-            INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
-                                              draw_buckets, draw_amounts, period_start, expires_at, created_at, metadata)
-            SELECT v_id, v_account, 'pending', v_product, v_action, v_amount,
-                   ARRAY[hold.bucket_id], ARRAY[v_amount], v_period, v_now + v_ttl, v_now, v_metadata
-              FROM hold;
-            IF NOT FOUND THEN
-                SELECT x.buckets, x.amounts INTO v_buckets, v_amounts FROM credits._draw(v_account, v_amount, v_now, true) x;
-                INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
-                                                  draw_buckets, draw_amounts, period_start, expires_at, created_at, metadata)
-                VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
-                        v_buckets, v_amounts, v_period, v_now + v_ttl, v_now, v_metadata);
-            END IF;
-            RETURN v_id;
-        END IF;
     END IF;
 
     a := credits._lock_account(v_account);
