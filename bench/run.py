@@ -20,18 +20,22 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # (name, script, compared with)
+BASE_A = "baseline A: UPDATE one random row of 10,000"
+BASE_B = "baseline B: UPDATE one hot row"
 RUNS = [
-    ("baseline A: UPDATE one random row of 10,000", "baseline_one_row.sql", None),
-    ("ours A: reserve + commit, 10,000 accounts", "action.sql", "baseline A: UPDATE one random row of 10,000"),
-    ("lean reference A (not ours): PL/pgSQL, no buckets", "lean_action.sql",
-     "baseline A: UPDATE one random row of 10,000"),
-    ("baseline B: UPDATE one hot row", "baseline_hot_row.sql", None),
-    ("ours B: reserve + commit, one hot account", "action_hot.sql", "baseline B: UPDATE one hot row"),
-    ("lean reference B (not ours): PL/pgSQL, one hot account", "lean_action_hot.sql", "baseline B: UPDATE one hot row"),
-    ("reserve alone", "reserve_only.sql", "baseline A: UPDATE one random row of 10,000"),
-    ("commit alone", "commit_only.sql", "baseline A: UPDATE one random row of 10,000"),
-    ("reserve + app INSERT + commit, one transaction", "action_in_app_txn.sql",
-     "baseline A: UPDATE one random row of 10,000"),
+    (BASE_A, "baseline_one_row.sql", None),
+    ("ceiling A (not ours): two bare UPDATEs, two transactions", "ceiling_action.sql", BASE_A),
+    ("ours A: reserve + commit, 10,000 accounts", "action.sql", BASE_A),
+    ("floor A (not ours): our action's rows by plain SQL", "floor_action.sql", BASE_A),
+    ("lean reference A (not ours): PL/pgSQL, no buckets", "lean_action.sql", BASE_A),
+    (BASE_B, "baseline_hot_row.sql", None),
+    ("ceiling B (not ours): two bare UPDATEs of the hot row", "ceiling_action_hot.sql", BASE_B),
+    ("ours B: reserve + commit, one hot account", "action_hot.sql", BASE_B),
+    ("floor B (not ours): our action's rows by plain SQL, hot", "floor_action_hot.sql", BASE_B),
+    ("lean reference B (not ours): PL/pgSQL, one hot account", "lean_action_hot.sql", BASE_B),
+    ("reserve alone", "reserve_only.sql", BASE_A),
+    ("commit alone", "commit_only.sql", BASE_A),
+    ("reserve + app INSERT + commit, one transaction", "action_in_app_txn.sql", BASE_A),
 ]
 
 
@@ -89,6 +93,22 @@ def prepare_holds(args, needed):
     return max(have, needed)
 
 
+def targets(by_key):
+    """The targets of the benchmark issue, each next to the ceiling (two bare
+    UPDATEs) and the floor (our rows by plain SQL) measured in the same run."""
+    out = []
+    for side, clients, target in (("A", 8, 0.45), ("B", 32, 0.5)):
+        ours = next((r for (n, c), r in by_key.items() if c == clients and n.startswith(f"ours {side}:")), None)
+        if ours is None:
+            continue
+        ceiling = next(r for (n, c), r in by_key.items() if c == clients and n.startswith(f"ceiling {side}"))
+        floor = next(r for (n, c), r in by_key.items() if c == clients and n.startswith(f"floor {side}"))
+        verdict = "met" if ours["ratio"] >= target else "NOT met"
+        out.append(f"Target ours {side} >= {target} x baseline {side} at {clients} clients: {ours['ratio']:.2f}, "
+                   f"{verdict} (ceiling {ceiling['ratio']:.2f}, floor of our data model {floor['ratio']:.2f}).")
+    return [""] + out if out else []
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
@@ -123,7 +143,7 @@ def main():
                     sys.exit(f"bench: commit alone ran out of holds ({used} > {prepared}); its figure would be wrong")
             r.update({"run": name, "clients": clients})
             results.append(r)
-            print(f"  {clients:>2} clients  {name:<48} {r['tps']:>9.1f} tps  avg {r['avg_ms']:.2f} ms"
+            print(f"  {clients:>2} clients  {name:<56} {r['tps']:>9.1f} tps  avg {r['avg_ms']:.2f} ms"
                   f"  p99 {r['p99_ms'] or 0:.2f} ms", flush=True)
 
     by_key = {(r["run"], r["clients"]): r for r in results}
@@ -143,6 +163,7 @@ def main():
         lines.append(f"| {r['run']} | {r['clients']} | {r['tps']:.0f} | {r['avg_ms']:.2f} | "
                      f"{(r['p99_ms'] or 0):.2f} | {ratio} |")
     lines += ["", f"Failed transactions: {failed}. credits_verify() violations after the runs: {violations}."]
+    lines += targets(by_key)
     report = "\n".join(lines)
     print()
     print(report)

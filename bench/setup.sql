@@ -42,4 +42,16 @@ BEGIN
     INSERT INTO lean_ledger (account_id, reservation_id, kind, amount) VALUES (r.account_id, p_id, 'charge', -p_amount);
     RETURN p_amount;
 END $$;
+-- Calibration, not ours (floor_action*.sql): copies of the tables our
+-- action writes, with the same columns, indexes and CHECK constraints (no
+-- triggers, foreign keys or row security), and the same accounts and
+-- buckets, for the rows of our action written by plain SQL.
+CREATE SCHEMA bench_floor;
+CREATE TABLE bench_floor.accounts (LIKE credits.accounts INCLUDING ALL) WITH (fillfactor = 70);
+CREATE TABLE bench_floor.buckets (LIKE credits.buckets INCLUDING ALL) WITH (fillfactor = 70);
+CREATE TABLE bench_floor.reservations (LIKE credits.reservations INCLUDING ALL) WITH (fillfactor = 70);
+CREATE TABLE bench_floor.ledger (LIKE credits.ledger INCLUDING ALL);
+CREATE TABLE bench_floor.usage_rollup (LIKE credits.usage_rollup INCLUDING ALL) WITH (fillfactor = 70);
+INSERT INTO bench_floor.accounts SELECT * FROM credits.accounts;
+INSERT INTO bench_floor.buckets SELECT * FROM credits.buckets;
 VACUUM ANALYZE;

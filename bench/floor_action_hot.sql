@@ -1,0 +1,34 @@
+-- Calibration, not ours: floor_action.sql on the one hot account (ratio to
+-- baseline B): the rows our action writes, by plain SQL, without the logic.
+WITH a AS (
+    UPDATE bench_floor.accounts SET held = held + 10 WHERE account_id = 'hot'
+    RETURNING account_id, period_start
+), b AS (
+    UPDATE bench_floor.buckets SET held = held + 10 WHERE account_id = 'hot'
+    RETURNING bucket_id
+)
+INSERT INTO bench_floor.reservations (reservation_id, account_id, status, product, amount, draw_buckets,
+                                      draw_amounts, period_start, expires_at, created_at)
+SELECT gen_random_uuid(), a.account_id, 'pending', 'editor', 10, ARRAY[b.bucket_id], ARRAY[10],
+       a.period_start, now() + interval '1 hour', now()
+  FROM a, b
+RETURNING reservation_id AS r \gset
+WITH r AS (
+    UPDATE bench_floor.reservations
+       SET status = 'committed', charged = 7, draw_amounts = ARRAY[7], resolved_at = now()
+     WHERE reservation_id = :r AND status = 'pending'
+    RETURNING account_id, draw_buckets[1] AS bucket_id
+), b AS (
+    UPDATE bench_floor.buckets SET held = held - 10, balance = balance - 7
+     WHERE account_id = (SELECT account_id FROM r) AND bucket_id = (SELECT bucket_id FROM r)
+), l AS (
+    INSERT INTO bench_floor.ledger (account_id, kind, amount, bucket_id, reservation_id, product, actor,
+                                    created_at, seq, hash)
+    SELECT r.account_id, 'charge', -7, r.bucket_id, :r, 'editor', 'postgres', now(), 0, '' FROM r
+), u AS (
+    INSERT INTO bench_floor.usage_rollup AS u (account_id, day, product, used, actions)
+    SELECT r.account_id, current_date, 'editor', 7, 1 FROM r
+    ON CONFLICT (account_id, day, product) DO UPDATE SET used = u.used + EXCLUDED.used, actions = u.actions + 1
+)
+UPDATE bench_floor.accounts a SET held = held - 10, balance = balance - 7, period_used = period_used + 7
+  FROM r WHERE a.account_id = r.account_id;
