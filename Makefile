@@ -1,4 +1,4 @@
-.PHONY: demo test bench bench-views
+.PHONY: demo test bench bench-views bench-decompose
 demo:
 	bash scripts/demo.sh
 test:
@@ -7,3 +7,5 @@ bench:
 	bash scripts/bench.sh
 bench-views:
 	bash scripts/bench_views.sh
+bench-decompose:
+	BENCH_CLIENTS=8 bash scripts/bench.sh --decompose

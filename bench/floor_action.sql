@@ -5,7 +5,8 @@
 -- expiry, hash chain or alerts. Reserve: the account's hold, the bucket's
 -- hold, the reservation. Commit: the reservation, the bucket, a ledger row,
 -- the usage roll-up, the account. Its ratio to baseline A is the most our
--- data model allows, whatever the functions do.
+-- data model allows, whatever the functions do. run.py derives its hot-account
+-- run and the variants of make bench-decompose from this text.
 \set id random(1, :rows)
 WITH a AS (
     UPDATE bench_floor.accounts SET held = held + 10 WHERE account_id = 'acct' || :id

@@ -27,16 +27,100 @@ RUNS = [
     ("ceiling A (not ours): two bare UPDATEs, two transactions", "ceiling_action.sql", BASE_A),
     ("ours A: reserve + commit, 10,000 accounts", "action.sql", BASE_A),
     ("floor A (not ours): our action's rows by plain SQL", "floor_action.sql", BASE_A),
+    ("lean floor A (not ours): the lean reference's rows by plain SQL", "lean_floor_action.sql", BASE_A),
     ("lean reference A (not ours): PL/pgSQL, no buckets", "lean_action.sql", BASE_A),
     (BASE_B, "baseline_hot_row.sql", None),
     ("ceiling B (not ours): two bare UPDATEs of the hot row", "ceiling_action_hot.sql", BASE_B),
     ("ours B: reserve + commit, one hot account", "action_hot.sql", BASE_B),
-    ("floor B (not ours): our action's rows by plain SQL, hot", "floor_action_hot.sql", BASE_B),
+    ("floor B (not ours): our action's rows by plain SQL, hot", "floor:hot", BASE_B),
     ("lean reference B (not ours): PL/pgSQL, one hot account", "lean_action_hot.sql", BASE_B),
     ("reserve alone", "reserve_only.sql", BASE_A),
     ("commit alone", "commit_only.sql", BASE_A),
     ("reserve + app INSERT + commit, one transaction", "action_in_app_txn.sql", BASE_A),
 ]
+
+# make bench-decompose: what each part of our action's rows costs, at the
+# floor (plain SQL, no logic), next to ours, the ceiling and the lean reference.
+DECOMPOSE = [
+    (BASE_A, "baseline_one_row.sql", None),
+    ("ceiling A (not ours): two bare UPDATEs, two transactions", "ceiling_action.sql", BASE_A),
+    ("ours A: reserve + commit, 10,000 accounts", "action.sql", BASE_A),
+    ("floor A (not ours): our action's rows by plain SQL", "floor_action.sql", BASE_A),
+    ("floor A without the reserve's bucket hold", "floor:no_bucket_hold", BASE_A),
+    ("floor A without any bucket write", "floor:no_buckets", BASE_A),
+    ("floor A without the usage roll-up", "floor:no_rollup", BASE_A),
+    ("floor A without the ledger row", "floor:no_ledger", BASE_A),
+    ("floor A with a narrow account row", "floor:narrow_account", BASE_A),
+    ("floor A: only the account and the reservation", "floor:account_reservation", BASE_A),
+    ("lean floor A (not ours): the lean reference's rows by plain SQL", "lean_floor_action.sql", BASE_A),
+    ("lean reference A (not ours): PL/pgSQL, no buckets", "lean_action.sql", BASE_A),
+]
+
+
+# The variants of floor_action.sql (its hot-account run and the parts that
+# make bench-decompose removes), derived from its text so that there is one
+# statement to maintain. Each piece must be found as written.
+FLOOR_HOLD = """), b AS (
+    UPDATE bench_floor.buckets SET held = held + 10 WHERE account_id = 'acct' || :id
+    RETURNING bucket_id
+)"""
+FLOOR_CHARGE_BUCKET = """), b AS (
+    UPDATE bench_floor.buckets SET held = held - 10, balance = balance - 7
+     WHERE account_id = (SELECT account_id FROM r) AND bucket_id = (SELECT bucket_id FROM r)
+"""
+FLOOR_LEDGER = r"\), l AS \(\n    INSERT INTO bench_floor\.ledger.*?FROM r\n"
+FLOOR_ROLLUP = r"\), u AS \(\n    INSERT INTO bench_floor\.usage_rollup.*?actions = u\.actions \+ 1\n"
+
+
+def floor_variant(name):
+    text = open(os.path.join(HERE, "floor_action.sql")).read()
+
+    def replace(old, new):
+        nonlocal text
+        if old not in text:
+            sys.exit(f"bench: floor_action.sql no longer contains:\n{old}")
+        text = text.replace(old, new)
+
+    def drop(pattern):
+        nonlocal text
+        text, n = re.subn(pattern, "", text, flags=re.S)
+        if n != 1:
+            sys.exit(f"bench: floor_action.sql: {pattern} matched {n} times")
+
+    if name == "hot":
+        replace("\\set id random(1, :rows)\n", "")
+        replace("'acct' || :id", "'hot'")
+    elif name == "no_bucket_hold":
+        replace(FLOOR_HOLD, "), b AS (\n    SELECT bucket_id FROM bench_floor.buckets WHERE account_id = 'acct' || :id LIMIT 1\n)")
+        replace("SET held = held - 10, balance = balance - 7\n     WHERE account_id = (SELECT",
+                "SET balance = balance - 7\n     WHERE account_id = (SELECT")
+    elif name in ("no_buckets", "account_reservation"):
+        replace(FLOOR_HOLD, "), b AS (\n    SELECT gen_random_uuid() AS bucket_id\n)")
+        replace(FLOOR_CHARGE_BUCKET, "")
+        if name == "account_reservation":
+            drop(FLOOR_LEDGER)
+            drop(FLOOR_ROLLUP)
+    elif name == "no_rollup":
+        drop(FLOOR_ROLLUP)
+    elif name == "no_ledger":
+        drop(FLOOR_LEDGER)
+    elif name == "narrow_account":
+        replace("bench_floor.accounts ", "bench_floor.narrow_accounts ")
+    else:
+        sys.exit(f"bench: no floor variant {name}")
+    return text
+
+
+def script_path(script, logdir):
+    """The file pgbench runs: a script of bench/, or a floor variant written
+    to the run's temporary folder."""
+    if not script.startswith("floor:"):
+        return os.path.join(HERE, script)
+    name = script.split(":", 1)[1]
+    path = os.path.join(logdir, f"floor_{name}.sql")
+    with open(path, "w") as f:
+        f.write(floor_variant(name))
+    return path
 
 
 def psql(args, sql):
@@ -65,7 +149,7 @@ def pgbench(args, script, clients, logdir, tag):
     prefix = os.path.join(logdir, tag)
     cmd = ["pgbench", "-n", "-M", "prepared", "-h", args.host, "-p", str(args.port), "-U", "postgres",
            "-c", str(clients), "-j", str(min(clients, 4)), "-T", str(args.seconds),
-           "-D", f"rows={args.rows}", "-f", os.path.join(HERE, script),
+           "-D", f"rows={args.rows}", "-f", script_path(script, logdir),
            "-l", "--log-prefix", prefix, args.db]
     out = subprocess.run(cmd, capture_output=True, text=True)
     text = out.stdout + out.stderr
@@ -94,18 +178,23 @@ def prepare_holds(args, needed):
 
 
 def targets(by_key):
-    """The targets of the benchmark issue, each next to the ceiling (two bare
-    UPDATEs) and the floor (our rows by plain SQL) measured in the same run."""
+    """The targets of the benchmark issue, each next to the calibration runs
+    of the same run: the ceiling (two bare UPDATEs per action), the floor of
+    the lean reference's data model and of ours (their rows by plain SQL)."""
     out = []
     for side, clients, target in (("A", 8, 0.45), ("B", 32, 0.5)):
+        def ratio(prefix):
+            r = next((r for (n, c), r in by_key.items() if c == clients and n.startswith(prefix)), None)
+            return f"{r['ratio']:.2f}" if r else None
         ours = next((r for (n, c), r in by_key.items() if c == clients and n.startswith(f"ours {side}:")), None)
         if ours is None:
             continue
-        ceiling = next(r for (n, c), r in by_key.items() if c == clients and n.startswith(f"ceiling {side}"))
-        floor = next(r for (n, c), r in by_key.items() if c == clients and n.startswith(f"floor {side}"))
         verdict = "met" if ours["ratio"] >= target else "NOT met"
+        calibration = ", ".join(f"{label} {value}" for label, value in (
+            ("ceiling", ratio(f"ceiling {side} ")), ("lean floor", ratio(f"lean floor {side} ")),
+            ("floor of our data model", ratio(f"floor {side} (not ours)"))) if value is not None)
         out.append(f"Target ours {side} >= {target} x baseline {side} at {clients} clients: {ours['ratio']:.2f}, "
-                   f"{verdict} (ceiling {ceiling['ratio']:.2f}, floor of our data model {floor['ratio']:.2f}).")
+                   f"{verdict} ({calibration}).")
     return [""] + out if out else []
 
 
@@ -118,7 +207,10 @@ def main():
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--rows", type=int, default=10000)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--decompose", action="store_true",
+                    help="measure the parts of our action's rows (floor variants) instead of the main runs")
     args = ap.parse_args()
+    runs = DECOMPOSE if args.decompose else RUNS
     clients_list = [int(c) for c in args.clients.split(",")]
 
     settings = psql(args, "SELECT string_agg(name || ' = ' || setting || coalesce(' ' || unit, ''), ', ' ORDER BY name) "
@@ -129,12 +221,12 @@ def main():
     logdir = tempfile.mkdtemp(prefix="credits-bench-")
     for clients in clients_list:
         reserve_tps = None
-        for name, script, _ in RUNS:
+        for name, script, _ in runs:
             if script == "commit_only.sql":
                 needed = int((reserve_tps or 1000) * args.seconds * 1.5) + 100
                 prepared = prepare_holds(args, needed)
             psql(args, "CHECKPOINT")
-            r = pgbench(args, script, clients, logdir, f"{script}.{clients}")
+            r = pgbench(args, script, clients, logdir, f"{os.path.basename(script).replace(':', '_')}.{clients}")
             if script == "reserve_only.sql":
                 reserve_tps = r["tps"]
             if script == "commit_only.sql":
@@ -148,7 +240,7 @@ def main():
 
     by_key = {(r["run"], r["clients"]): r for r in results}
     for r in results:
-        base = next((b for n, _, b in RUNS if n == r["run"]), None)
+        base = next((b for n, _, b in runs if n == r["run"]), None)
         r["ratio"] = round(r["tps"] / by_key[(base, r["clients"])]["tps"], 3) if base else None
 
     violations = int(psql(args, "SELECT count(*) FROM credits_verify()"))
@@ -158,7 +250,7 @@ def main():
              f"Duration: {args.seconds} s per run; clients: {args.clients}; accounts/rows: {args.rows}", "",
              "| run | clients | TPS | avg ms | p99 ms | ratio to baseline |",
              "|---|---:|---:|---:|---:|---:|"]
-    for r in sorted(results, key=lambda r: ([n for n, _, _ in RUNS].index(r["run"]), r["clients"])):
+    for r in sorted(results, key=lambda r: ([n for n, _, _ in runs].index(r["run"]), r["clients"])):
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else ""
         lines.append(f"| {r['run']} | {r['clients']} | {r['tps']:.0f} | {r['avg_ms']:.2f} | "
                      f"{(r['p99_ms'] or 0):.2f} | {ratio} |")
