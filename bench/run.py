@@ -40,21 +40,16 @@ RUNS = [
 ]
 
 # make bench-decompose: what each part of our action's rows costs, at the
-# floor (plain SQL, no logic), next to ours, the ceiling and the lean reference.
-DECOMPOSE = [
-    (BASE_A, "baseline_one_row.sql", None),
-    ("ceiling A (not ours): two bare UPDATEs, two transactions", "ceiling_action.sql", BASE_A),
-    ("ours A: reserve + commit, 10,000 accounts", "action.sql", BASE_A),
-    ("floor A (not ours): our action's rows by plain SQL", "floor_action.sql", BASE_A),
+# floor (plain SQL, no logic), next to ours, the ceiling and the lean
+# reference (the A runs of RUNS other than reserve/commit alone, as named there).
+DECOMPOSE = RUNS[:4] + [
     ("floor A without the reserve's bucket hold", "floor:no_bucket_hold", BASE_A),
     ("floor A without any bucket write", "floor:no_buckets", BASE_A),
     ("floor A without the usage roll-up", "floor:no_rollup", BASE_A),
     ("floor A without the ledger row", "floor:no_ledger", BASE_A),
     ("floor A with a narrow account row", "floor:narrow_account", BASE_A),
     ("floor A: only the account and the reservation", "floor:account_reservation", BASE_A),
-    ("lean floor A (not ours): the lean reference's rows by plain SQL", "lean_floor_action.sql", BASE_A),
-    ("lean reference A (not ours): PL/pgSQL, no buckets", "lean_action.sql", BASE_A),
-]
+] + RUNS[4:6]
 
 
 # The variants of floor_action.sql (its hot-account run and the parts that
