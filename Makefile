@@ -8,4 +8,4 @@ bench:
 bench-views:
 	bash scripts/bench_views.sh
 bench-decompose:
-	BENCH_CLIENTS=8 bash scripts/bench.sh --decompose
+	bash scripts/bench.sh --decompose

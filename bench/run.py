@@ -29,27 +29,45 @@ RUNS = [
     ("floor A (not ours): our action's rows by plain SQL", "floor_action.sql", BASE_A),
     ("lean floor A (not ours): the lean reference's rows by plain SQL", "lean_floor_action.sql", BASE_A),
     ("lean reference A (not ours): PL/pgSQL, no buckets", "lean_action.sql", BASE_A),
+    ("minimum A with a reservation row (not ours)", "min_reservation_action.sql", BASE_A),
     (BASE_B, "baseline_hot_row.sql", None),
     ("ceiling B (not ours): two bare UPDATEs of the hot row", "ceiling_action_hot.sql", BASE_B),
     ("ours B: reserve + commit, one hot account", "action_hot.sql", BASE_B),
     ("floor B (not ours): our action's rows by plain SQL, hot", "floor:hot", BASE_B),
     ("lean reference B (not ours): PL/pgSQL, one hot account", "lean_action_hot.sql", BASE_B),
+    ("minimum B with a reservation row (not ours)", "hot:min_reservation_action.sql", BASE_B),
     ("reserve alone", "reserve_only.sql", BASE_A),
     ("commit alone", "commit_only.sql", BASE_A),
     ("reserve + app INSERT + commit, one transaction", "action_in_app_txn.sql", BASE_A),
 ]
 
 # make bench-decompose: what each part of our action's rows costs, at the
-# floor (plain SQL, no logic), next to ours, the ceiling and the lean
-# reference (the A runs of RUNS other than reserve/commit alone, as named there).
-DECOMPOSE = RUNS[:4] + [
+# floor (plain SQL, no logic), next to ours, the ceiling, the lean reference
+# and the least any design can write (min_*.sql). A at 8 clients, B at 32:
+# the clients of the targets. The runs taken from RUNS keep their names there.
+def from_runs(*scripts):
+    return [next(r for r in RUNS if r[1] == script) for script in scripts]
+
+
+DECOMPOSE_A = from_runs("baseline_one_row.sql", "ceiling_action.sql", "action.sql", "floor_action.sql") + [
     ("floor A without the reserve's bucket hold", "floor:no_bucket_hold", BASE_A),
     ("floor A without any bucket write", "floor:no_buckets", BASE_A),
     ("floor A without the usage roll-up", "floor:no_rollup", BASE_A),
     ("floor A without the ledger row", "floor:no_ledger", BASE_A),
     ("floor A with a narrow account row", "floor:narrow_account", BASE_A),
     ("floor A: only the account and the reservation", "floor:account_reservation", BASE_A),
-] + RUNS[4:6]
+] + from_runs("lean_floor_action.sql", "lean_action.sql", "min_reservation_action.sql") + [
+    ("minimum A without a reservation row (not ours)", "min_action.sql", BASE_A),
+]
+DECOMPOSE_B = from_runs("baseline_hot_row.sql", "ceiling_action_hot.sql", "action_hot.sql", "floor:hot") + [
+    ("floor B without the reserve's bucket hold", "floor:no_bucket_hold+hot", BASE_B),
+    ("floor B without any bucket write", "floor:no_buckets+hot", BASE_B),
+    ("floor B: only the account and the reservation", "floor:account_reservation+hot", BASE_B),
+    ("lean floor B (not ours): the lean reference's rows by plain SQL, hot", "hot:lean_floor_action.sql", BASE_B),
+] + from_runs("lean_action_hot.sql", "hot:min_reservation_action.sql") + [
+    ("minimum B without a reservation row (not ours)", "hot:min_action.sql", BASE_B),
+]
+DECOMPOSE = [(8, DECOMPOSE_A), (32, DECOMPOSE_B)]
 
 
 # The variants of floor_action.sql (its hot-account run and the parts that
@@ -67,7 +85,12 @@ FLOOR_LEDGER = r"\), l AS \(\n    INSERT INTO bench_floor\.ledger.*?FROM r\n"
 FLOOR_ROLLUP = r"\), u AS \(\n    INSERT INTO bench_floor\.usage_rollup.*?actions = u\.actions \+ 1\n"
 
 
-def floor_variant(name):
+RANDOM_ID = "\\set id random(1, :rows)\n"
+
+
+def floor_variant(names):
+    """floor_action.sql with the variants of `names` ("+"-separated) applied
+    in order."""
     text = open(os.path.join(HERE, "floor_action.sql")).read()
 
     def replace(old, new):
@@ -82,39 +105,54 @@ def floor_variant(name):
         if n != 1:
             sys.exit(f"bench: floor_action.sql: {pattern} matched {n} times")
 
-    if name == "hot":
-        replace("\\set id random(1, :rows)\n", "")
-        replace("'acct' || :id", "'hot'")
-    elif name == "no_bucket_hold":
-        replace(FLOOR_HOLD, "), b AS (\n    SELECT bucket_id FROM bench_floor.buckets WHERE account_id = 'acct' || :id LIMIT 1\n)")
-        replace("SET held = held - 10, balance = balance - 7\n     WHERE account_id = (SELECT",
-                "SET balance = balance - 7\n     WHERE account_id = (SELECT")
-    elif name in ("no_buckets", "account_reservation"):
-        replace(FLOOR_HOLD, "), b AS (\n    SELECT gen_random_uuid() AS bucket_id\n)")
-        replace(FLOOR_CHARGE_BUCKET, "")
-        if name == "account_reservation":
-            drop(FLOOR_LEDGER)
+    for name in names.split("+"):
+        if name == "hot":
+            replace(RANDOM_ID, "")
+            replace("'acct' || :id", "'hot'")
+        elif name == "no_bucket_hold":
+            replace(FLOOR_HOLD,
+                    "), b AS (\n    SELECT bucket_id FROM bench_floor.buckets WHERE account_id = 'acct' || :id LIMIT 1\n)")
+            replace("SET held = held - 10, balance = balance - 7\n     WHERE account_id = (SELECT",
+                    "SET balance = balance - 7\n     WHERE account_id = (SELECT")
+        elif name in ("no_buckets", "account_reservation"):
+            replace(FLOOR_HOLD, "), b AS (\n    SELECT gen_random_uuid() AS bucket_id\n)")
+            replace(FLOOR_CHARGE_BUCKET, "")
+            if name == "account_reservation":
+                drop(FLOOR_LEDGER)
+                drop(FLOOR_ROLLUP)
+        elif name == "no_rollup":
             drop(FLOOR_ROLLUP)
-    elif name == "no_rollup":
-        drop(FLOOR_ROLLUP)
-    elif name == "no_ledger":
-        drop(FLOOR_LEDGER)
-    elif name == "narrow_account":
-        replace("bench_floor.accounts ", "bench_floor.narrow_accounts ")
-    else:
-        sys.exit(f"bench: no floor variant {name}")
+        elif name == "no_ledger":
+            drop(FLOOR_LEDGER)
+        elif name == "narrow_account":
+            replace("bench_floor.accounts ", "bench_floor.narrow_accounts ")
+        else:
+            sys.exit(f"bench: no floor variant {name}")
     return text
 
 
+def hot_variant(script):
+    """A script of bench/ on a random row of the lean tables, run on their
+    hot row (id 0) instead."""
+    text = open(os.path.join(HERE, script)).read()
+    if RANDOM_ID not in text:
+        sys.exit(f"bench: {script} does not pick a random id")
+    return text.replace(RANDOM_ID, "\\set id 0\n")
+
+
 def script_path(script, logdir):
-    """The file pgbench runs: a script of bench/, or a floor variant written
-    to the run's temporary folder."""
-    if not script.startswith("floor:"):
+    """The file pgbench runs: a script of bench/, or a variant (floor:NAMES,
+    hot:SCRIPT) written to the run's temporary folder."""
+    kind, _, name = script.partition(":")
+    if kind == "floor":
+        text = floor_variant(name)
+    elif kind == "hot":
+        text = hot_variant(name)
+    else:
         return os.path.join(HERE, script)
-    name = script.split(":", 1)[1]
-    path = os.path.join(logdir, f"floor_{name}.sql")
+    path = os.path.join(logdir, f"{kind}_{name.removesuffix('.sql').replace('+', '_')}.sql")
     with open(path, "w") as f:
-        f.write(floor_variant(name))
+        f.write(text)
     return path
 
 
@@ -187,7 +225,9 @@ def targets(by_key):
         verdict = "met" if ours["ratio"] >= target else "NOT met"
         calibration = ", ".join(f"{label} {value}" for label, value in (
             ("ceiling", ratio(f"ceiling {side} ")), ("lean floor", ratio(f"lean floor {side} ")),
-            ("floor of our data model", ratio(f"floor {side} (not ours)"))) if value is not None)
+            ("floor of our data model", ratio(f"floor {side} (not ours)")),
+            ("least an implementation of the spec writes", ratio(f"minimum {side} with a reservation row"))
+        ) if value is not None)
         out.append(f"Target ours {side} >= {target} x baseline {side} at {clients} clients: {ours['ratio']:.2f}, "
                    f"{verdict} ({calibration}).")
     return [""] + out if out else []
@@ -205,8 +245,8 @@ def main():
     ap.add_argument("--decompose", action="store_true",
                     help="measure the parts of our action's rows (floor variants) instead of the main runs")
     args = ap.parse_args()
-    runs = DECOMPOSE if args.decompose else RUNS
-    clients_list = [int(c) for c in args.clients.split(",")]
+    plan = DECOMPOSE if args.decompose else [(int(c), RUNS) for c in args.clients.split(",")]
+    runs = [r for _, plan_runs in plan for r in plan_runs]
 
     settings = psql(args, "SELECT string_agg(name || ' = ' || setting || coalesce(' ' || unit, ''), ', ' ORDER BY name) "
                           "FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', "
@@ -214,14 +254,14 @@ def main():
     version = psql(args, "SELECT version()")
     results = []
     logdir = tempfile.mkdtemp(prefix="credits-bench-")
-    for clients in clients_list:
+    for clients, plan_runs in plan:
         reserve_tps = None
-        for name, script, _ in runs:
+        for name, script, _ in plan_runs:
             if script == "commit_only.sql":
                 needed = int((reserve_tps or 1000) * args.seconds * 1.5) + 100
                 prepared = prepare_holds(args, needed)
             psql(args, "CHECKPOINT")
-            r = pgbench(args, script, clients, logdir, f"{os.path.basename(script).replace(':', '_')}.{clients}")
+            r = pgbench(args, script, clients, logdir, f"{re.sub('[:+]', '_', script)}.{clients}")
             if script == "reserve_only.sql":
                 reserve_tps = r["tps"]
             if script == "commit_only.sql":
@@ -242,7 +282,7 @@ def main():
     failed = sum(r["failed"] for r in results)
 
     lines = [f"Postgres: {version}", f"Settings: {settings}",
-             f"Duration: {args.seconds} s per run; clients: {args.clients}; accounts/rows: {args.rows}", "",
+             f"Duration: {args.seconds} s per run; clients: {', '.join(str(c) for c, _ in plan)}; accounts/rows: {args.rows}", "",
              "| run | clients | TPS | avg ms | p99 ms | ratio to baseline |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in sorted(results, key=lambda r: ([n for n, _, _ in runs].index(r["run"]), r["clients"])):

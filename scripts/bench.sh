@@ -38,5 +38,9 @@ PSQL=(psql -X -q -h 127.0.0.1 -p "$BENCH_PORT" -U postgres -v ON_ERROR_STOP=1)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
 echo "== loading data"
 "${PSQL[@]}" -d bench -v rows="$ROWS" -f bench/setup.sql >/dev/null
-echo "== running (${SECONDS_PER_RUN} s per run, clients ${CLIENTS})"
+if [[ " $* " == *" --decompose "* ]]; then
+    echo "== running the decomposition (${SECONDS_PER_RUN} s per run, A at 8 clients, B at 32)"
+else
+    echo "== running (${SECONDS_PER_RUN} s per run, clients ${CLIENTS})"
+fi
 python3 bench/run.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --clients "$CLIENTS" --rows "$ROWS" "$@"
