@@ -239,7 +239,8 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--db", default="bench")
     ap.add_argument("--seconds", type=int, default=20)
-    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--clients", default="1,8,32",
+                    help="client counts of the main runs (--decompose runs A at 8 and B at 32)")
     ap.add_argument("--rows", type=int, default=10000)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--decompose", action="store_true",
