@@ -254,25 +254,26 @@ def main():
                           "'wal_level', 'max_wal_size', 'full_page_writes', 'checkpoint_timeout')")
     version = psql(args, "SELECT version()")
     results = []
-    logdir = tempfile.mkdtemp(prefix="credits-bench-")
-    for clients, plan_runs in plan:
-        reserve_tps = None
-        for name, script, _ in plan_runs:
-            if script == "commit_only.sql":
-                needed = int((reserve_tps or 1000) * args.seconds * 1.5) + 100
-                prepared = prepare_holds(args, needed)
-            psql(args, "CHECKPOINT")
-            r = pgbench(args, script, clients, logdir, f"{re.sub('[:+]', '_', script)}.{clients}")
-            if script == "reserve_only.sql":
-                reserve_tps = r["tps"]
-            if script == "commit_only.sql":
-                used = int(psql(args, "SELECT last_value FROM bench_hold_seq"))
-                if used > prepared:
-                    sys.exit(f"bench: commit alone ran out of holds ({used} > {prepared}); its figure would be wrong")
-            r.update({"run": name, "clients": clients})
-            results.append(r)
-            print(f"  {clients:>2} clients  {name:<56} {r['tps']:>9.1f} tps  avg {r['avg_ms']:.2f} ms"
-                  f"  p99 {r['p99_ms'] or 0:.2f} ms", flush=True)
+    # pgbench's per-transaction logs (for p99) go to a folder removed after the runs.
+    with tempfile.TemporaryDirectory(prefix="credits-bench-") as logdir:
+        for clients, plan_runs in plan:
+            reserve_tps = None
+            for name, script, _ in plan_runs:
+                if script == "commit_only.sql":
+                    needed = int((reserve_tps or 1000) * args.seconds * 1.5) + 100
+                    prepared = prepare_holds(args, needed)
+                psql(args, "CHECKPOINT")
+                r = pgbench(args, script, clients, logdir, f"{re.sub('[:+]', '_', script)}.{clients}")
+                if script == "reserve_only.sql":
+                    reserve_tps = r["tps"]
+                if script == "commit_only.sql":
+                    used = int(psql(args, "SELECT last_value FROM bench_hold_seq"))
+                    if used > prepared:
+                        sys.exit(f"bench: commit alone ran out of holds ({used} > {prepared}); its figure would be wrong")
+                r.update({"run": name, "clients": clients})
+                results.append(r)
+                print(f"  {clients:>2} clients  {name:<56} {r['tps']:>9.1f} tps  avg {r['avg_ms']:.2f} ms"
+                      f"  p99 {r['p99_ms'] or 0:.2f} ms", flush=True)
 
     by_key = {(r["run"], r["clients"]): r for r in results}
     for r in results:

@@ -17,7 +17,7 @@ CLIENTS=${BENCH_CLIENTS:-1,8,32}
 PROFILE=${BENCH_PROFILE---release}
 ROWS=${BENCH_ROWS:-10000}
 
-cleanup() { cluster_stop "$BENCH_DIR"; }
+cleanup() { cluster_finish "$BENCH_DIR" $?; }
 trap cleanup EXIT
 
 bash scripts/setup.sh

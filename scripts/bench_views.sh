@@ -67,3 +67,4 @@ queries=(
   done
 } | tee "$report"
 echo "plans written next to $report"
+echo "the loaded data ($(du -sh "$DIR" | cut -f1)) stays in $DIR for BENCH_REUSE=1; rm -rf $DIR frees it"

@@ -43,6 +43,19 @@ cluster_stop() {
     fi
 }
 
+# cluster_finish DIR STATUS: stops the cluster in DIR and, when STATUS (the
+# script's exit status) is 0, removes DIR; after a failure, or with
+# CREDITS_KEEP_CLUSTER=1, keeps it and says where its server log is.
+cluster_finish() {
+    local dir=$1 status=$2
+    cluster_stop "$dir"
+    if [[ $status -eq 0 && -z "${CREDITS_KEEP_CLUSTER:-}" ]]; then
+        rm -rf "$dir"
+    elif [[ -d $dir ]]; then
+        echo "cluster: kept $dir (server log: $dir/server.log)" >&2
+    fi
+}
+
 # install_extension [cargo pgrx install flags]: builds and installs the
 # extension, and copies the released install scripts and the upgrade
 # scripts next to it, so that CREATE EXTENSION credits VERSION '0.1.0' and

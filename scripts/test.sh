@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Command 2: every test of the project. Lints, #[pg_test] tests, SQL-level
 # pgTAP tests and integration tests against a throwaway cluster. Exits
-# non-zero if anything fails; stops the clusters it started, also on failure.
+# non-zero if anything fails; stops the clusters it started, also on failure,
+# and removes them when every test passed (CREDITS_KEEP_CLUSTER=1 keeps them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
@@ -10,7 +11,11 @@ TEST_DIR=${CREDITS_TEST_DIR:-/tmp/credits-test}
 TEST_PORT=${CREDITS_TEST_PORT:-25431}
 PGRX_DATA=${CREDITS_PGRX_DATA:-/tmp/credits-pgrx}
 
-cleanup() { cluster_stop "$TEST_DIR"; cluster_stop /tmp/credits-demo-check; }
+cleanup() {
+    local status=$?
+    cluster_finish "$TEST_DIR" $status
+    cluster_finish /tmp/credits-demo-check $status
+}
 trap cleanup EXIT
 
 bash scripts/setup.sh
