@@ -1,4 +1,4 @@
-.PHONY: demo test bench bench-views bench-decompose
+.PHONY: demo test bench bench-views bench-decompose bench-profile
 demo:
 	bash scripts/demo.sh
 test:
@@ -9,3 +9,5 @@ bench-views:
 	bash scripts/bench_views.sh
 bench-decompose:
 	bash scripts/bench.sh --decompose
+bench-profile:
+	bash scripts/bench.sh --profile

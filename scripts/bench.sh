@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark (make bench): builds and installs the extension in release
+# The benchmark (make bench, make bench-decompose, make bench-profile): builds and installs the extension in release
 # mode, starts a throwaway cluster (fsync and synchronous_commit on), loads
 # the data and runs bench/run.py. Settings and results are printed and
 # written to bench/results/. BENCH_SECONDS, BENCH_CLIENTS and BENCH_ROWS
@@ -17,6 +17,15 @@ CLIENTS=${BENCH_CLIENTS:-1,8,32}
 PROFILE=${BENCH_PROFILE---release}
 ROWS=${BENCH_ROWS:-10000}
 
+# The first argument may name another mode: --decompose (make
+# bench-decompose) or --profile (make bench-profile); the rest go to the
+# Python script.
+MODE=main
+case "${1:-}" in
+    --decompose) MODE=decompose ;;
+    --profile) MODE=profile; shift ;;
+esac
+
 cleanup() { cluster_finish "$BENCH_DIR" $?; }
 trap cleanup EXIT
 
@@ -33,14 +42,27 @@ checkpoint_timeout = 30min
 fsync = on
 synchronous_commit = on
 CONF
+if [[ $MODE == profile ]]; then
+    cat >>"$BENCH_DIR/data/postgresql.conf" <<CONF
+shared_preload_libraries = 'pg_cron, pg_stat_statements'
+pg_stat_statements.track = all
+pg_stat_statements.track_planning = on
+CONF
+fi
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$BENCH_DIR/data" -l "$BENCH_DIR/server.log" -w restart >/dev/null
 PSQL=(psql -X -q -h 127.0.0.1 -p "$BENCH_PORT" -U postgres -v ON_ERROR_STOP=1)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
 echo "== loading data"
 "${PSQL[@]}" -d bench -v rows="$ROWS" -f bench/setup.sql >/dev/null
-if [[ " $* " == *" --decompose "* ]]; then
-    echo "== running the decomposition (${SECONDS_PER_RUN} s per run, A at 8 clients, B at 32)"
-else
-    echo "== running (${SECONDS_PER_RUN} s per run, clients ${CLIENTS})"
-fi
+case $MODE in
+    profile)
+        "${PSQL[@]}" -d bench -c "CREATE EXTENSION pg_stat_statements"
+        echo "== profiling one action (${SECONDS_PER_RUN} s per run, 1 client)"
+        python3 bench/profile.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --rows "$ROWS" "$@"
+        exit 0 ;;
+    decompose)
+        echo "== running the decomposition (${SECONDS_PER_RUN} s per run, A at 8 clients, B at 32)" ;;
+    main)
+        echo "== running (${SECONDS_PER_RUN} s per run, clients ${CLIENTS})" ;;
+esac
 python3 bench/run.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --clients "$CLIENTS" --rows "$ROWS" "$@"

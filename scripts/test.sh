@@ -48,14 +48,17 @@ PSQL=(psql -X -q -h 127.0.0.1 -p "$TEST_PORT" -U postgres -v ON_ERROR_STOP=1)
 echo "== SQL-level tests (pgTAP)"
 pg_prove -h 127.0.0.1 -p "$TEST_PORT" -U postgres -d credits_sql tests/sql/*.sql
 
-echo "== benchmark smoke runs (1 s per run, so that the benchmark and its decomposition do not rot)"
+echo "== benchmark smoke runs (1 s per run, so that the benchmark, its decomposition and the profile do not rot)"
 bench_smoke() {
     BENCH_SECONDS=1 BENCH_CLIENTS=2 BENCH_ROWS=200 CREDITS_SKIP_INSTALL=1 CREDITS_BENCH_PORT=$((TEST_PORT + 3)) \
-        CREDITS_BENCH_DIR=/tmp/credits-bench-smoke bash scripts/bench.sh --out /tmp/credits-bench-smoke-results "$@" \
+        CREDITS_BENCH_DIR=/tmp/credits-bench-smoke bash scripts/bench.sh "$@" --out /tmp/credits-bench-smoke-results \
         | tail -3
 }
 bench_smoke
 bench_smoke --decompose
+# The profile, with its perf part when perf can record here (as on the
+# project's machine kind).
+bench_smoke --profile
 
 echo "== integration tests (many client connections)"
 CREDITS_TEST_URL="host=127.0.0.1 port=$TEST_PORT user=postgres" CREDITS_TEST_PGDATA="$TEST_DIR/data" \

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""make bench-profile: where the time of one action goes, reproducibly.
+
+Against a cluster started by scripts/bench.sh --profile (pg_stat_statements
+preloaded, track = all, track_planning = on), it runs each script of PROFILE
+at 1 client and reads pg_stat_statements after each run: per action, the
+time of every top-level statement (what the client calls) and of every
+nested one (the statements our fast paths and the lean reference's PL/pgSQL
+run), how often each was planned, and what the top-level calls spend outside
+their nested statements (starting those statements, the function calls).
+Then EXPLAIN (ANALYZE, BUFFERS) of every statement inside one reserve and
+one commit of ours (auto_explain, after a warm-up that makes the session's
+kept plans generic, as they are in the runs). With perf installed and
+allowed to record (--perf auto, the default), a CPU profile of ours A at 8
+clients by function.
+
+Prints the tables and writes them to bench/results/profile-<time>.md (the
+plans to profile-<time>-plans.txt)."""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from run import HERE, pgbench, psql
+
+# (name, script): ours, the baseline and the calibration runs of make bench.
+PROFILE = [
+    ("baseline A: UPDATE one random row", "baseline_one_row.sql"),
+    ("ours A: reserve + commit", "action.sql"),
+    ("floor A: our action's rows by plain SQL", "floor_action.sql"),
+    ("lean reference A: PL/pgSQL", "lean_action.sql"),
+    ("minimum A with a reservation row", "min_reservation_action.sql"),
+]
+
+# Postgres functions whose inclusive share of the CPU profile is printed,
+# in this order, when perf finds them.
+PERF_FUNCTIONS = [
+    ("SPI_execute_plan", "statements of our fast paths (SPI)"),
+    ("standard_ExecutorStart", "executor start-up (all statements)"),
+    ("standard_ExecutorFinish", "data-modifying CTEs run to completion"),
+    ("ExecInitModifyTable", "... setting up the writes"),
+    ("ExecConstraints", "CHECK and NOT NULL constraints"),
+    ("stringToNode", "... of which reading expressions from the catalog text"),
+    ("ExecInsertIndexTuples", "index insertion"),
+    ("index_getnext_slot", "index scans"),
+    ("fmgr_security_definer", "SECURITY DEFINER calls with their pinned search_path"),
+    ("CommitTransactionCommand", "commits"),
+    ("XLogFlush", "... WAL flush"),
+    ("exec_execute_message", "everything a statement call runs (extended protocol)"),
+]
+
+
+def one_line(query, width=90):
+    text = re.sub(r"\s+", " ", query).strip()
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def statements(args, actions):
+    """The statements pg_stat_statements saw in this database since the last
+    reset that ran at least once every other action: (toplevel, calls,
+    plans, total ms, query)."""
+    rows = psql(args, f"""
+        SELECT toplevel, calls, plans, total_exec_time, regexp_replace(query, '\\s+', ' ', 'g')
+          FROM pg_stat_statements
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND calls * 2 >= {actions}
+         ORDER BY toplevel DESC, total_exec_time DESC""")
+    out = []
+    for line in rows.splitlines():
+        toplevel, calls, plans, total, query = line.split("|", 4)
+        out.append((toplevel == "t", int(calls), int(plans), float(total), query))
+    return out
+
+
+def per_call_table(args, logdir):
+    lines = ["| run | statement | level | calls per action | plans | µs per call | µs per action |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    summary = ["| run | actions/s at 1 client | µs per action (pgbench) | executing its statements | "
+               "... in nested statements | ... outside them |", "|---|---:|---:|---:|---:|---:|"]
+    for name, script in PROFILE:
+        psql(args, "CHECKPOINT")
+        psql(args, "SELECT pg_stat_statements_reset()")
+        r = pgbench(args, script, 1, logdir, f"profile-{script}")
+        actions = r["processed"]
+        found = statements(args, actions)
+        if not any(top for top, *_ in found):
+            sys.exit(f"bench: pg_stat_statements saw no statement of {script}; is it preloaded?")
+        top_us = nested_us = 0.0
+        for top, calls, plans, total, query in found:
+            per_action = total * 1000 / actions
+            if top:
+                top_us += per_action
+            else:
+                nested_us += per_action
+            lines.append(f"| {name} | `{one_line(query)}` | {'top' if top else 'nested'} | "
+                         f"{calls / actions:.2f} | {plans} | {total * 1000 / calls:.0f} | {per_action:.0f} |")
+        outside = f"{top_us - nested_us:.0f}" if nested_us else ""
+        summary.append(f"| {name} | {r['tps']:.0f} | {r['avg_ms'] * 1000:.0f} | {top_us:.0f} | "
+                       f"{nested_us:.0f} | {outside} |")
+        print(f"  {name:<48} {r['tps']:>7.0f} actions/s  {top_us:>5.0f} µs per action "
+              f"({nested_us:.0f} in nested statements)", flush=True)
+    return summary + [""] + lines
+
+
+# One reserve and one commit of ours with every statement inside explained,
+# after ten actions in the same session: the fast paths keep their plans per
+# session and Postgres makes them generic after five executions.
+EXPLAIN_SQL = r"""
+DO $$
+DECLARE r uuid;
+BEGIN
+    FOR i IN 1..10 LOOP
+        r := credits_reserve(account_id => 'acct' || (1 + i), amount => 10, product => 'editor');
+        PERFORM credits_commit(reservation_id => r, amount => 7);
+    END LOOP;
+END $$;
+LOAD 'auto_explain';
+SET auto_explain.log_min_duration = 0;
+SET auto_explain.log_analyze = on;
+SET auto_explain.log_buffers = on;
+SET auto_explain.log_nested_statements = on;
+SET auto_explain.log_level = notice;
+SELECT credits_reserve(account_id => 'acct1', amount => 10, product => 'editor') AS r \gset
+SELECT credits_commit(reservation_id => :'r', amount => 7);
+"""
+
+
+def explain(args):
+    out = subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", args.host, "-p", str(args.port), "-U", "postgres",
+         "-d", args.db], input=EXPLAIN_SQL, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"bench: explaining an action failed:\n{out.stderr}")
+    plans = out.stderr
+    count = plans.count("Query Text:")
+    if count < 4:
+        sys.exit(f"bench: auto_explain reported {count} statements of one reserve + commit, expected at least 4:\n{plans}")
+    return plans, count
+
+
+def perf_can_record(logdir):
+    """Whether `perf record -a` works here (perf installed, and access to
+    the perf events of every process: root, or perf_event_paranoid <= 0)."""
+    if shutil.which("perf") is None:
+        return False
+    probe = subprocess.run(["perf", "record", "-a", "-q", "-o", os.path.join(logdir, "probe.data"), "--", "true"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return probe.returncode == 0
+
+
+def perf_profile(args, logdir):
+    """ours A at 8 clients under `perf record -a -g`: the inclusive share of
+    the CPU of the postgres processes in PERF_FUNCTIONS."""
+    data = os.path.join(logdir, "perf.data")
+    rec = subprocess.Popen(["perf", "record", "-a", "-g", "-o", data, "--", "sleep", str(args.seconds)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = pgbench(args, "action.sql", 8, logdir, "profile-perf")
+    if rec.wait() != 0:
+        sys.exit("bench: perf record failed; run with --perf no")
+    report = subprocess.run(
+        ["perf", "report", "-i", data, "--stdio", "--children", "--sort", "sym", "--comm", "postgres",
+         "-g", "none", "--percentage", "relative"], capture_output=True, text=True).stdout
+    share = {}
+    for line in report.splitlines():
+        m = re.match(r"\s*([0-9.]+)%\s+[0-9.]+%\s+\[[.k]\]\s+(\S+)", line)
+        if m and m.group(2) not in share:
+            share[m.group(2)] = float(m.group(1))
+    lines = [f"CPU of the postgres processes during ours A at 8 clients ({r['tps']:.0f} actions/s under perf), "
+             "inclusive, by function:", "", "| function | what | share |", "|---|---|---:|"]
+    for fn, what in PERF_FUNCTIONS:
+        if fn in share:
+            lines.append(f"| `{fn}` | {what} | {share[fn]:.1f}% |")
+    if len(lines) == 4:
+        sys.exit("bench: perf found none of the Postgres functions it looks for")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--db", default="bench")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rows", type=int, default=10000)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--perf", choices=["auto", "yes", "no"], default="auto",
+                    help="profile ours A at 8 clients with perf (auto: when perf can record here)")
+    args = ap.parse_args()
+
+    version = psql(args, "SELECT version()")
+    with tempfile.TemporaryDirectory(prefix="credits-profile-") as logdir:
+        table = per_call_table(args, logdir)
+        perf = []
+        if args.perf == "yes" or args.perf == "auto" and perf_can_record(logdir):
+            perf = [""] + perf_profile(args, logdir)
+        elif args.perf == "auto":
+            perf = ["", "perf cannot record on this machine (not installed, or no access to perf events): "
+                        "no CPU profile."]
+    plans, count = explain(args)
+    violations = int(psql(args, "SELECT count(*) FROM credits_verify()"))
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    plans_file = os.path.join(args.out, f"profile-{stamp}-plans.txt")
+    lines = [f"Postgres: {version}", f"Duration: {args.seconds} s per run, 1 client, prepared statements.", "",
+             "µs per action (pgbench): the client's latency, everything included. Executing its statements: "
+             "pg_stat_statements' execution time (track = all) of the statements the client sends; it leaves out "
+             "each statement's executor start-up and end, the protocol and the commit. Of that, in nested "
+             "statements: the statements the functions run (SPI, PL/pgSQL); outside them: the rest of the calls, "
+             "including the nested statements' start-up and end.", ""] + table + perf + [
+        "", f"EXPLAIN (ANALYZE, BUFFERS) of the {count} statements of one reserve + commit of ours: {plans_file}",
+        f"credits_verify() violations after the runs: {violations}."]
+    report = "\n".join(lines)
+    print()
+    print(report)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"profile-{stamp}.md"), "w") as f:
+        f.write(report + "\n")
+    with open(plans_file, "w") as f:
+        f.write(plans)
+    if violations:
+        sys.exit(f"bench: FAILED: {violations} invariant violations")
+
+
+if __name__ == "__main__":
+    main()
