@@ -210,16 +210,49 @@ def prepare_holds(args, needed):
     return max(have, needed)
 
 
-def targets(by_key):
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def summarize(results):
+    """One row per (run, clients): the run's figures, or with repeats their
+    medians, and the range of its ratio to the baseline."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["run"], r["clients"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        ratios = [r["ratio"] for r in rs if r["ratio"] is not None]
+        out[key] = {
+            "tps": median([r["tps"] for r in rs]), "avg_ms": median([r["avg_ms"] for r in rs]),
+            "p99_ms": median([r["p99_ms"] or 0 for r in rs]),
+            "ratio": median(ratios) if ratios else None,
+            "ratio_min": min(ratios) if ratios else None, "ratio_max": max(ratios) if ratios else None,
+        }
+    return out
+
+
+def ratio_text(s):
+    """A summarized ratio: the median, and its range when runs were repeated."""
+    if s["ratio_min"] == s["ratio_max"]:
+        return f"{s['ratio']:.2f}"
+    return f"{s['ratio']:.2f} ({s['ratio_min']:.2f}-{s['ratio_max']:.2f})"
+
+
+def targets(summary, repeat):
     """The targets of the benchmark issue, each next to the calibration runs
     of the same run: the ceiling (two bare UPDATEs per action), the floor of
-    the lean reference's data model and of ours (their rows by plain SQL)."""
+    the lean reference's data model and of ours (their rows by plain SQL),
+    and the least an implementation of the spec writes. With repeats, the
+    verdict is on the median and every figure shows its range."""
     out = []
     for side, clients, target in (("A", 8, 0.45), ("B", 32, 0.5)):
         def ratio(prefix):
-            r = next((r for (n, c), r in by_key.items() if c == clients and n.startswith(prefix)), None)
-            return f"{r['ratio']:.2f}" if r else None
-        ours = next((r for (n, c), r in by_key.items() if c == clients and n.startswith(f"ours {side}:")), None)
+            s = next((s for (n, c), s in summary.items() if c == clients and n.startswith(prefix)), None)
+            return ratio_text(s) if s else None
+        ours = next((s for (n, c), s in summary.items() if c == clients and n.startswith(f"ours {side}:")), None)
         if ours is None:
             continue
         verdict = "met" if ours["ratio"] >= target else "NOT met"
@@ -228,7 +261,10 @@ def targets(by_key):
             ("floor of our data model", ratio(f"floor {side} (not ours)")),
             ("least an implementation of the spec writes", ratio(f"minimum {side} with a reservation row"))
         ) if value is not None)
-        out.append(f"Target ours {side} >= {target} x baseline {side} at {clients} clients: {ours['ratio']:.2f}, "
+        figure = f"{ours['ratio']:.2f}"
+        if repeat > 1:
+            figure += f" (median of {repeat} repeats, range {ours['ratio_min']:.2f}-{ours['ratio_max']:.2f})"
+        out.append(f"Target ours {side} >= {target} x baseline {side} at {clients} clients: {figure}, "
                    f"{verdict} ({calibration}).")
     return [""] + out if out else []
 
@@ -243,6 +279,8 @@ def main():
                     help="client counts of the main runs (--decompose runs A at 8 and B at 32)")
     ap.add_argument("--rows", type=int, default=10000)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the whole interleaved sequence this many times; report medians and ranges")
     ap.add_argument("--decompose", action="store_true",
                     help="measure the parts of our action's rows (floor variants) instead of the main runs")
     args = ap.parse_args()
@@ -256,43 +294,52 @@ def main():
     results = []
     # pgbench's per-transaction logs (for p99) go to a folder removed after the runs.
     with tempfile.TemporaryDirectory(prefix="credits-bench-") as logdir:
-        for clients, plan_runs in plan:
-            reserve_tps = None
-            for name, script, _ in plan_runs:
-                if script == "commit_only.sql":
-                    needed = int((reserve_tps or 1000) * args.seconds * 1.5) + 100
-                    prepared = prepare_holds(args, needed)
-                psql(args, "CHECKPOINT")
-                r = pgbench(args, script, clients, logdir, f"{re.sub('[:+]', '_', script)}.{clients}")
-                if script == "reserve_only.sql":
-                    reserve_tps = r["tps"]
-                if script == "commit_only.sql":
-                    used = int(psql(args, "SELECT last_value FROM bench_hold_seq"))
-                    if used > prepared:
-                        sys.exit(f"bench: commit alone ran out of holds ({used} > {prepared}); its figure would be wrong")
-                r.update({"run": name, "clients": clients})
-                results.append(r)
-                print(f"  {clients:>2} clients  {name:<56} {r['tps']:>9.1f} tps  avg {r['avg_ms']:.2f} ms"
-                      f"  p99 {r['p99_ms'] or 0:.2f} ms", flush=True)
+        for repeat in range(args.repeat):
+            if args.repeat > 1:
+                print(f"  repeat {repeat + 1} of {args.repeat}", flush=True)
+            for clients, plan_runs in plan:
+                reserve_tps = None
+                for name, script, _ in plan_runs:
+                    if script == "commit_only.sql":
+                        needed = int((reserve_tps or 1000) * args.seconds * 1.5) + 100
+                        prepared = prepare_holds(args, needed)
+                    psql(args, "CHECKPOINT")
+                    r = pgbench(args, script, clients, logdir, f"{re.sub('[:+]', '_', script)}.{clients}.{repeat}")
+                    if script == "reserve_only.sql":
+                        reserve_tps = r["tps"]
+                    if script == "commit_only.sql":
+                        used = int(psql(args, "SELECT last_value FROM bench_hold_seq"))
+                        if used > prepared:
+                            sys.exit(f"bench: commit alone ran out of holds ({used} > {prepared}); "
+                                     "its figure would be wrong")
+                    r.update({"run": name, "clients": clients, "repeat": repeat})
+                    results.append(r)
+                    print(f"  {clients:>2} clients  {name:<56} {r['tps']:>9.1f} tps  avg {r['avg_ms']:.2f} ms"
+                          f"  p99 {r['p99_ms'] or 0:.2f} ms", flush=True)
 
-    by_key = {(r["run"], r["clients"]): r for r in results}
+    # Each ratio is to the baseline of the same client count in the same repeat.
+    by_key = {(r["run"], r["clients"], r["repeat"]): r for r in results}
     for r in results:
         base = next((b for n, _, b in runs if n == r["run"]), None)
-        r["ratio"] = round(r["tps"] / by_key[(base, r["clients"])]["tps"], 3) if base else None
+        r["ratio"] = round(r["tps"] / by_key[(base, r["clients"], r["repeat"])]["tps"], 3) if base else None
+    summary = summarize(results)
 
     violations = int(psql(args, "SELECT count(*) FROM credits_verify()"))
     failed = sum(r["failed"] for r in results)
 
+    repeats = (f"; each run {args.repeat} times, interleaved (figures: medians; ratio ranges in parentheses)"
+               if args.repeat > 1 else "")
     lines = [f"Postgres: {version}", f"Settings: {settings}",
-             f"Duration: {args.seconds} s per run; clients: {', '.join(str(c) for c, _ in plan)}; accounts/rows: {args.rows}", "",
+             f"Duration: {args.seconds} s per run; clients: {', '.join(str(c) for c, _ in plan)}; "
+             f"accounts/rows: {args.rows}{repeats}", "",
              "| run | clients | TPS | avg ms | p99 ms | ratio to baseline |",
              "|---|---:|---:|---:|---:|---:|"]
-    for r in sorted(results, key=lambda r: ([n for n, _, _ in runs].index(r["run"]), r["clients"])):
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else ""
-        lines.append(f"| {r['run']} | {r['clients']} | {r['tps']:.0f} | {r['avg_ms']:.2f} | "
-                     f"{(r['p99_ms'] or 0):.2f} | {ratio} |")
+    order = [n for n, _, _ in runs]
+    for (name, clients), s in sorted(summary.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        ratio = ratio_text(s) if s["ratio"] is not None else ""
+        lines.append(f"| {name} | {clients} | {s['tps']:.0f} | {s['avg_ms']:.2f} | {s['p99_ms']:.2f} | {ratio} |")
     lines += ["", f"Failed transactions: {failed}. credits_verify() violations after the runs: {violations}."]
-    lines += targets(by_key)
+    lines += targets(summary, args.repeat)
     report = "\n".join(lines)
     print()
     print(report)
@@ -301,7 +348,8 @@ def main():
     with open(os.path.join(args.out, f"bench-{stamp}.md"), "w") as f:
         f.write(report + "\n")
     with open(os.path.join(args.out, f"bench-{stamp}.json"), "w") as f:
-        json.dump({"settings": settings, "version": version, "seconds": args.seconds, "results": results,
+        json.dump({"settings": settings, "version": version, "seconds": args.seconds, "repeat": args.repeat,
+                   "results": results,
                    "failed": failed, "violations": violations}, f, indent=2)
     if violations or failed:
         sys.exit(f"bench: FAILED: {violations} invariant violations, {failed} failed transactions")

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The benchmark (make bench, make bench-decompose, make bench-profile): builds and installs the extension in release
-# mode, starts a throwaway cluster (fsync and synchronous_commit on), loads
-# the data and runs bench/run.py. Settings and results are printed and
+# The benchmark (make bench, make bench-decompose, make bench-profile):
+# builds and installs the extension in release mode, starts a throwaway
+# cluster (fsync and synchronous_commit on), loads the data and runs
+# bench/run.py (bench/profile.py for --profile). Settings and results are printed and
 # written to bench/results/. BENCH_SECONDS, BENCH_CLIENTS and BENCH_ROWS
-# shorten it; BENCH_PROFILE= (empty) uses the debug build, and
+# shorten it; BENCH_REPEAT=N runs the whole sequence N times (medians and
+# ranges); BENCH_PROFILE= (empty) uses the debug build, and
 # CREDITS_SKIP_INSTALL=1 the extension as installed (the smoke run of
 # scripts/test.sh: replacing the library under a running server can crash it).
 set -euo pipefail
@@ -16,6 +18,7 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-20}
 CLIENTS=${BENCH_CLIENTS:-1,8,32}
 PROFILE=${BENCH_PROFILE---release}
 ROWS=${BENCH_ROWS:-10000}
+REPEAT=${BENCH_REPEAT:-1}
 
 # The first argument may name another mode: --decompose (make
 # bench-decompose) or --profile (make bench-profile); the rest go to the
@@ -61,8 +64,9 @@ case $MODE in
         python3 bench/profile.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --rows "$ROWS" "$@"
         exit 0 ;;
     decompose)
-        echo "== running the decomposition (${SECONDS_PER_RUN} s per run, A at 8 clients, B at 32)" ;;
+        echo "== running the decomposition (${SECONDS_PER_RUN} s per run, A at 8 clients, B at 32, ${REPEAT} time(s))" ;;
     main)
-        echo "== running (${SECONDS_PER_RUN} s per run, clients ${CLIENTS})" ;;
+        echo "== running (${SECONDS_PER_RUN} s per run, clients ${CLIENTS}, ${REPEAT} time(s))" ;;
 esac
-python3 bench/run.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --clients "$CLIENTS" --rows "$ROWS" "$@"
+python3 bench/run.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --clients "$CLIENTS" --rows "$ROWS" \
+    --repeat "$REPEAT" "$@"

@@ -55,7 +55,7 @@ bench_smoke() {
         | tail -3
 }
 bench_smoke
-bench_smoke --decompose
+BENCH_REPEAT=2 bench_smoke --decompose
 # The profile, with its perf part when perf can record here (as on the
 # project's machine kind).
 bench_smoke --profile
