@@ -206,7 +206,7 @@ def prepare_holds(args, needed):
     if have < needed:
         psql(args, f"INSERT INTO bench_holds SELECT {have} + i, "
                    f"credits_reserve(account_id => 'acct' || (1 + i % {args.rows}), amount => 10, product => 'editor', "
-                   f"ttl => '1 hour') FROM generate_series(1, {needed - have}) i;")
+                   f"ttl => '1 day') FROM generate_series(1, {needed - have}) i;")
     return max(have, needed)
 
 
