@@ -2,10 +2,10 @@
 # The benchmark (make bench, make bench-decompose, make bench-profile):
 # builds and installs the extension in release mode, starts a throwaway
 # cluster (fsync and synchronous_commit on), loads the data and runs
-# bench/run.py (bench/profile.py for --profile). Settings and results are printed and
-# written to bench/results/. BENCH_SECONDS, BENCH_CLIENTS and BENCH_ROWS
-# shorten it; BENCH_REPEAT=N runs the whole sequence N times (medians and
-# ranges); BENCH_PROFILE= (empty) uses the debug build, and
+# bench/run.py (bench/profile.py for --profile). Settings and results are
+# printed and written to bench/results/. BENCH_SECONDS, BENCH_CLIENTS and
+# BENCH_ROWS shorten it; BENCH_REPEAT=N runs the whole sequence N times
+# (medians and ranges); BENCH_BUILD=debug uses the debug build, and
 # CREDITS_SKIP_INSTALL=1 the extension as installed (the smoke run of
 # scripts/test.sh: replacing the library under a running server can crash it).
 set -euo pipefail
@@ -16,7 +16,11 @@ BENCH_DIR=${CREDITS_BENCH_DIR:-/tmp/credits-bench}
 BENCH_PORT=${CREDITS_BENCH_PORT:-25432}
 SECONDS_PER_RUN=${BENCH_SECONDS:-20}
 CLIENTS=${BENCH_CLIENTS:-1,8,32}
-PROFILE=${BENCH_PROFILE---release}
+case ${BENCH_BUILD:-release} in
+    release) BUILD_FLAGS=(--release) ;;
+    debug) BUILD_FLAGS=() ;;
+    *) echo "bench: BENCH_BUILD is release or debug, not ${BENCH_BUILD}" >&2; exit 2 ;;
+esac
 ROWS=${BENCH_ROWS:-10000}
 REPEAT=${BENCH_REPEAT:-1}
 
@@ -34,8 +38,8 @@ trap cleanup EXIT
 
 bash scripts/setup.sh
 if [[ -z "${CREDITS_SKIP_INSTALL:-}" ]]; then
-    echo "== building and installing the extension (${PROFILE:-debug})"
-    install_extension $PROFILE
+    echo "== building and installing the extension (${BENCH_BUILD:-release} build)"
+    install_extension "${BUILD_FLAGS[@]}"
 fi
 cluster_start "$BENCH_DIR" "$BENCH_PORT"
 cat >>"$BENCH_DIR/data/postgresql.conf" <<CONF
