@@ -196,6 +196,32 @@ def pgbench(args, script, clients, logdir, tag):
     return {"tps": tps, "avg_ms": avg, "p99_ms": p99(prefix), "processed": processed, "failed": failed}
 
 
+# Autovacuum and autoanalyze work on the benchmark's tables, which competes
+# with the run it overlaps: per table, how many have finished (counters)
+# and which are in progress.
+AUTOVACUUM_FINISHED = """
+SELECT coalesce(string_agg(schemaname || '.' || relname || '=' || (autovacuum_count + autoanalyze_count), ','), '')
+  FROM pg_stat_all_tables
+ WHERE schemaname IN ('credits', 'public', 'bench_floor') AND autovacuum_count + autoanalyze_count > 0"""
+AUTOVACUUM_RUNNING = """
+SELECT coalesce(string_agg(relid::regclass::text, ','), '')
+  FROM (SELECT relid FROM pg_stat_progress_vacuum UNION SELECT relid FROM pg_stat_progress_analyze) p"""
+
+
+def autovacuum_finished(args):
+    text = psql(args, AUTOVACUUM_FINISHED)
+    return {table: int(n) for table, n in (item.rsplit("=", 1) for item in text.split(",") if item)}
+
+
+def autovacuum_overlapping(args, before):
+    """The tables whose autovacuum or autoanalyze finished since `before`
+    (autovacuum_finished() at the start of the run) or is still running."""
+    after = autovacuum_finished(args)
+    tables = {t for t, n in after.items() if n > before.get(t, 0)}
+    tables |= {t for t in psql(args, AUTOVACUUM_RUNNING).split(",") if t}
+    return sorted(tables)
+
+
 def prepare_holds(args, needed):
     """commit alone commits holds made beforehand: the pending holds of the
     reserve-alone run, topped up to `needed`."""
@@ -304,7 +330,9 @@ def main():
                         needed = int((reserve_tps or 1000) * args.seconds * 1.5) + 100
                         prepared = prepare_holds(args, needed)
                     psql(args, "CHECKPOINT")
+                    before = autovacuum_finished(args)
                     r = pgbench(args, script, clients, logdir, f"{re.sub('[:+]', '_', script)}.{clients}.{repeat}")
+                    r["autovacuum"] = autovacuum_overlapping(args, before)
                     if script == "reserve_only.sql":
                         reserve_tps = r["tps"]
                     if script == "commit_only.sql":
@@ -314,8 +342,9 @@ def main():
                                      "its figure would be wrong")
                     r.update({"run": name, "clients": clients, "repeat": repeat})
                     results.append(r)
+                    vacuum = f"  (autovacuum: {', '.join(r['autovacuum'])})" if r["autovacuum"] else ""
                     print(f"  {clients:>2} clients  {name:<56} {r['tps']:>9.1f} tps  avg {r['avg_ms']:.2f} ms"
-                          f"  p99 {r['p99_ms'] or 0:.2f} ms", flush=True)
+                          f"  p99 {r['p99_ms'] or 0:.2f} ms{vacuum}", flush=True)
 
     # Each ratio is to the baseline of the same client count in the same repeat.
     by_key = {(r["run"], r["clients"], r["repeat"]): r for r in results}
@@ -338,6 +367,12 @@ def main():
     for (name, clients), s in sorted(summary.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
         ratio = ratio_text(s) if s["ratio"] is not None else ""
         lines.append(f"| {name} | {clients} | {s['tps']:.0f} | {s['avg_ms']:.2f} | {s['p99_ms']:.2f} | {ratio} |")
+    def which(r):
+        return f"{r['clients']} clients, repeat {r['repeat'] + 1}" if args.repeat > 1 else f"{r['clients']} clients"
+    overlapped = [f"{r['run']} ({which(r)}): {', '.join(r['autovacuum'])}" for r in results if r["autovacuum"]]
+    lines += ["", "Autovacuum or autoanalyze of the benchmark's tables overlapped "
+              + (f"{len(overlapped)} runs:" if overlapped else "no run.")]
+    lines += [f"- {o}" for o in overlapped]
     lines += ["", f"Failed transactions: {failed}. credits_verify() violations after the runs: {violations}."]
     lines += targets(summary, args.repeat)
     report = "\n".join(lines)
