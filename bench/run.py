@@ -310,6 +310,8 @@ def main():
     ap.add_argument("--decompose", action="store_true",
                     help="measure the parts of our action's rows (floor variants) instead of the main runs")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     plan = DECOMPOSE if args.decompose else [(int(c), RUNS) for c in args.clients.split(",")]
     runs = [r for _, plan_runs in plan for r in plan_runs]
 
