@@ -17,7 +17,6 @@ clients by function.
 Prints the tables and writes them to bench/results/profile-<time>.md (the
 plans to profile-<time>-plans.txt)."""
 
-import argparse
 import os
 import re
 import shutil
@@ -26,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from run import HERE, pgbench, psql
+from run import HERE, common_arguments, pgbench, psql
 
 # (name, script): ours, the baseline and the calibration runs of make bench.
 PROFILE = [
@@ -181,13 +180,7 @@ def perf_profile(args, logdir):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--db", default="bench")
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rows", type=int, default=10000)
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap = common_arguments(seconds=10)
     ap.add_argument("--perf", choices=["auto", "yes", "no"], default="auto",
                     help="profile ours A at 8 clients with perf (auto: when perf can record here)")
     args = ap.parse_args()

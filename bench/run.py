@@ -295,16 +295,23 @@ def targets(summary, repeat):
     return [""] + out if out else []
 
 
-def main():
+def common_arguments(seconds):
+    """The arguments of run.py and profile.py: the cluster, the length of a
+    run, the data size and where the results go."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--db", default="bench")
-    ap.add_argument("--seconds", type=int, default=20)
-    ap.add_argument("--clients", default="1,8,32",
-                    help="client counts of the main runs (--decompose runs A at 8 and B at 32)")
+    ap.add_argument("--seconds", type=int, default=seconds)
     ap.add_argument("--rows", type=int, default=10000)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    return ap
+
+
+def main():
+    ap = common_arguments(seconds=20)
+    ap.add_argument("--clients", default="1,8,32",
+                    help="client counts of the main runs (--decompose runs A at 8 and B at 32)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the whole interleaved sequence this many times; report medians and ranges")
     ap.add_argument("--decompose", action="store_true",
