@@ -10,7 +10,10 @@ run), how often each was planned, and what the top-level calls spend outside
 their nested statements (starting those statements, the function calls).
 Then EXPLAIN (ANALYZE, BUFFERS) of every statement inside one reserve and
 one commit of ours (auto_explain, after a warm-up that makes the session's
-kept plans generic, as they are in the runs). With perf installed and
+kept plans generic, as they are in the runs). From the WAL of each run
+(pg_walinspect): what one action writes, counted: rows inserted, updated
+(HOT or with new index entries), deleted and locked, index entries, per
+table and index. With perf installed and
 allowed to record (--perf auto, the default), a CPU profile of ours A at 8
 clients by function.
 
@@ -76,16 +79,90 @@ def statements(args, actions):
     return out
 
 
+# What one action writes, from the WAL records of its run (pg_walinspect),
+# by (resource manager, record type) with "+INIT" dropped: the column each
+# kind of record counts in. Other records (B-tree page splits, vacuum) count
+# only in the totals.
+WAL_KINDS = {
+    ("Heap", "INSERT"): "rows inserted",
+    ("Heap", "HOT_UPDATE"): "rows updated in place (HOT)",
+    ("Heap", "UPDATE"): "rows updated with new index entries",
+    ("Heap", "DELETE"): "rows deleted",
+    ("Heap", "LOCK"): "rows locked",
+    ("Heap2", "LOCK_UPDATED"): "rows locked",
+    ("Btree", "INSERT_LEAF"): "index entries inserted",
+    ("Btree", "INSERT_POST"): "index entries inserted",
+    ("Heap2", "PRUNE"): "pages pruned",
+    ("Transaction", "COMMIT"): "commits",
+}
+WAL_COLUMNS = list(dict.fromkeys(WAL_KINDS.values()))
+
+WAL_RECORDS = """
+SELECT w.resource_manager, split_part(w.record_type, '+', 1),
+       coalesce(pg_filenode_relation(0, (regexp_match(w.block_ref, 'rel \\d+/\\d+/(\\d+)'))[1]::oid)::text, ''),
+       count(*), sum(w.record_length - w.fpi_length), sum(w.fpi_length), count(*) FILTER (WHERE w.fpi_length > 0)
+  FROM pg_get_wal_records_info('{start}', '{end}') w
+ GROUP BY 1, 2, 3"""
+
+
+def wal_writes(args, start, actions):
+    """What the WAL between `start` and now holds, per action: the totals
+    (records, bytes without and with full-page images) and the counts of
+    WAL_KINDS, in all and per relation."""
+    end = psql(args, "SELECT pg_current_wal_flush_lsn()")
+    totals = {"records": 0, "bytes": 0, "fpi bytes": 0, "fpi": 0}
+    kinds = dict.fromkeys(WAL_COLUMNS, 0)
+    by_relation = {}
+    for line in psql(args, WAL_RECORDS.format(start=start, end=end)).splitlines():
+        rmgr, rtype, rel, count, length, fpi_length, fpi = line.split("|")
+        totals["records"] += int(count)
+        totals["bytes"] += int(length)
+        totals["fpi bytes"] += int(fpi_length)
+        totals["fpi"] += int(fpi)
+        kind = WAL_KINDS.get((rmgr, rtype))
+        if kind:
+            kinds[kind] += int(count)
+            if rel and kind != "commits":
+                by_relation.setdefault(rel, {}).setdefault(kind, 0)
+                by_relation[rel][kind] += int(count)
+    per = {k: v / actions for k, v in totals.items()}
+    return per, {k: v / actions for k, v in kinds.items()}, {
+        rel: {k: v / actions for k, v in ks.items()} for rel, ks in by_relation.items()}
+
+
+def wal_tables(walled):
+    """The two WAL tables of the report, from (run name, wal_writes()) pairs."""
+    summary = ["| run | WAL records | WAL bytes | full-page images (bytes) | "
+               + " | ".join(WAL_COLUMNS) + " |", "|---|" + "---:|" * (3 + len(WAL_COLUMNS))]
+    detail = ["| run | table or index | per action |", "|---|---|---|"]
+    for name, (totals, kinds, by_relation) in walled:
+        summary.append(f"| {name} | {totals['records']:.1f} | {totals['bytes']:.0f} | "
+                       f"{totals['fpi']:.2f} ({totals['fpi bytes']:.0f}) | "
+                       + " | ".join(f"{kinds[c]:.2f}" for c in WAL_COLUMNS) + " |")
+        for rel in sorted(by_relation, key=lambda r: (-sum(by_relation[r].values()), r)):
+            what = ", ".join(f"{kind} {by_relation[rel][kind]:.2f}" for kind in WAL_COLUMNS
+                             if by_relation[rel].get(kind, 0) >= 0.005)
+            if what and sum(by_relation[rel].values()) >= 0.05:
+                detail.append(f"| {name} | `{rel}` | {what} |")
+    return summary + [""] + detail
+
+
 def per_call_table(args, logdir):
     lines = ["| run | statement | level | calls per action | plans | µs per call | µs per action |",
              "|---|---|---|---:|---:|---:|---:|"]
     summary = ["| run | actions/s at 1 client | µs per action (pgbench) | executing its statements | "
                "... in nested statements | ... outside them |", "|---|---:|---:|---:|---:|---:|"]
+    walled = []
     for name, script in PROFILE:
         psql(args, "CHECKPOINT")
         psql(args, "SELECT pg_stat_statements_reset()")
+        start = psql(args, "SELECT pg_current_wal_insert_lsn()")
         r = pgbench(args, script, 1, logdir, f"profile-{script}")
         actions = r["processed"]
+        walled.append((name, wal_writes(args, start, actions)))
+        if walled[-1][1][1]["commits"] < 1:
+            sys.exit(f"bench: the WAL of the {script} run holds {walled[-1][1][1]['commits']:.2f} commits per "
+                     "action, expected at least 1: pg_walinspect did not read the run's WAL")
         found = statements(args, actions)
         if not any(top for top, *_ in found):
             sys.exit(f"bench: pg_stat_statements saw no statement of {script}; is it preloaded?")
@@ -99,11 +176,11 @@ def per_call_table(args, logdir):
             lines.append(f"| {name} | `{one_line(query)}` | {'top' if top else 'nested'} | "
                          f"{calls / actions:.2f} | {plans} | {total * 1000 / calls:.0f} | {per_action:.0f} |")
         outside = f"{top_us - nested_us:.0f}" if nested_us else ""
-        summary.append(f"| {name} | {r['tps']:.0f} | {r['avg_ms'] * 1000:.0f} | {top_us:.0f} | "
-                       f"{nested_us:.0f} | {outside} |")
+        nested = f"{nested_us:.0f}" if nested_us else ""
+        summary.append(f"| {name} | {r['tps']:.0f} | {r['avg_ms'] * 1000:.0f} | {top_us:.0f} | {nested} | {outside} |")
         print(f"  {name:<48} {r['tps']:>7.0f} actions/s  {top_us:>5.0f} µs per action "
               f"({nested_us:.0f} in nested statements)", flush=True)
-    return summary + [""] + lines
+    return summary + [""] + lines, wal_tables(walled)
 
 
 # One reserve and one commit of ours with every statement inside explained,
@@ -187,7 +264,7 @@ def main():
 
     version = psql(args, "SELECT version()")
     with tempfile.TemporaryDirectory(prefix="credits-profile-") as logdir:
-        table = per_call_table(args, logdir)
+        table, wal = per_call_table(args, logdir)
         perf = []
         if args.perf == "yes" or args.perf == "auto" and perf_can_record(logdir):
             perf = [""] + perf_profile(args, logdir)
@@ -204,7 +281,11 @@ def main():
              "pg_stat_statements' execution time (track = all) of the statements the client sends; it leaves out "
              "each statement's executor start-up and end, the protocol and the commit. Of that, in nested "
              "statements: the statements the functions run (SPI, PL/pgSQL); outside them: the rest of the calls, "
-             "including the nested statements' start-up and end.", ""] + table + perf + [
+             "including the nested statements' start-up and end.", ""] + table + [
+             "", "What one action writes, from the WAL of its run (pg_walinspect), per action: every row written, "
+             "locked or pruned and every index entry inserted. Full-page images follow the CHECKPOINT before each "
+             "run (the first change of each page after it), so they depend on the run's length; WAL bytes leave "
+             "them out.", ""] + wal + perf + [
         "", f"EXPLAIN (ANALYZE, BUFFERS) of the {count} statements of one reserve + commit of ours: {plans_file}",
         f"credits_verify() violations after the runs: {violations}."]
     report = "\n".join(lines)

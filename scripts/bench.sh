@@ -63,7 +63,7 @@ echo "== loading data"
 "${PSQL[@]}" -d bench -v rows="$ROWS" -f bench/setup.sql >/dev/null
 case $MODE in
     profile)
-        "${PSQL[@]}" -d bench -c "CREATE EXTENSION pg_stat_statements"
+        "${PSQL[@]}" -d bench -c "CREATE EXTENSION pg_stat_statements" -c "CREATE EXTENSION pg_walinspect"
         echo "== profiling one action (${SECONDS_PER_RUN} s per run, 1 client)"
         python3 bench/profile.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --rows "$ROWS" "$@"
         exit 0 ;;
