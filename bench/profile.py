@@ -219,6 +219,56 @@ def explain(args):
     return plans, count
 
 
+# A reserve after a quiet spell: 400 accounts (fewer with a smaller --rows)
+# each reserve and commit with a one-minute ttl, then, two minutes later (the
+# clock pinned with credits.now), reserve and commit again: their next_event (the expiry of
+# the committed hold) has passed with nothing due, a false alarm that the
+# fast paths settle (0.3.2). Then the same accounts once more, next_event
+# ahead. Timed by the server's clock; the general paths' calls counted.
+QUIET_SQL = r"""
+\set ON_ERROR_STOP 1
+SET track_functions = 'all';
+SELECT now()::text AS t0 \gset
+SET credits.now = :'t0';
+SELECT count(credits_commit(credits_reserve(account_id => 'acct' || i, amount => 1, product => 'editor',
+                                            ttl => '1 minute'))) FROM generate_series(1, :n) i;
+SET credits.now = :'t1';
+BEGIN;
+SELECT clock_timestamp() AS s \gset
+SELECT count(credits_commit(credits_reserve(account_id => 'acct' || i, amount => 1, product => 'editor')))
+  FROM generate_series(1, :n) i;
+SELECT round(extract(epoch FROM clock_timestamp() - :'s') * 1e6 / :n) AS quiet_us,
+       (SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions
+         WHERE schemaname = 'credits' AND funcname IN ('_reserve', '_commit', '_roll_plan')) AS general_calls;
+COMMIT;
+SELECT clock_timestamp() AS s \gset
+SELECT count(credits_commit(credits_reserve(account_id => 'acct' || i, amount => 1, product => 'editor')))
+  FROM generate_series(1, :n) i;
+SELECT round(extract(epoch FROM clock_timestamp() - :'s') * 1e6 / :n) AS ahead_us;
+"""
+
+
+def quiet_spell(args):
+    """µs per reserve + commit on up to 400 accounts after a quiet spell (a
+    false alarm) and on the same accounts again; fails if a false alarm left
+    the fast paths."""
+    t1 = psql(args, "SELECT (now() + interval '2 minutes')::text")
+    n = min(400, args.rows)
+    out = subprocess.run(
+        ["psql", "-X", "-q", "-At", "-v", f"t1={t1}", "-v", f"n={n}", "-h", args.host, "-p", str(args.port), "-U", "postgres",
+         "-d", args.db], input=QUIET_SQL, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if "|" in line or line.isdigit()]
+    if out.returncode != 0 or len(lines) < 5:
+        sys.exit(f"bench: the quiet-spell run failed:\n{out.stdout}{out.stderr}")
+    quiet_us, general_calls = (int(x) for x in lines[2].split("|"))
+    ahead_us = int(lines[4])
+    if general_calls:
+        sys.exit(f"bench: after a quiet spell, {general_calls} calls went to the general path (expected none)")
+    return [f"Reserve + commit after a quiet spell (the account's next_event passed with nothing due, a false "
+            f"alarm), {n} accounts in one session: {quiet_us} µs per action, none through the general path; "
+            f"the same accounts again (next_event ahead): {ahead_us} µs."]
+
+
 def perf_can_record(logdir):
     """Whether `perf record -a` works here (perf installed, and access to
     the perf events of every process: root, or perf_event_paranoid <= 0)."""
@@ -271,6 +321,7 @@ def main():
         elif args.perf == "auto":
             perf = ["", "perf cannot record on this machine (not installed, or no access to perf events): "
                         "no CPU profile."]
+    quiet = quiet_spell(args)
     plans, count = explain(args)
     violations = int(psql(args, "SELECT count(*) FROM credits_verify()"))
 
@@ -281,7 +332,7 @@ def main():
              "pg_stat_statements' execution time (track = all) of the statements the client sends; it leaves out "
              "each statement's executor start-up and end, the protocol and the commit. Of that, in nested "
              "statements: the statements the functions run (SPI, PL/pgSQL); outside them: the rest of the calls, "
-             "including the nested statements' start-up and end.", ""] + table + [
+             "including the nested statements' start-up and end.", ""] + table + ["", *quiet] + [
              "", "What one action writes, from the WAL of its run (pg_walinspect), per action: every row written, "
              "locked or pruned and every index entry inserted. Full-page images follow the CHECKPOINT before each "
              "run (the first change of each page after it), so they depend on the run's length; WAL bytes leave "

@@ -93,18 +93,54 @@ AS $$
      WHERE a.account_id = p_account
 $$;
 
+-- The common case of a due account is a false alarm: next_event is a lower
+-- bound that reserves lower (to their hold's expiry) and that commits and
+-- refunds leave alone, so an account whose last hold was resolved comes due
+-- at that hold's expiry with nothing to do. This locks the account and, when
+-- nothing is due by p_now (the period has not ended, no pending hold has
+-- expired, no bucket with free credits has expired: exactly when the plan of
+-- credits._roll_plan() would be empty), moves next_event to the true next
+-- event and returns true; otherwise it writes nothing and returns false.
+-- The lock comes first, in its own statement, so the checks see every change
+-- committed before it. Used by credits._housekeep and by the fast paths
+-- (src/fast_path.rs), so that a reserve after a quiet spell longer than the
+-- last hold's ttl stays on the fast path.
+CREATE FUNCTION credits._refresh_next_event(p_account text, p_now timestamptz) RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM 1 FROM credits.accounts WHERE account_id = p_account FOR NO KEY UPDATE;
+    UPDATE credits.accounts a
+       SET next_event = credits._next_event(a.account_id, a.period_end, p_now)
+     WHERE a.account_id = p_account AND a.next_event <= p_now AND a.period_end > p_now
+       AND NOT EXISTS (SELECT 1 FROM credits.reservations r
+                        WHERE r.account_id = p_account AND r.status = 'pending' AND r.expires_at <= p_now)
+       AND NOT EXISTS (SELECT 1 FROM credits.buckets b
+                        WHERE b.account_id = p_account AND b.expires_at <= p_now AND b.balance > b.held);
+    RETURN FOUND;
+END
+$$;
+
 -- Brings a locked account up to p_now by applying the plan of
 -- credits._roll_plan(): new buckets, bucket balances, ledger rows, expired
--- holds, the new period. Returns how many periods were rolled.
+-- holds, the new period. Returns how many periods were rolled. A false
+-- alarm (nothing due) only moves next_event, without building the plan.
 CREATE FUNCTION credits._housekeep(p_account text, p_now timestamptz) RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v       jsonb := credits._roll_plan(credits._roll_input(p_account, p_now));
-    v_actor text  := credits._actor();
-    v_end   timestamptz := (v->>'period_end')::timestamptz;
-    v_reset boolean := (v->>'rolled')::integer > 0;
+    v       jsonb;
+    v_actor text;
+    v_end   timestamptz;
+    v_reset boolean;
 BEGIN
+    IF credits._refresh_next_event(p_account, p_now) THEN
+        RETURN 0;
+    END IF;
+    v := credits._roll_plan(credits._roll_input(p_account, p_now));
+    v_actor := credits._actor();
+    v_end := (v->>'period_end')::timestamptz;
+    v_reset := (v->>'rolled')::integer > 0;
     INSERT INTO credits.buckets (account_id, bucket_id, kind, priority, amount, balance, held, expires_at, created_at)
     SELECT p_account, x.id, x.kind, x.priority, x.amount, x.balance, x.held, x.expires_at, x.created_at
       FROM jsonb_to_recordset(v->'buckets') AS x(id uuid, kind text, priority smallint, amount numeric, balance numeric,

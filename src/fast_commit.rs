@@ -16,12 +16,14 @@
 //!    roll-up and update the account.
 //!
 //! Alerts and auto-recharge run (credits._after_usage) only when the commit
-//! crossed one of their lines. Anything else returns NULL with nothing
-//! written, and the general path judges the call.
+//! crossed one of their lines. When the account's `next_event` has come with
+//! nothing due (a false alarm: `REFRESH_NEXT_EVENT`, src/fast_path.rs), it is
+//! moved on and the lock statement read again. Anything else returns NULL
+//! with nothing written, and the general path judges the call.
 
 use crate::fast_path::{
-    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, with_index_scans, Plans,
-    NUMERIC, TEXT, TID, TIMESTAMPTZ, UUID,
+    arg, finfo_v1, may_touch, param, plausible_ident, refreshed, result, text_arg,
+    with_index_scans, Plans, NUMERIC, TEXT, TID, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -44,7 +46,7 @@ SELECT a.account_id, a.period_start, a.balance,
        pg_catalog.trim_scale(coalesce($2, r.amount))::text,
        CASE WHEN pg_catalog.current_setting('role') = 'none' THEN session_user::text
             ELSE pg_catalog.current_setting('role') END,
-       credits._now(), r.ctid
+       credits._now(), r.ctid, a.next_event <= credits._now() AS due
   FROM credits.accounts a
   JOIN credits.reservations r ON r.reservation_id = $1 AND r.account_id = a.account_id
  WHERE a.account_id = (SELECT x.account_id FROM credits.reservations x WHERE x.reservation_id = $1 LIMIT 1)
@@ -159,24 +161,34 @@ unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
                         (AFTER_USAGE, &[TEXT, NUMERIC, TIMESTAMPTZ][..]),
                     ],
                 );
-                let locked = client
-                    .update(
-                        &plans[0],
-                        None,
-                        &[param(Some(id), UUID), param(amount, NUMERIC)],
-                    )
-                    .expect("credits: the commit fast path failed to lock the account");
-                if locked.is_empty() {
+                let lock_args = [param(Some(id), UUID), param(amount, NUMERIC)];
+                let mut row = client
+                    .update(&plans[0], None, &lock_args)
+                    .expect("credits: the commit fast path failed to lock the account")
+                    .first();
+                if row.is_empty() {
                     return None;
                 }
-                let row = locked.first();
+                if row.get::<bool>(4).ok().flatten() != Some(true) {
+                    let due = row.get::<bool>(14).ok().flatten() == Some(true);
+                    let account = row
+                        .get_datum_by_ordinal(1)
+                        .expect("the lock returns the account");
+                    if !due || !refreshed(client, account) {
+                        return None;
+                    }
+                    row = client
+                        .update(&plans[0], None, &lock_args)
+                        .expect("credits: the commit fast path failed to lock the account")
+                        .first();
+                    if row.is_empty() || row.get::<bool>(4).ok().flatten() != Some(true) {
+                        return None;
+                    }
+                }
                 let col = |n: usize| {
                     row.get_datum_by_ordinal(n)
                         .expect("the lock returns every column")
                 };
-                if row.get::<bool>(4).ok().flatten() != Some(true) {
-                    return None;
-                }
                 let account_id: String = row.get(1).ok().flatten()?;
                 if account_text.is_some_and(|a| a != account_id) {
                     return None;

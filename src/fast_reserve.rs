@@ -12,12 +12,15 @@
 //!    bucket alone does not cover the amount, a third statement draws across
 //!    the buckets in consumption order (credits._draw).
 //!
-//! When the guarded UPDATE matches nothing, nothing was written and the
-//! function returns NULL: the general path judges the call.
+//! When the guarded UPDATE matches nothing only because the account's
+//! `next_event` has come, it may be a false alarm (nothing due:
+//! `REFRESH_NEXT_EVENT`, src/fast_path.rs); then `next_event` is moved on
+//! and the UPDATE tried once more. Otherwise nothing was written and the function returns NULL:
+//! the general path judges the call.
 
 use crate::fast_path::{
-    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, with_index_scans, Plans,
-    INTERVAL, JSONB, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
+    arg, finfo_v1, may_touch, param, plausible_ident, refreshed, result, text_arg,
+    with_index_scans, Plans, INTERVAL, JSONB, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -26,20 +29,49 @@ thread_local! {
     static PLANS: Plans = const { Plans::new() };
 }
 
+/// The common case on the account row, all but its `next_event`: valid
+/// input, enough free credits, no debt, not BYOK, an account the caller may
+/// touch, an enabled product. Parameters: $1 account, $2 amount, $3
+/// product, $4 ttl, $5 metadata.
+macro_rules! common_case {
+    () => {
+        concat!(
+            "account_id = $1
+   AND $2 > 0 AND $2 < 1e14 AND scale($2) <= 6 AND $4 > interval '0' AND jsonb_typeof($5) = 'object'
+   AND balance - held >= $2 AND debt = 0 AND NOT byok
+   AND ",
+            may_touch!("account_id"),
+            "
+   AND EXISTS (SELECT 1 FROM credits.products p WHERE p.product = $3 AND p.enabled)
+   AND NOT EXISTS (SELECT 1 FROM credits.account_products ap
+                    WHERE ap.account_id = $1 AND ap.product = $3 AND NOT ap.enabled)"
+        )
+    };
+}
+
 const TAKE_HOLD: &str = concat!(
     "
 UPDATE credits.accounts
    SET held = held + $2, next_event = least(next_event, $6 + $4)
- WHERE account_id = $1
-   AND $2 > 0 AND $2 < 1e14 AND scale($2) <= 6 AND $4 > interval '0' AND jsonb_typeof($5) = 'object'
-   AND balance - held >= $2 AND debt = 0 AND NOT byok AND next_event > credits._now()
-   AND ",
-    may_touch!("account_id"),
+ WHERE ",
+    common_case!(),
     "
-   AND EXISTS (SELECT 1 FROM credits.products p WHERE p.product = $3 AND p.enabled)
-   AND NOT EXISTS (SELECT 1 FROM credits.account_products ap
-                    WHERE ap.account_id = $1 AND ap.product = $3 AND NOT ap.enabled)
+   AND next_event > credits._now()
 RETURNING period_start"
+);
+
+/// Whether TAKE_HOLD failed only because `next_event` has come: then, and
+/// only then, the account is locked to settle a false alarm. Any other
+/// decline leaves the account unlocked for the general path, which takes
+/// its locks in its own order (a product's first registration, then the
+/// account).
+const STALE: &str = concat!(
+    "
+SELECT 1 FROM credits.accounts
+ WHERE ",
+    common_case!(),
+    "
+   AND next_event <= credits._now()"
 );
 
 const HOLD_FIRST_BUCKET: &str = "
@@ -144,24 +176,37 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
                         ),
                         (HOLD_FIRST_BUCKET, HOLD_ARGS),
                         (HOLD_ACROSS_BUCKETS, HOLD_ARGS),
+                        (
+                            STALE,
+                            &[TEXT, NUMERIC, TEXT, INTERVAL, JSONB, TIMESTAMPTZ][..],
+                        ),
                     ],
                 );
-                let taken = client
-                    .update(
-                        &plans[0],
-                        None,
-                        &[
-                            param(account, TEXT),
-                            param(Some(amount), NUMERIC),
-                            param(product, TEXT),
-                            param(Some(ttl), INTERVAL),
-                            param(Some(metadata), JSONB),
-                            param(Some(now), TIMESTAMPTZ),
-                        ],
-                    )
+                let take_args = [
+                    param(account, TEXT),
+                    param(Some(amount), NUMERIC),
+                    param(product, TEXT),
+                    param(Some(ttl), INTERVAL),
+                    param(Some(metadata), JSONB),
+                    param(Some(now), TIMESTAMPTZ),
+                ];
+                let mut taken = client
+                    .update(&plans[0], None, &take_args)
                     .expect("credits: the reserve fast path failed to take the hold");
                 if taken.is_empty() {
-                    return false;
+                    let stale = !client
+                        .update(&plans[3], None, &take_args)
+                        .expect("credits: the reserve fast path failed to read the account")
+                        .is_empty();
+                    if !stale || !refreshed(client, account) {
+                        return false;
+                    }
+                    taken = client
+                        .update(&plans[0], None, &take_args)
+                        .expect("credits: the reserve fast path failed to take the hold");
+                    if taken.is_empty() {
+                        return false;
+                    }
                 }
                 let period_start = taken
                     .first()

@@ -94,6 +94,94 @@ fn exactly_floor_of_balance_over_amount_reserves_succeed() {
     assert_verify_empty(&mut client);
 }
 
+/// An account whose next_event has come with nothing due (its last hold
+/// was committed before its ttl ran out), then 40 connections at once:
+/// unkeyed reserves (the fast path settles the false alarm under the
+/// account lock) and keyed ones (the general path), half of each of a
+/// product used for the first time (the general path registers it before
+/// it locks the account, so the fast path must not lock the account first
+/// when it declines for another reason: that order would deadlock).
+#[test]
+fn a_false_alarm_under_many_connections_stays_exact_without_deadlock() {
+    let url = fresh_db("it_false_alarm");
+    let mut client = connect(&url);
+    client
+        .batch_execute(
+            "SET credits.now = '2031-01-10 12:00:00+00';
+             SELECT credits_plan_upsert(plan_id => 'p', allocation => 100);",
+        )
+        .unwrap();
+    // Four rounds, each on its own account and new product: a wrong lock
+    // order deadlocks in some races only.
+    for round in 0..4 {
+        let account = format!("acme{round}");
+        let fresh = format!("fresh{round}");
+        client
+            .batch_execute(&format!(
+                "SET credits.now = '2031-01-10 12:00:00+00';
+                 SELECT credits_account_upsert(account_id => '{account}', plan_id => 'p');
+                 SELECT credits_commit(credits_reserve(account_id => '{account}', amount => 2,
+                                                       product => 'editor', ttl => '1 minute'));
+                 SET credits.now = '2031-01-10 12:05:00+00';"
+            ))
+            .unwrap();
+        let due: bool = client
+            .query_one(
+                "SELECT next_event <= credits._now() FROM credits.accounts WHERE account_id = $1",
+                &[&account],
+            )
+            .unwrap()
+            .get(0);
+        assert!(due, "{account} must be due (a false alarm) before the race");
+        let (race_account, race_fresh) = (account.clone(), fresh.clone());
+        let results = race(&url, 40, move |i, c| {
+            c.batch_execute("SET credits.now = '2031-01-10 12:05:00+00'")
+                .unwrap();
+            let product = if i % 2 == 0 {
+                "editor"
+            } else {
+                race_fresh.as_str()
+            };
+            let key = (i % 4 >= 2).then(|| format!("k{i}"));
+            c.query_one(
+                "SELECT credits_reserve(account_id => $1, amount => 7, product => $2, idempotency_key => $3)::text",
+                &[&race_account, &product, &key],
+            )
+            .map(|row| row.get::<_, String>(0))
+            .map_err(|e| sqlstate(&e))
+        });
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let refused: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(
+            ok, 14,
+            "{account}: 98 / 7 = 14 reserves must succeed, got {ok}: {results:?}"
+        );
+        assert!(
+            refused.iter().all(|s| *s == "CR001"),
+            "{account}: refusals must be CR001 (no deadlock): {refused:?}"
+        );
+        let (free, ahead): (String, bool) = client
+            .query_one(
+                "SELECT (balance - held)::text, next_event > credits._now() FROM credits.accounts
+                  WHERE account_id = $1",
+                &[&account],
+            )
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
+        assert_eq!(free.parse::<f64>().unwrap(), 0.0, "{account}");
+        assert!(ahead, "{account}: next_event has moved on");
+    }
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.ledger WHERE kind IN ('hold_expired', 'expire')"
+        ),
+        0,
+        "nothing was due, so nothing expired"
+    );
+    assert_verify_empty(&mut client);
+}
+
 #[test]
 fn soft_limit_allows_exactly_the_allowance_of_overage() {
     let url = fresh_db("it_soft");
