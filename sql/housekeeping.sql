@@ -177,16 +177,21 @@ END
 $$;
 
 -- The earliest moment something changes by itself: the period end, a live
--- bucket's expiry or a pending hold's expiry.
+-- bucket's expiry or a pending hold's expiry. PL/pgSQL (since 0.3.2), so
+-- that its plan is kept for the session: as a SQL function it could not be
+-- inlined (it has sub-selects) and was planned anew on every call, about
+-- 200 µs of each false alarm's 260.
 CREATE FUNCTION credits._next_event(p_account text, p_period_end timestamptz, p_now timestamptz)
 RETURNS timestamptz
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT least(p_period_end,
+BEGIN
+    RETURN least(p_period_end,
                  (SELECT min(expires_at) FROM credits.buckets
                    WHERE account_id = p_account AND expires_at > p_now AND balance > held),
                  (SELECT min(expires_at) FROM credits.reservations
-                   WHERE account_id = p_account AND status = 'pending'))
+                   WHERE account_id = p_account AND status = 'pending'));
+END
 $$;
 
 -- Locks an account row (the first lock of every write path), raising CR002

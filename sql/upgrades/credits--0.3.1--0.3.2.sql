@@ -7,8 +7,9 @@
 -- of 0.1 ms here), and credits_maintenance did the same for every such
 -- account. New: credits._refresh_next_event(), which only moves next_event
 -- on when nothing is due; credits._housekeep() calls it first, and the new
--- library's fast paths call it and stay on the fast path. Install the new
--- library, then run this update.
+-- library's fast paths call it and stay on the fast path. credits._next_event()
+-- becomes PL/pgSQL, so that its plan is kept. Install the new library, then
+-- run this update.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.2'" to load this file. \quit
 
@@ -77,5 +78,18 @@ BEGIN
            next_event = credits._next_event(p_account, v_end, p_now)
      WHERE account_id = p_account;
     RETURN (v->>'rolled')::integer;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION credits._next_event(p_account text, p_period_end timestamptz, p_now timestamptz)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN least(p_period_end,
+                 (SELECT min(expires_at) FROM credits.buckets
+                   WHERE account_id = p_account AND expires_at > p_now AND balance > held),
+                 (SELECT min(expires_at) FROM credits.reservations
+                   WHERE account_id = p_account AND status = 'pending'));
 END
 $$;
