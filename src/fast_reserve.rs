@@ -15,8 +15,8 @@
 //! When the guarded UPDATE matches nothing only because the account's
 //! `next_event` has come, it may be a false alarm (nothing due:
 //! `REFRESH_NEXT_EVENT`, src/fast_path.rs); then `next_event` is moved on
-//! and the UPDATE tried once more. Otherwise nothing was written and the function returns NULL:
-//! the general path judges the call.
+//! and the UPDATE tried once more. Otherwise nothing was written and the
+//! function returns NULL: the general path judges the call.
 
 use crate::fast_path::{
     arg, finfo_v1, may_touch, param, plausible_ident, refreshed, result, text_arg,
