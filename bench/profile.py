@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from run import HERE, common_arguments, pgbench, psql
+from run import HERE, common_arguments, pgbench, psql, psql_script
 
 # (name, script): ours, the baseline and the calibration runs of make bench.
 PROFILE = [
@@ -159,10 +159,12 @@ def per_call_table(args, logdir):
         start = psql(args, "SELECT pg_current_wal_insert_lsn()")
         r = pgbench(args, script, 1, logdir, f"profile-{script}")
         actions = r["processed"]
-        walled.append((name, wal_writes(args, start, actions)))
-        if walled[-1][1][1]["commits"] < 1:
-            sys.exit(f"bench: the WAL of the {script} run holds {walled[-1][1][1]['commits']:.2f} commits per "
-                     "action, expected at least 1: pg_walinspect did not read the run's WAL")
+        wal = wal_writes(args, start, actions)
+        commits = wal[1]["commits"]
+        if commits < 1:
+            sys.exit(f"bench: the WAL of the {script} run holds {commits:.2f} commits per action, "
+                     "expected at least 1: pg_walinspect did not read the run's WAL")
+        walled.append((name, wal))
         found = statements(args, actions)
         if not any(top for top, *_ in found):
             sys.exit(f"bench: pg_stat_statements saw no statement of {script}; is it preloaded?")
@@ -207,9 +209,7 @@ SELECT credits_commit(reservation_id => :'r', amount => 7);
 
 
 def explain(args):
-    out = subprocess.run(
-        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", args.host, "-p", str(args.port), "-U", "postgres",
-         "-d", args.db], input=EXPLAIN_SQL, capture_output=True, text=True)
+    out = psql_script(args, EXPLAIN_SQL)
     if out.returncode != 0:
         sys.exit(f"bench: explaining an action failed:\n{out.stderr}")
     plans = out.stderr
@@ -221,12 +221,12 @@ def explain(args):
 
 # A reserve after a quiet spell: 400 accounts (fewer with a smaller --rows)
 # each reserve and commit with a one-minute ttl, then, two minutes later (the
-# clock pinned with credits.now), reserve and commit again: their next_event (the expiry of
-# the committed hold) has passed with nothing due, a false alarm that the
-# fast paths settle (0.3.2). Then the same accounts once more, next_event
-# ahead. Timed by the server's clock; the general paths' calls counted.
+# clock pinned with credits.now), reserve and commit again: their next_event
+# (the expiry of the committed hold) has passed with nothing due, a false
+# alarm that the fast paths settle (0.3.2). Then the same accounts once
+# more, next_event ahead. Timed by the server's clock; the general paths'
+# calls counted.
 QUIET_SQL = r"""
-\set ON_ERROR_STOP 1
 SET track_functions = 'all';
 SELECT now()::text AS t0 \gset
 SET credits.now = :'t0';
@@ -254,9 +254,7 @@ def quiet_spell(args):
     the fast paths."""
     t1 = psql(args, "SELECT (now() + interval '2 minutes')::text")
     n = min(400, args.rows)
-    out = subprocess.run(
-        ["psql", "-X", "-q", "-At", "-v", f"t1={t1}", "-v", f"n={n}", "-h", args.host, "-p", str(args.port), "-U", "postgres",
-         "-d", args.db], input=QUIET_SQL, capture_output=True, text=True)
+    out = psql_script(args, QUIET_SQL, t1=t1, n=n)
     lines = [line for line in out.stdout.splitlines() if "|" in line or line.isdigit()]
     if out.returncode != 0 or len(lines) < 5:
         sys.exit(f"bench: the quiet-spell run failed:\n{out.stdout}{out.stderr}")

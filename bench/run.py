@@ -157,11 +157,20 @@ def script_path(script, logdir):
     return path
 
 
+def psql_script(args, script, **variables):
+    """Runs a psql script (its text) against the benchmark database, with
+    psql variables; unaligned tuples only, stopping at the first error.
+    Returns the finished process, for its status, stdout and stderr."""
+    settings = [x for name, value in variables.items() for x in ("-v", f"{name}={value}")]
+    return subprocess.run(
+        ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", *settings, "-h", args.host, "-p", str(args.port),
+         "-U", "postgres", "-d", args.db], input=script, capture_output=True, text=True)
+
+
 def psql(args, sql):
-    out = subprocess.run(
-        ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", args.host, "-p", str(args.port),
-         "-U", "postgres", "-d", args.db, "-c", sql],
-        check=True, capture_output=True, text=True)
+    """The output of one SQL statement; raises if it fails."""
+    out = psql_script(args, sql)
+    out.check_returncode()
     return out.stdout.strip()
 
 
