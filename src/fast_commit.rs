@@ -17,16 +17,17 @@
 //!
 //! Alerts and auto-recharge run (credits._after_usage) only when the commit
 //! crossed one of their lines. When the account's `next_event` has come with
-//! nothing due (a false alarm: `REFRESH_NEXT_EVENT`, src/fast_path.rs), it is
-//! moved on and the lock statement read again. Anything else returns NULL
+//! nothing due (a false alarm: `REFRESH_NEXT_EVENT` below), it is
+//! moved on and the lock statement run again. Anything else returns NULL
 //! with nothing written, and the general path judges the call.
 
 use crate::fast_path::{
-    arg, finfo_v1, may_touch, param, plausible_ident, refreshed, result, text_arg,
-    with_index_scans, Plans, NUMERIC, TEXT, TID, TIMESTAMPTZ, UUID,
+    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, with_index_scans, Plans,
+    NUMERIC, TEXT, TID, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use pgrx::AnyNumeric;
 
 thread_local! {
@@ -90,6 +91,54 @@ UPDATE credits.accounts
  WHERE account_id = $2
 RETURNING period_used + period_overage >= next_alert_at
           OR (balance < recharge_below AND $11 >= recharge_below)";
+
+/// A false alarm at commit: the account's `next_event` (a lower bound,
+/// lowered by every reserve to its hold's expiry) has come although nothing
+/// is due, because the hold that set it was committed or refunded since.
+/// (The reserve fast path settles its own false alarms in its guarded
+/// UPDATE, src/fast_reserve.rs; a commit meets one when its hold outlived
+/// another that was resolved before it.) `credits._refresh_next_event`
+/// (sql/housekeeping.sql) locks the account and, when nothing is due, moves
+/// `next_event` to the true next event and returns true; then the commit
+/// reads the account again. When something is due it writes nothing, and
+/// the general path rolls the account forward. Only for an account the
+/// caller may touch.
+const REFRESH_NEXT_EVENT: &str = concat!(
+    "SELECT credits._refresh_next_event($1, credits._now()) WHERE ",
+    may_touch!("$1")
+);
+
+thread_local! {
+    static REFRESH_PLAN: Plans = const { Plans::new() };
+}
+
+/// Runs [`REFRESH_NEXT_EVENT`] for `account` (a text datum): whether its
+/// `next_event` was a false alarm, now moved on. The function it calls
+/// comes with the 0.3.2 SQL: a library installed before `ALTER EXTENSION
+/// credits UPDATE` finds none and leaves the account to the general path,
+/// as before, rather than failing.
+fn refreshed(client: &mut SpiClient<'_>, account: Option<pg_sys::Datum>) -> bool {
+    // SAFETY: to_regprocedure(text) returns an oid or NULL, raising nothing
+    // for a name that does not exist.
+    let installed = unsafe {
+        pgrx::direct_function_call::<pg_sys::Oid>(
+            pg_sys::to_regprocedure,
+            &["credits._refresh_next_event(text, timestamptz)".into_datum()],
+        )
+    }
+    .is_some();
+    if !installed {
+        return false;
+    }
+    REFRESH_PLAN.with(|plans| {
+        let plans = plans.get(client, &[(REFRESH_NEXT_EVENT, &[TEXT][..])]);
+        let row = client
+            .update(&plans[0], None, &[param(account, TEXT)])
+            .expect("credits: the commit fast path failed to refresh next_event")
+            .first();
+        !row.is_empty() && row.get::<bool>(1).ok().flatten() == Some(true)
+    })
+}
 
 const AFTER_USAGE: &str = "SELECT credits._after_usage($1, $2, $3)";
 

@@ -73,52 +73,6 @@ macro_rules! may_touch {
 }
 pub(crate) use may_touch;
 
-/// The false alarm of both fast paths: an account whose `next_event` (a
-/// lower bound, lowered by every reserve to its hold's expiry) has come
-/// although nothing is due, because the hold that set it was committed or
-/// refunded since — the next reserve of any account quiet for longer than
-/// its last hold's ttl. `credits._refresh_next_event` (sql/housekeeping.sql)
-/// locks the account and, when nothing is due, moves `next_event` to the
-/// true next event and returns true; then the fast path tries once more.
-/// When something is due it writes nothing, and the general path rolls the
-/// account forward. Only for an account the caller may touch.
-pub const REFRESH_NEXT_EVENT: &str = concat!(
-    "SELECT credits._refresh_next_event($1, credits._now()) WHERE ",
-    may_touch!("$1")
-);
-
-thread_local! {
-    static REFRESH_PLAN: Plans = const { Plans::new() };
-}
-
-/// Runs [`REFRESH_NEXT_EVENT`] for `account` (a text datum): whether its
-/// `next_event` was a false alarm, now moved on. The function it calls
-/// comes with the 0.3.2 SQL: a library installed before `ALTER EXTENSION
-/// credits UPDATE` finds none and leaves the account to the general path,
-/// as before, rather than failing.
-pub fn refreshed(client: &mut SpiClient<'_>, account: Option<pg_sys::Datum>) -> bool {
-    // SAFETY: to_regprocedure(text) returns an oid or NULL, raising nothing
-    // for a name that does not exist.
-    let installed = unsafe {
-        pgrx::direct_function_call::<pg_sys::Oid>(
-            pg_sys::to_regprocedure,
-            &["credits._refresh_next_event(text, timestamptz)".into_datum()],
-        )
-    }
-    .is_some();
-    if !installed {
-        return false;
-    }
-    REFRESH_PLAN.with(|plans| {
-        let plans = plans.get(client, &[(REFRESH_NEXT_EVENT, &[TEXT][..])]);
-        let row = client
-            .update(&plans[0], None, &[param(account, TEXT)])
-            .expect("credits: a fast path failed to refresh next_event")
-            .first();
-        !row.is_empty() && row.get::<bool>(1).ok().flatten() == Some(true)
-    })
-}
-
 /// The V1 call-convention record Postgres looks up as `pg_finfo_<name>`
 /// for a C function called `<name>`.
 macro_rules! finfo_v1 {

@@ -12,15 +12,16 @@
 //!    bucket alone does not cover the amount, a third statement draws across
 //!    the buckets in consumption order (credits._draw).
 //!
-//! When the guarded UPDATE matches nothing only because the account's
-//! `next_event` has come, it may be a false alarm (nothing due:
-//! `REFRESH_NEXT_EVENT`, src/fast_path.rs); then `next_event` is moved on
-//! and the UPDATE tried once more. Otherwise nothing was written and the
-//! function returns NULL: the general path judges the call.
+//! When the guarded UPDATE matches nothing, a second guarded UPDATE
+//! (`TAKE_HOLD_DUE`) takes the hold if the account's `next_event` has come
+//! with nothing due — a false alarm, the first reserve of any account quiet
+//! for longer than its last hold's ttl — and moves `next_event` on.
+//! Otherwise nothing was written and the function returns NULL: the general
+//! path judges the call.
 
 use crate::fast_path::{
-    arg, finfo_v1, may_touch, param, plausible_ident, refreshed, result, text_arg,
-    with_index_scans, Plans, INTERVAL, JSONB, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
+    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, with_index_scans, Plans,
+    INTERVAL, JSONB, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -60,18 +61,39 @@ UPDATE credits.accounts
 RETURNING period_start"
 );
 
-/// Whether TAKE_HOLD failed only because `next_event` has come: then, and
-/// only then, the account is locked to settle a false alarm. Any other
-/// decline leaves the account unlocked for the general path, which takes
-/// its locks in its own order (a product's first registration, then the
-/// account).
-const STALE: &str = concat!(
+/// TAKE_HOLD on an account whose `next_event` has come: the hold is taken
+/// when that is a false alarm (nothing due as of $6: the period goes on, no
+/// pending hold has expired, no bucket with free credits has expired), and
+/// `next_event` moves on to the true next event, or the new hold's expiry if
+/// sooner: `credits._next_event()` (sql/housekeeping.sql) in one statement.
+/// Its sub-selects read the snapshot taken before the row lock was granted,
+/// so it goes ahead only when the row it updates is the version that
+/// snapshot sees (`ctid` unchanged): every write that adds a hold or a
+/// bucket, or frees a bucket's credits, also writes the account row, so
+/// nothing of the account was missed. Anything else (a real due, another
+/// session's write meanwhile, any other decline) matches nothing and leaves
+/// the call to the general path; like TAKE_HOLD, it locks the account only
+/// when every other condition holds, so the general path keeps its lock
+/// order (a product's first registration, then the account).
+const TAKE_HOLD_DUE: &str = concat!(
     "
-SELECT 1 FROM credits.accounts
+UPDATE credits.accounts
+   SET held = held + $2,
+       next_event = least(period_end, $6 + $4,
+                          (SELECT min(b.expires_at) FROM credits.buckets b
+                            WHERE b.account_id = $1 AND b.expires_at > $6 AND b.balance > b.held),
+                          (SELECT min(r.expires_at) FROM credits.reservations r
+                            WHERE r.account_id = $1 AND r.status = 'pending'))
  WHERE ",
     common_case!(),
     "
-   AND next_event <= credits._now()"
+   AND next_event <= $6 AND period_end > $6
+   AND ctid = (SELECT x.ctid FROM credits.accounts x WHERE x.account_id = $1)
+   AND NOT EXISTS (SELECT 1 FROM credits.reservations r
+                    WHERE r.account_id = $1 AND r.status = 'pending' AND r.expires_at <= $6)
+   AND NOT EXISTS (SELECT 1 FROM credits.buckets b
+                    WHERE b.account_id = $1 AND b.expires_at <= $6 AND b.balance > b.held)
+RETURNING period_start"
 );
 
 const HOLD_FIRST_BUCKET: &str = "
@@ -177,7 +199,7 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
                         (HOLD_FIRST_BUCKET, HOLD_ARGS),
                         (HOLD_ACROSS_BUCKETS, HOLD_ARGS),
                         (
-                            STALE,
+                            TAKE_HOLD_DUE,
                             &[TEXT, NUMERIC, TEXT, INTERVAL, JSONB, TIMESTAMPTZ][..],
                         ),
                     ],
@@ -194,15 +216,8 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
                     .update(&plans[0], None, &take_args)
                     .expect("credits: the reserve fast path failed to take the hold");
                 if taken.is_empty() {
-                    let stale = !client
-                        .update(&plans[3], None, &take_args)
-                        .expect("credits: the reserve fast path failed to read the account")
-                        .is_empty();
-                    if !stale || !refreshed(client, account) {
-                        return false;
-                    }
                     taken = client
-                        .update(&plans[0], None, &take_args)
+                        .update(&plans[3], None, &take_args)
                         .expect("credits: the reserve fast path failed to take the hold");
                     if taken.is_empty() {
                         return false;

@@ -182,6 +182,107 @@ fn a_false_alarm_under_many_connections_stays_exact_without_deadlock() {
     assert_verify_empty(&mut client);
 }
 
+/// Waits until the backend `pid` is waiting for a lock (at most 30 s).
+fn wait_until_blocked(client: &mut Client, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let blocked: bool = client
+            .query_one(
+                "SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0);
+        if blocked {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("backend {pid} never waited for a lock");
+}
+
+/// A false alarm is settled in the reserve's second guarded UPDATE, whose
+/// sub-selects read the snapshot taken before it waited for the account.
+/// Here another session's hold, with a ttl shorter than the wait, commits
+/// during that wait: the waiting reserve must not move `next_event` past
+/// the hold's expiry (it would stay pending, unnoticed, while reserves went
+/// on), but leave the call to the general path, which expires the hold.
+#[test]
+fn a_hold_committed_while_a_false_alarm_waits_for_the_account_is_not_missed() {
+    let url = fresh_db("it_false_alarm_wait");
+    let mut admin = connect(&url);
+    admin
+        .batch_execute(
+            "SET credits.now = '2031-01-10 12:00:00+00';
+             SELECT credits_plan_upsert(plan_id => 'p', allocation => 100);
+             SELECT credits_account_upsert(account_id => 'x', plan_id => 'p');
+             SELECT credits_commit(credits_reserve(account_id => 'x', amount => 2, product => 'editor',
+                                                   ttl => '1 minute'));",
+        )
+        .unwrap();
+    // Session A, its clock before x's next_event (12:01): an ordinary fast
+    // reserve, with a 10-second hold, left uncommitted.
+    let mut a = connect(&url);
+    a.batch_execute("SET credits.now = '2031-01-10 12:00:30+00'; BEGIN")
+        .unwrap();
+    let short: String = a
+        .query_one(
+            "SELECT credits_reserve(account_id => 'x', amount => 3, product => 'editor', ttl => '10 seconds')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // Session B at 12:05: a false alarm as far as its snapshot shows (the
+    // committed 1-minute hold set next_event; A's hold is not visible); it
+    // waits for A's row lock.
+    let b_url = url.clone();
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let b = thread::spawn(move || {
+        let mut b = connect(&b_url);
+        b.batch_execute("SET credits.now = '2031-01-10 12:05:00+00'")
+            .unwrap();
+        let pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        pid_tx.send(pid).unwrap();
+        b.query_one(
+            "SELECT credits_reserve(account_id => 'x', amount => 5, product => 'editor')::text",
+            &[],
+        )
+        .map(|row| row.get::<_, String>(0))
+        .map_err(|e| sqlstate(&e))
+    });
+    let pid = pid_rx.recv().unwrap();
+    wait_until_blocked(&mut admin, pid);
+    a.batch_execute("COMMIT").unwrap();
+    let reserved = b.join().unwrap();
+    assert!(reserved.is_ok(), "B's reserve succeeds: {reserved:?}");
+
+    admin
+        .batch_execute("SET credits.now = '2031-01-10 12:05:00+00'")
+        .unwrap();
+    let status: String = admin
+        .query_one(
+            "SELECT status FROM credits.reservations WHERE reservation_id = $1::text::uuid",
+            &[&short],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        status, "expired",
+        "A's hold, expired at 12:00:40, is released by B, the first write path to lock the account after"
+    );
+    let (held, next_event): (String, String) = admin
+        .query_one(
+            "SELECT held::text, to_char(next_event AT TIME ZONE 'UTC', 'HH24:MI:SS')
+               FROM credits.accounts WHERE account_id = 'x'",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(held.parse::<f64>().unwrap(), 5.0, "only B's hold is held");
+    assert_eq!(next_event, "12:20:00", "next_event is B's hold's expiry");
+    assert_verify_empty(&mut admin);
+}
+
 #[test]
 fn soft_limit_allows_exactly_the_allowance_of_overage() {
     let url = fresh_db("it_soft");

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(32);
+SELECT plan(39);
 
 -- next_event is a lower bound: every reserve lowers it to its hold's expiry,
 -- commits and refunds leave it. So an account whose last hold was resolved
@@ -30,7 +30,7 @@ $$;
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => a, plan_id => 'pro')
-  FROM unnest(ARRAY['quiet', 'two', 'late', 'promo', 'calm', 'edge']) a;
+  FROM unnest(ARRAY['quiet', 'two', 'late', 'promo', 'calm', 'edge', 'busy', 'soon']) a;
 -- The first use of a product registers it (general path).
 SELECT credits_commit(credits_reserve(account_id => 'calm', amount => 1, product => 'editor'));
 
@@ -73,6 +73,38 @@ SELECT is(credits._commit_fast(:'long', 3, false, NULL), 3::numeric,
           'the fast path commits the long hold all the same');
 SELECT is(pg_temp.next_event('two'), '2026-03-10 17:00:00+00'::timestamptz,
           'next_event moves on to the long hold''s expiry (still pending when it was checked)');
+
+-- Where a false alarm's reserve moves next_event: the soonest of the period
+-- end, the expiry of a bucket with free credits, of a pending hold and of
+-- the new hold, all in the reserve's own guarded UPDATE.
+SET LOCAL credits.now = '2026-03-10 16:20:00+00';
+SELECT credits_commit(credits_reserve(account_id => 'busy', amount => 1, product => 'editor', ttl => '1 minute'));
+SELECT credits_reserve(account_id => 'busy', amount => 1, product => 'editor', ttl => '30 minutes') IS NOT NULL;
+SELECT credits_grant(account_id => 'soon', amount => 10, kind => 'promo', expires_at => '2026-03-10 16:40:00+00');
+SELECT credits_commit(credits_reserve(account_id => 'soon', amount => 1, product => 'editor', ttl => '1 minute'));
+SET LOCAL credits.now = '2026-03-10 16:30:00+00';
+SELECT pg_temp.calls('_refresh_next_event') AS refreshes_before \gset
+SELECT isnt(credits._reserve_fast('busy', 1, 'editor', NULL, NULL, '1 hour', '{}'), NULL,
+            'a false alarm with a live hold: the fast path reserves');
+SELECT is(pg_temp.next_event('busy'), '2026-03-10 16:50:00+00'::timestamptz,
+          'next_event moves on to the live hold''s expiry, sooner than the new one''s');
+SELECT isnt(credits._reserve_fast('soon', 1, 'editor', NULL, NULL, '1 hour', '{}'), NULL,
+            'a false alarm with a promo bucket: the fast path reserves');
+SELECT is(pg_temp.next_event('soon'), '2026-03-10 16:40:00+00'::timestamptz,
+          'next_event moves on to the expiry of the bucket with free credits');
+-- Credits from a pack only (no bucket expires): the period end is next.
+SET LOCAL credits.now = '2026-03-31 23:00:00+00';
+SELECT credits_plan_upsert(plan_id => 'packs', allocation => 0, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'monthend', plan_id => 'packs');
+SELECT credits_grant(account_id => 'monthend', amount => 10, kind => 'pack');
+SELECT credits_commit(credits_reserve(account_id => 'monthend', amount => 1, product => 'editor', ttl => '1 minute'));
+SET LOCAL credits.now = '2026-03-31 23:50:00+00';
+SELECT isnt(credits._reserve_fast('monthend', 1, 'editor', NULL, NULL, '1 hour', '{}'), NULL,
+            'a false alarm ten minutes before the period ends: the fast path reserves');
+SELECT is(pg_temp.next_event('monthend'), '2026-04-01 00:00:00+00'::timestamptz,
+          'next_event moves on to the period end');
+SELECT is(pg_temp.calls('_refresh_next_event'), :refreshes_before::bigint,
+          'each settled in the reserve''s guarded UPDATE, without credits._refresh_next_event()');
 
 -- A pending hold that has expired: really due.
 SET LOCAL credits.now = '2026-03-10 17:00:00+00';
