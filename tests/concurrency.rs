@@ -201,41 +201,26 @@ fn wait_until_blocked(client: &mut Client, pid: i32) {
     panic!("backend {pid} never waited for a lock");
 }
 
-/// A false alarm is settled in the reserve's second guarded UPDATE, whose
-/// sub-selects read the snapshot taken before it waited for the account.
-/// Here another session's hold, with a ttl shorter than the wait, commits
-/// during that wait: the waiting reserve must not move `next_event` past
-/// the hold's expiry (it would stay pending, unnoticed, while reserves went
-/// on), but leave the call to the general path, which expires the hold.
-#[test]
-fn a_hold_committed_while_a_false_alarm_waits_for_the_account_is_not_missed() {
-    let url = fresh_db("it_false_alarm_wait");
-    let mut admin = connect(&url);
+/// Session A writes `account` with `write` (its clock at 12:00:30, before
+/// the account's `next_event`, 12:01) and keeps its transaction open; B
+/// reserves at 12:05, a false alarm as far as its snapshot shows (the hold
+/// that set `next_event` was committed, A's write is not visible), and
+/// waits for A's row lock; then A commits. Returns B's reserve.
+fn false_alarm_waiting_for(url: &str, account: &str, write: &str) -> Result<String, String> {
+    let mut admin = connect(url);
     admin
-        .batch_execute(
+        .batch_execute(&format!(
             "SET credits.now = '2031-01-10 12:00:00+00';
-             SELECT credits_plan_upsert(plan_id => 'p', allocation => 100);
-             SELECT credits_account_upsert(account_id => 'x', plan_id => 'p');
-             SELECT credits_commit(credits_reserve(account_id => 'x', amount => 2, product => 'editor',
-                                                   ttl => '1 minute'));",
-        )
+             SELECT credits_account_upsert(account_id => '{account}', plan_id => 'p');
+             SELECT credits_commit(credits_reserve(account_id => '{account}', amount => 2, product => 'editor',
+                                                   ttl => '1 minute'));"
+        ))
         .unwrap();
-    // Session A, its clock before x's next_event (12:01): an ordinary fast
-    // reserve, with a 10-second hold, left uncommitted.
-    let mut a = connect(&url);
+    let mut a = connect(url);
     a.batch_execute("SET credits.now = '2031-01-10 12:00:30+00'; BEGIN")
         .unwrap();
-    let short: String = a
-        .query_one(
-            "SELECT credits_reserve(account_id => 'x', amount => 3, product => 'editor', ttl => '10 seconds')::text",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    // Session B at 12:05: a false alarm as far as its snapshot shows (the
-    // committed 1-minute hold set next_event; A's hold is not visible); it
-    // waits for A's row lock.
-    let b_url = url.clone();
+    a.batch_execute(write).unwrap();
+    let (b_url, b_account) = (url.to_string(), account.to_string());
     let (pid_tx, pid_rx) = std::sync::mpsc::channel();
     let b = thread::spawn(move || {
         let mut b = connect(&b_url);
@@ -244,8 +229,8 @@ fn a_hold_committed_while_a_false_alarm_waits_for_the_account_is_not_missed() {
         let pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
         pid_tx.send(pid).unwrap();
         b.query_one(
-            "SELECT credits_reserve(account_id => 'x', amount => 5, product => 'editor')::text",
-            &[],
+            "SELECT credits_reserve(account_id => $1, amount => 5, product => 'editor')::text",
+            &[&b_account],
         )
         .map(|row| row.get::<_, String>(0))
         .map_err(|e| sqlstate(&e))
@@ -253,33 +238,90 @@ fn a_hold_committed_while_a_false_alarm_waits_for_the_account_is_not_missed() {
     let pid = pid_rx.recv().unwrap();
     wait_until_blocked(&mut admin, pid);
     a.batch_execute("COMMIT").unwrap();
-    let reserved = b.join().unwrap();
-    assert!(reserved.is_ok(), "B's reserve succeeds: {reserved:?}");
+    b.join().unwrap()
+}
 
+/// `account`'s `next_event` (as HH24:MI:SS) and held credits.
+fn next_event_and_held(client: &mut Client, account: &str) -> (String, f64) {
+    client
+        .query_one(
+            "SELECT to_char(next_event AT TIME ZONE 'UTC', 'HH24:MI:SS'), held::text
+               FROM credits.accounts WHERE account_id = $1",
+            &[&account],
+        )
+        .map(|r| (r.get(0), r.get::<_, String>(1).parse().unwrap()))
+        .unwrap()
+}
+
+/// A false alarm is settled in the reserve's second guarded UPDATE, whose
+/// sub-selects read the snapshot taken before it waited for the account.
+/// Another session's write committed during that wait must not be missed:
+/// a hold with a ttl shorter than the wait, or a bucket that expires during
+/// it, would otherwise stay unnoticed past its expiry, with `next_event`
+/// moved beyond it. The reserve leaves the call to the general path, which
+/// expires them.
+#[test]
+fn writes_committed_while_a_false_alarm_waits_for_the_account_are_not_missed() {
+    let url = fresh_db("it_false_alarm_wait");
+    let mut admin = connect(&url);
+    admin
+        .batch_execute(
+            "SET credits.now = '2031-01-10 12:00:00+00';
+             SELECT credits_plan_upsert(plan_id => 'p', allocation => 100);",
+        )
+        .unwrap();
+
+    // A hold of 10 seconds (A's fast reserve lowers next_event to 12:00:40).
+    let reserved = false_alarm_waiting_for(
+        &url,
+        "x",
+        "SELECT credits_reserve(account_id => 'x', amount => 3, product => 'editor', ttl => '10 seconds')",
+    );
+    assert!(reserved.is_ok(), "B's reserve succeeds: {reserved:?}");
     admin
         .batch_execute("SET credits.now = '2031-01-10 12:05:00+00'")
         .unwrap();
-    let status: String = admin
-        .query_one(
-            "SELECT status FROM credits.reservations WHERE reservation_id = $1::text::uuid",
-            &[&short],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        status, "expired",
-        "A's hold, expired at 12:00:40, is released by B, the first write path to lock the account after"
-    );
-    let (held, next_event): (String, String) = admin
-        .query_one(
-            "SELECT held::text, to_char(next_event AT TIME ZONE 'UTC', 'HH24:MI:SS')
-               FROM credits.accounts WHERE account_id = 'x'",
+    let statuses: Vec<String> = admin
+        .query(
+            "SELECT status FROM credits.reservations WHERE account_id = 'x' ORDER BY created_at",
             &[],
         )
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap();
-    assert_eq!(held.parse::<f64>().unwrap(), 5.0, "only B's hold is held");
-    assert_eq!(next_event, "12:20:00", "next_event is B's hold's expiry");
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["committed", "expired", "pending"],
+        "A's hold, expired at 12:00:40, is released by B, the first write path to lock the account after"
+    );
+    assert_eq!(
+        next_event_and_held(&mut admin, "x"),
+        ("12:20:00".to_string(), 5.0),
+        "only B's hold is held, and next_event is its expiry"
+    );
+
+    // A promo bucket that expires at 12:02 with its credits unused.
+    let reserved = false_alarm_waiting_for(
+        &url,
+        "y",
+        "SELECT credits_grant(account_id => 'y', amount => 10, kind => 'promo',
+                              expires_at => '2031-01-10 12:02:00+00')",
+    );
+    assert!(reserved.is_ok(), "B's reserve succeeds: {reserved:?}");
+    let written_off = count(
+        &mut admin,
+        "SELECT count(*) FROM credits.ledger WHERE account_id = 'y' AND kind = 'expire' AND amount = -10",
+    );
+    assert_eq!(
+        written_off, 1,
+        "the promo bucket, expired at 12:02, is written off by B, the first write path to lock the account after"
+    );
+    assert_eq!(
+        next_event_and_held(&mut admin, "y"),
+        ("12:20:00".to_string(), 5.0),
+        "only B's hold is held, and next_event is its expiry"
+    );
     assert_verify_empty(&mut admin);
 }
 
