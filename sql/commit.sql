@@ -8,6 +8,7 @@
 -- bucket, charged at most what was reserved) in two statements and returns
 -- NULL, having written nothing, for anything else; then the general path
 -- (credits._commit) judges the call and raises the documented errors.
+-- Its settings are those of credits._reserve_fast (sql/reserve.sql).
 
 CREATE FUNCTION credits._commit_fast(
     reservation_id uuid,
@@ -19,6 +20,8 @@ LANGUAGE c
 VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET plan_cache_mode = force_generic_plan
 AS 'MODULE_PATHNAME', 'credits_commit_fast';
 
 CREATE FUNCTION credits._commit(

@@ -7,6 +7,17 @@
 -- path below (credits._reserve) judges the call and raises the documented
 -- errors. Both are SECURITY DEFINER with a pinned search_path; the wrapper
 -- itself only names them, schema-qualified.
+--
+-- The fast paths (this one and credits._commit_fast) keep their statements'
+-- plans for the session's life, made under two settings of their own, which
+-- hold for everything they run: enable_seqscan = off, because a plan made
+-- with the statistics of tables analyzed while empty would scan them
+-- sequentially until autovacuum analyzed them again, and every statement
+-- here finds its rows by key (pgTAP 14_kept_plans.sql); and plan_cache_mode
+-- = force_generic_plan, so that each statement is planned once per session,
+-- not again for each of its first five executions (custom plans) before the
+-- plan cache settles on the generic plan (README, Profile: a new
+-- connection's first actions).
 
 CREATE FUNCTION credits._reserve_fast(
     account_id      text,
@@ -21,6 +32,8 @@ LANGUAGE c
 VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET plan_cache_mode = force_generic_plan
 AS 'MODULE_PATHNAME', 'credits_reserve_fast';
 
 -- The general path: every case, with its errors. It locks the account

@@ -22,8 +22,8 @@
 //! with nothing written, and the general path judges the call.
 
 use crate::fast_path::{
-    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, with_index_scans, Plans,
-    NUMERIC, TEXT, TID, TIMESTAMPTZ, UUID,
+    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, Plans, NUMERIC, TEXT, TID,
+    TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -183,109 +183,107 @@ unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
         return None;
     }
 
-    with_index_scans(|| {
-        PLANS.with(|plans| {
-            Spi::connect_mut(|client| {
-                let plans = plans.get(
-                    client,
-                    &[
-                        (LOCK, &[UUID, NUMERIC][..]),
-                        (
-                            CHARGE,
-                            &[
-                                UUID,
-                                TEXT,
-                                NUMERIC,
-                                NUMERIC,
-                                UUID,
-                                TIMESTAMPTZ,
-                                TIMESTAMPTZ,
-                                TEXT,
-                                TEXT,
-                                TEXT,
-                                NUMERIC,
-                                TID,
-                            ][..],
-                        ),
-                        (AFTER_USAGE, &[TEXT, NUMERIC, TIMESTAMPTZ][..]),
-                    ],
-                );
-                let lock_args = [param(Some(id), UUID), param(amount, NUMERIC)];
-                let mut row = client
+    PLANS.with(|plans| {
+        Spi::connect_mut(|client| {
+            let plans = plans.get(
+                client,
+                &[
+                    (LOCK, &[UUID, NUMERIC][..]),
+                    (
+                        CHARGE,
+                        &[
+                            UUID,
+                            TEXT,
+                            NUMERIC,
+                            NUMERIC,
+                            UUID,
+                            TIMESTAMPTZ,
+                            TIMESTAMPTZ,
+                            TEXT,
+                            TEXT,
+                            TEXT,
+                            NUMERIC,
+                            TID,
+                        ][..],
+                    ),
+                    (AFTER_USAGE, &[TEXT, NUMERIC, TIMESTAMPTZ][..]),
+                ],
+            );
+            let lock_args = [param(Some(id), UUID), param(amount, NUMERIC)];
+            let mut row = client
+                .update(&plans[0], None, &lock_args)
+                .expect("credits: the commit fast path failed to lock the account")
+                .first();
+            if row.is_empty() {
+                return None;
+            }
+            if row.get::<bool>(4).ok().flatten() != Some(true) {
+                let due = row.get::<bool>(14).ok().flatten() == Some(true);
+                let account = row
+                    .get_datum_by_ordinal(1)
+                    .expect("the lock returns the account");
+                if !due || !refreshed(client, account) {
+                    return None;
+                }
+                row = client
                     .update(&plans[0], None, &lock_args)
                     .expect("credits: the commit fast path failed to lock the account")
                     .first();
-                if row.is_empty() {
+                if row.is_empty() || row.get::<bool>(4).ok().flatten() != Some(true) {
                     return None;
                 }
-                if row.get::<bool>(4).ok().flatten() != Some(true) {
-                    let due = row.get::<bool>(14).ok().flatten() == Some(true);
-                    let account = row
-                        .get_datum_by_ordinal(1)
-                        .expect("the lock returns the account");
-                    if !due || !refreshed(client, account) {
-                        return None;
-                    }
-                    row = client
-                        .update(&plans[0], None, &lock_args)
-                        .expect("credits: the commit fast path failed to lock the account")
-                        .first();
-                    if row.is_empty() || row.get::<bool>(4).ok().flatten() != Some(true) {
-                        return None;
-                    }
-                }
-                let col = |n: usize| {
-                    row.get_datum_by_ordinal(n)
-                        .expect("the lock returns every column")
-                };
-                let account_id: String = row.get(1).ok().flatten()?;
-                if account_text.is_some_and(|a| a != account_id) {
-                    return None;
-                }
-                let charged_text: String = row.get(10).ok().flatten()?;
-                let (acct, period_start, balance_before) = (col(1), col(2), col(3));
-                let (reserved, bucket, product, action) = (col(5), col(6), col(7), col(8));
-                let (charge, actor, now, row_id) = (col(9), col(11), col(12), col(13));
+            }
+            let col = |n: usize| {
+                row.get_datum_by_ordinal(n)
+                    .expect("the lock returns every column")
+            };
+            let account_id: String = row.get(1).ok().flatten()?;
+            if account_text.is_some_and(|a| a != account_id) {
+                return None;
+            }
+            let charged_text: String = row.get(10).ok().flatten()?;
+            let (acct, period_start, balance_before) = (col(1), col(2), col(3));
+            let (reserved, bucket, product, action) = (col(5), col(6), col(7), col(8));
+            let (charge, actor, now, row_id) = (col(9), col(11), col(12), col(13));
 
-                let charged = client
+            let charged = client
+                .update(
+                    &plans[1],
+                    None,
+                    &[
+                        param(Some(id), UUID),
+                        param(acct, TEXT),
+                        param(charge, NUMERIC),
+                        param(reserved, NUMERIC),
+                        param(bucket, UUID),
+                        param(now, TIMESTAMPTZ),
+                        param(period_start, TIMESTAMPTZ),
+                        param(product, TEXT),
+                        param(action, TEXT),
+                        param(actor, TEXT),
+                        param(balance_before, NUMERIC),
+                        param(row_id, TID),
+                    ],
+                )
+                .expect("credits: the commit fast path failed to charge");
+            if charged.is_empty() {
+                // A racing commit or refund resolved it first.
+                return None;
+            }
+            if charged.first().get::<bool>(1).ok().flatten() == Some(true) {
+                client
                     .update(
-                        &plans[1],
+                        &plans[2],
                         None,
                         &[
-                            param(Some(id), UUID),
                             param(acct, TEXT),
-                            param(charge, NUMERIC),
-                            param(reserved, NUMERIC),
-                            param(bucket, UUID),
-                            param(now, TIMESTAMPTZ),
-                            param(period_start, TIMESTAMPTZ),
-                            param(product, TEXT),
-                            param(action, TEXT),
-                            param(actor, TEXT),
                             param(balance_before, NUMERIC),
-                            param(row_id, TID),
+                            param(now, TIMESTAMPTZ),
                         ],
                     )
-                    .expect("credits: the commit fast path failed to charge");
-                if charged.is_empty() {
-                    // A racing commit or refund resolved it first.
-                    return None;
-                }
-                if charged.first().get::<bool>(1).ok().flatten() == Some(true) {
-                    client
-                        .update(
-                            &plans[2],
-                            None,
-                            &[
-                                param(acct, TEXT),
-                                param(balance_before, NUMERIC),
-                                param(now, TIMESTAMPTZ),
-                            ],
-                        )
-                        .expect("credits: the commit fast path failed to raise alerts");
-                }
-                Some(charged_text)
-            })
+                    .expect("credits: the commit fast path failed to raise alerts");
+            }
+            Some(charged_text)
         })
     })
 }

@@ -103,38 +103,6 @@ pub unsafe fn result(
     })
 }
 
-/// Runs `f` (the SPI work of a fast path) with the planner's sequential
-/// scans disabled, the setting restored after it. The plans are kept for
-/// the session's life and made with the statistics of their moment: when
-/// ANALYZE ran while the reservation and ledger tables were empty, a plan
-/// made then would scan them sequentially for every later call, until
-/// autovacuum analyzed them again. Every statement of the fast paths finds
-/// its rows by key, so an index is always the right path (pgTAP
-/// 14_kept_plans.sql).
-pub fn with_index_scans<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: GUC calls inside a transaction. If `f` raises an error, the
-    // abort of the (sub)transaction pops this nesting level and restores
-    // the setting.
-    let level = unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"enable_seqscan".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            pg_sys::PGERROR as i32,
-            false,
-        );
-        level
-    };
-    let out = f();
-    // SAFETY: the level opened above, on the normal path.
-    unsafe { pg_sys::AtEOXact_GUC(true, level) };
-    out
-}
-
 /// A set of SPI plans, prepared on first use and kept for the backend's
 /// life (Postgres revalidates them when the objects they use change).
 pub struct Plans {

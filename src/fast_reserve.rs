@@ -20,8 +20,8 @@
 //! path judges the call.
 
 use crate::fast_path::{
-    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, with_index_scans, Plans,
-    INTERVAL, JSONB, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
+    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, Plans, INTERVAL, JSONB,
+    NUMERIC, TEXT, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -186,68 +186,66 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
     let id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
     let id_datum = id.into_datum().expect("a uuid is never NULL as a datum");
 
-    let reserved = with_index_scans(|| {
-        PLANS.with(|plans| {
-            Spi::connect_mut(|client| {
-                let plans = plans.get(
-                    client,
-                    &[
-                        (
-                            TAKE_HOLD,
-                            &[TEXT, NUMERIC, TEXT, INTERVAL, JSONB, TIMESTAMPTZ][..],
-                        ),
-                        (HOLD_FIRST_BUCKET, HOLD_ARGS),
-                        (HOLD_ACROSS_BUCKETS, HOLD_ARGS),
-                        (
-                            TAKE_HOLD_DUE,
-                            &[TEXT, NUMERIC, TEXT, INTERVAL, JSONB, TIMESTAMPTZ][..],
-                        ),
-                    ],
-                );
-                let take_args = [
-                    param(account, TEXT),
-                    param(Some(amount), NUMERIC),
-                    param(product, TEXT),
-                    param(Some(ttl), INTERVAL),
-                    param(Some(metadata), JSONB),
-                    param(Some(now), TIMESTAMPTZ),
-                ];
-                let mut taken = client
-                    .update(&plans[0], None, &take_args)
+    let reserved = PLANS.with(|plans| {
+        Spi::connect_mut(|client| {
+            let plans = plans.get(
+                client,
+                &[
+                    (
+                        TAKE_HOLD,
+                        &[TEXT, NUMERIC, TEXT, INTERVAL, JSONB, TIMESTAMPTZ][..],
+                    ),
+                    (HOLD_FIRST_BUCKET, HOLD_ARGS),
+                    (HOLD_ACROSS_BUCKETS, HOLD_ARGS),
+                    (
+                        TAKE_HOLD_DUE,
+                        &[TEXT, NUMERIC, TEXT, INTERVAL, JSONB, TIMESTAMPTZ][..],
+                    ),
+                ],
+            );
+            let take_args = [
+                param(account, TEXT),
+                param(Some(amount), NUMERIC),
+                param(product, TEXT),
+                param(Some(ttl), INTERVAL),
+                param(Some(metadata), JSONB),
+                param(Some(now), TIMESTAMPTZ),
+            ];
+            let mut taken = client
+                .update(&plans[0], None, &take_args)
+                .expect("credits: the reserve fast path failed to take the hold");
+            if taken.is_empty() {
+                taken = client
+                    .update(&plans[3], None, &take_args)
                     .expect("credits: the reserve fast path failed to take the hold");
                 if taken.is_empty() {
-                    taken = client
-                        .update(&plans[3], None, &take_args)
-                        .expect("credits: the reserve fast path failed to take the hold");
-                    if taken.is_empty() {
-                        return false;
-                    }
+                    return false;
                 }
-                let period_start = taken
-                    .first()
-                    .get_datum_by_ordinal(1)
-                    .expect("the hold returns the period start");
-                let hold_args = [
-                    param(account, TEXT),
-                    param(Some(amount), NUMERIC),
-                    param(product, TEXT),
-                    param(action, TEXT),
-                    param(Some(ttl), INTERVAL),
-                    param(Some(metadata), JSONB),
-                    param(Some(now), TIMESTAMPTZ),
-                    param(Some(id_datum), UUID),
-                    param(period_start, TIMESTAMPTZ),
-                ];
-                let held = client
-                    .update(&plans[1], None, &hold_args)
-                    .expect("credits: the reserve fast path failed to hold a bucket");
-                if held.is_empty() {
-                    client
-                        .update(&plans[2], None, &hold_args)
-                        .expect("credits: the reserve fast path failed to draw from the buckets");
-                }
-                true
-            })
+            }
+            let period_start = taken
+                .first()
+                .get_datum_by_ordinal(1)
+                .expect("the hold returns the period start");
+            let hold_args = [
+                param(account, TEXT),
+                param(Some(amount), NUMERIC),
+                param(product, TEXT),
+                param(action, TEXT),
+                param(Some(ttl), INTERVAL),
+                param(Some(metadata), JSONB),
+                param(Some(now), TIMESTAMPTZ),
+                param(Some(id_datum), UUID),
+                param(period_start, TIMESTAMPTZ),
+            ];
+            let held = client
+                .update(&plans[1], None, &hold_args)
+                .expect("credits: the reserve fast path failed to hold a bucket");
+            if held.is_empty() {
+                client
+                    .update(&plans[2], None, &hold_args)
+                    .expect("credits: the reserve fast path failed to draw from the buckets");
+            }
+            true
         })
     });
     reserved.then_some(id)

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(5);
+SELECT plan(8);
 
 -- The fast paths keep their plans for the session's life, and a plan is made
 -- with the statistics of its moment. When ANALYZE (or VACUUM) ran while the
@@ -7,7 +7,18 @@ SELECT plan(5);
 -- CREATE EXTENSION — the planner believes them empty and would keep a plan
 -- that scans them sequentially, and every commit would then read the whole
 -- reservations table until autovacuum analyzes it again. The fast paths plan
--- with sequential scans disabled: they look rows up by key only.
+-- with sequential scans disabled: they look rows up by key only. And each
+-- kept statement is planned once per session (plan_cache_mode =
+-- force_generic_plan), not again for each of its first five executions.
+
+SELECT is((SELECT proconfig FROM pg_proc
+            WHERE oid = 'credits._reserve_fast(text, numeric, text, text, text, interval, jsonb)'::regprocedure),
+          ARRAY['search_path=pg_catalog, pg_temp', 'enable_seqscan=off', 'plan_cache_mode=force_generic_plan'],
+          'the reserve fast path runs with its own planner settings');
+SELECT is((SELECT proconfig FROM pg_proc
+            WHERE oid = 'credits._commit_fast(uuid, numeric, boolean, text)'::regprocedure),
+          ARRAY['search_path=pg_catalog, pg_temp', 'enable_seqscan=off', 'plan_cache_mode=force_generic_plan'],
+          'the commit fast path runs with its own planner settings');
 
 SELECT is((SELECT count(*) FROM credits.accounts) + (SELECT count(*) FROM credits.buckets)
           + (SELECT count(*) FROM credits.reservations) + (SELECT count(*) FROM credits.ledger),
@@ -27,6 +38,12 @@ SELECT is((SELECT count(credits_commit(credits_reserve(account_id => 'a' || (1 +
              FROM generate_series(1, 100) i), 100::bigint, '100 actions');
 SELECT is((SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = '_reserve'), NULL,
           'all of them took the fast paths (the general reserve never ran)');
+-- Planning the reserve's guarded UPDATE evaluates credits._bound_accounts()
+-- (a stable function in its binding check) for the row estimate: once for
+-- the one generic plan of this session, where custom plans would do it on
+-- each of the first five executions and then once more for the generic plan.
+SELECT cmp_ok((SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = '_bound_accounts'), '<', 5::bigint,
+              'the reserve''s statement was planned once, not once per call for the first calls');
 -- (Not accounts: in this one-transaction test, updating a bucket created in
 -- the same transaction fires its foreign-key check, which reads accounts
 -- with a plan Postgres made and kept during the setup above. Without the
