@@ -9,8 +9,8 @@ nested one (the statements our fast paths and the lean reference's PL/pgSQL
 run), how often each was planned, and what the top-level calls spend outside
 their nested statements (starting those statements, the function calls).
 Then EXPLAIN (ANALYZE, BUFFERS) of every statement inside one reserve and
-one commit of ours (auto_explain, after a warm-up that makes the session's
-kept plans generic, as they are in the runs). From the WAL of each run
+one commit of ours (auto_explain, after a warm-up, so the session's kept
+plans are those of the runs). From the WAL of each run
 (pg_walinspect): what one action writes, counted: rows inserted, updated
 (HOT or with new index entries), deleted and locked, index entries, per
 table and index. With perf installed and
@@ -187,7 +187,9 @@ def per_call_table(args, logdir):
 
 # One reserve and one commit of ours with every statement inside explained,
 # after ten actions in the same session: the fast paths keep their plans per
-# session and Postgres makes them generic after five executions.
+# session, generic from the first call since 0.3.4 (before, Postgres made
+# them generic after five executions), and the warm-up loads the session's
+# caches as in the runs.
 EXPLAIN_SQL = r"""
 DO $$
 DECLARE r uuid;
