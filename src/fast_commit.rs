@@ -30,10 +30,6 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::AnyNumeric;
 
-thread_local! {
-    static PLANS: Plans = const { Plans::new() };
-}
-
 const LOCK: &str = concat!(
     "
 SELECT a.account_id, a.period_start, a.balance,
@@ -108,10 +104,6 @@ const REFRESH_NEXT_EVENT: &str = concat!(
     may_touch!("$1")
 );
 
-thread_local! {
-    static REFRESH_PLAN: Plans = const { Plans::new() };
-}
-
 /// Runs [`REFRESH_NEXT_EVENT`] for `account` (a text datum): whether its
 /// `next_event` was a false alarm, now moved on. The function it calls
 /// comes with the 0.3.2 SQL: a library installed before `ALTER EXTENSION
@@ -130,10 +122,9 @@ fn refreshed(client: &mut SpiClient<'_>, account: Option<pg_sys::Datum>) -> bool
     if !installed {
         return false;
     }
-    REFRESH_PLAN.with(|plans| {
-        let plans = plans.get(client, &[(REFRESH_NEXT_EVENT, &[TEXT][..])]);
+    PLANS.with(|plans| {
         let row = client
-            .update(&plans[0], None, &[param(account, TEXT)])
+            .update(plans.get(client, REFRESH), None, &[param(account, TEXT)])
             .expect("credits: the commit fast path failed to refresh next_event")
             .first();
         !row.is_empty() && row.get::<bool>(1).ok().flatten() == Some(true)
@@ -141,6 +132,39 @@ fn refreshed(client: &mut SpiClient<'_>, account: Option<pg_sys::Datum>) -> bool
 }
 
 const AFTER_USAGE: &str = "SELECT credits._after_usage($1, $2, $3)";
+
+// The statements above, by their place in PLANS.
+const LOCK_ROW: usize = 0;
+const CHARGE_ROW: usize = 1;
+const ALERTS: usize = 2;
+const REFRESH: usize = 3;
+
+thread_local! {
+    static PLANS: Plans<4> = const {
+        Plans::new([
+            (LOCK, &[UUID, NUMERIC]),
+            (
+                CHARGE,
+                &[
+                    UUID,
+                    TEXT,
+                    NUMERIC,
+                    NUMERIC,
+                    UUID,
+                    TIMESTAMPTZ,
+                    TIMESTAMPTZ,
+                    TEXT,
+                    TEXT,
+                    TEXT,
+                    NUMERIC,
+                    TID,
+                ],
+            ),
+            (AFTER_USAGE, &[TEXT, NUMERIC, TIMESTAMPTZ]),
+            (REFRESH_NEXT_EVENT, &[TEXT]),
+        ])
+    };
+}
 
 finfo_v1!(pg_finfo_credits_commit_fast);
 
@@ -185,33 +209,9 @@ unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
 
     PLANS.with(|plans| {
         Spi::connect_mut(|client| {
-            let plans = plans.get(
-                client,
-                &[
-                    (LOCK, &[UUID, NUMERIC][..]),
-                    (
-                        CHARGE,
-                        &[
-                            UUID,
-                            TEXT,
-                            NUMERIC,
-                            NUMERIC,
-                            UUID,
-                            TIMESTAMPTZ,
-                            TIMESTAMPTZ,
-                            TEXT,
-                            TEXT,
-                            TEXT,
-                            NUMERIC,
-                            TID,
-                        ][..],
-                    ),
-                    (AFTER_USAGE, &[TEXT, NUMERIC, TIMESTAMPTZ][..]),
-                ],
-            );
             let lock_args = [param(Some(id), UUID), param(amount, NUMERIC)];
             let mut row = client
-                .update(&plans[0], None, &lock_args)
+                .update(plans.get(client, LOCK_ROW), None, &lock_args)
                 .expect("credits: the commit fast path failed to lock the account")
                 .first();
             if row.is_empty() {
@@ -226,7 +226,7 @@ unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
                     return None;
                 }
                 row = client
-                    .update(&plans[0], None, &lock_args)
+                    .update(plans.get(client, LOCK_ROW), None, &lock_args)
                     .expect("credits: the commit fast path failed to lock the account")
                     .first();
                 if row.is_empty() || row.get::<bool>(4).ok().flatten() != Some(true) {
@@ -248,7 +248,7 @@ unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
 
             let charged = client
                 .update(
-                    &plans[1],
+                    plans.get(client, CHARGE_ROW),
                     None,
                     &[
                         param(Some(id), UUID),
@@ -273,7 +273,7 @@ unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
             if charged.first().get::<bool>(1).ok().flatten() == Some(true) {
                 client
                     .update(
-                        &plans[2],
+                        plans.get(client, ALERTS),
                         None,
                         &[
                             param(acct, TEXT),

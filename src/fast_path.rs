@@ -1,6 +1,6 @@
 //! Shared plumbing of the reserve and commit fast paths (`fast_reserve`,
 //! `fast_commit`): raw argument access, SPI plans prepared once per backend
-//! and kept, and the conversions between them.
+//! and kept (each prepared when first needed), and the conversions between them.
 //!
 //! A fast path handles the common case only and never raises a domain error:
 //! when anything is unusual it returns NULL without having written anything,
@@ -103,36 +103,35 @@ pub unsafe fn result(
     })
 }
 
-/// A set of SPI plans, prepared on first use and kept for the backend's
-/// life (Postgres revalidates them when the objects they use change).
-pub struct Plans {
-    cell: OnceCell<Vec<OwnedPreparedStatement>>,
+/// A statement of a fast path: its text and its argument types.
+pub type Source = (&'static str, &'static [pg_sys::Oid]);
+
+/// The statements of a fast path, each prepared the first time a call needs
+/// it and kept for the backend's life (Postgres revalidates a kept plan when
+/// the objects it uses change). A statement that only unusual calls run is
+/// not prepared by a session that never needs it.
+pub struct Plans<const N: usize> {
+    sources: [Source; N],
+    kept: [OnceCell<OwnedPreparedStatement>; N],
 }
 
-impl Plans {
-    pub const fn new() -> Self {
+impl<const N: usize> Plans<N> {
+    pub const fn new(sources: [Source; N]) -> Self {
         Plans {
-            cell: OnceCell::new(),
+            sources,
+            kept: [const { OnceCell::new() }; N],
         }
     }
 
-    /// The plans of `sources` (query text and argument types), in order.
-    pub fn get(
-        &self,
-        client: &SpiClient<'_>,
-        sources: &[(&str, &[pg_sys::Oid])],
-    ) -> &[OwnedPreparedStatement] {
-        self.cell.get_or_init(|| {
-            sources
-                .iter()
-                .map(|(query, args)| {
-                    let args: Vec<PgOid> = args.iter().map(|oid| PgOid::from(*oid)).collect();
-                    client
-                        .prepare_mut(*query, &args)
-                        .unwrap_or_else(|e| panic!("credits: cannot prepare a fast-path plan: {e}"))
-                        .keep()
-                })
-                .collect()
+    /// Statement `i` of the sources, prepared if it was not yet.
+    pub fn get(&self, client: &SpiClient<'_>, i: usize) -> &OwnedPreparedStatement {
+        self.kept[i].get_or_init(|| {
+            let (query, args) = self.sources[i];
+            let args: Vec<PgOid> = args.iter().map(|oid| PgOid::from(*oid)).collect();
+            client
+                .prepare_mut(query, &args)
+                .unwrap_or_else(|e| panic!("credits: cannot prepare a fast-path plan: {e}"))
+                .keep()
         })
     }
 }

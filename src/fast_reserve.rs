@@ -26,10 +26,6 @@ use crate::fast_path::{
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-thread_local! {
-    static PLANS: Plans = const { Plans::new() };
-}
-
 /// The common case on the account row, all but its `next_event`: valid
 /// input, enough free credits, no debt, not BYOK, an account the caller may
 /// touch, an enabled product. Parameters: $1 account, $2 amount, $3
@@ -129,6 +125,25 @@ const HOLD_ARGS: &[pg_sys::Oid] = &[
     TIMESTAMPTZ,
 ];
 
+const TAKE_ARGS: &[pg_sys::Oid] = &[TEXT, NUMERIC, TEXT, INTERVAL, JSONB, TIMESTAMPTZ];
+
+// The statements above, by their place in PLANS.
+const TAKE: usize = 0;
+const HOLD_FIRST: usize = 1;
+const HOLD_ACROSS: usize = 2;
+const TAKE_DUE: usize = 3;
+
+thread_local! {
+    static PLANS: Plans<4> = const {
+        Plans::new([
+            (TAKE_HOLD, TAKE_ARGS),
+            (HOLD_FIRST_BUCKET, HOLD_ARGS),
+            (HOLD_ACROSS_BUCKETS, HOLD_ARGS),
+            (TAKE_HOLD_DUE, TAKE_ARGS),
+        ])
+    };
+}
+
 finfo_v1!(pg_finfo_credits_reserve_fast);
 
 /// `credits._reserve_fast(account_id text, amount numeric, product text,
@@ -188,21 +203,6 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
 
     let reserved = PLANS.with(|plans| {
         Spi::connect_mut(|client| {
-            let plans = plans.get(
-                client,
-                &[
-                    (
-                        TAKE_HOLD,
-                        &[TEXT, NUMERIC, TEXT, INTERVAL, JSONB, TIMESTAMPTZ][..],
-                    ),
-                    (HOLD_FIRST_BUCKET, HOLD_ARGS),
-                    (HOLD_ACROSS_BUCKETS, HOLD_ARGS),
-                    (
-                        TAKE_HOLD_DUE,
-                        &[TEXT, NUMERIC, TEXT, INTERVAL, JSONB, TIMESTAMPTZ][..],
-                    ),
-                ],
-            );
             let take_args = [
                 param(account, TEXT),
                 param(Some(amount), NUMERIC),
@@ -212,11 +212,11 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
                 param(Some(now), TIMESTAMPTZ),
             ];
             let mut taken = client
-                .update(&plans[0], None, &take_args)
+                .update(plans.get(client, TAKE), None, &take_args)
                 .expect("credits: the reserve fast path failed to take the hold");
             if taken.is_empty() {
                 taken = client
-                    .update(&plans[3], None, &take_args)
+                    .update(plans.get(client, TAKE_DUE), None, &take_args)
                     .expect("credits: the reserve fast path failed to take the hold");
                 if taken.is_empty() {
                     return false;
@@ -238,11 +238,11 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
                 param(period_start, TIMESTAMPTZ),
             ];
             let held = client
-                .update(&plans[1], None, &hold_args)
+                .update(plans.get(client, HOLD_FIRST), None, &hold_args)
                 .expect("credits: the reserve fast path failed to hold a bucket");
             if held.is_empty() {
                 client
-                    .update(&plans[2], None, &hold_args)
+                    .update(plans.get(client, HOLD_ACROSS), None, &hold_args)
                     .expect("credits: the reserve fast path failed to draw from the buckets");
             }
             true

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(8);
+SELECT plan(10);
 
 -- The fast paths keep their plans for the session's life, and a plan is made
 -- with the statistics of its moment. When ANALYZE (or VACUUM) ran while the
@@ -44,6 +44,15 @@ SELECT is((SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = '_rese
 -- each of the first five executions and then once more for the generic plan.
 SELECT cmp_ok((SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = '_bound_accounts'), '<', 5::bigint,
               'the reserve''s statement was planned once, not once per call for the first calls');
+-- Each statement is prepared when a call first needs it: these 100 reserves
+-- all took the hold with the first guarded UPDATE, so the second one (for
+-- an account whose next_event has come) was never prepared.
+SELECT is((SELECT count(*) FROM pg_backend_memory_contexts
+            WHERE name = 'CachedPlanSource' AND ident LIKE '%next_event = least(next_event, $6 + $4)%'),
+          1::bigint, 'the reserve''s guarded UPDATE is kept');
+SELECT is((SELECT count(*) FROM pg_backend_memory_contexts
+            WHERE name = 'CachedPlanSource' AND ident LIKE '%next_event = least(period_end, $6 + $4,%'),
+          0::bigint, 'the statement for a false alarm, never needed here, was not prepared');
 -- (Not accounts: in this one-transaction test, updating a bucket created in
 -- the same transaction fires its foreign-key check, which reads accounts
 -- with a plan Postgres made and kept during the setup above. Without the
