@@ -8,6 +8,10 @@ time of every top-level statement (what the client calls) and of every
 nested one (the statements our fast paths and the lean reference's PL/pgSQL
 run), how often each was planned, and what the top-level calls spend outside
 their nested statements (starting those statements, the function calls).
+Then two real-world cases at 1 client, timed by the server's clock: a
+reserve + commit after a quiet spell (a false alarm, which must stay on the
+fast paths) and at the month start (an account's first action after its
+period ended rolls it forward; credits_maintenance() rolling others).
 Then EXPLAIN (ANALYZE, BUFFERS) of every statement inside one reserve and
 one commit of ours (auto_explain, after a warm-up, so the session's kept
 plans are those of the runs). From the WAL of each run
@@ -269,6 +273,67 @@ def quiet_spell(args):
             f"the same accounts again (next_event ahead): {ahead_us} µs."]
 
 
+# The first action of each account after its period ended (the month start
+# of calendar-month plans): up to 400 accounts (fewer with a smaller --rows)
+# and as many more are created, and each reserves and commits once, with the
+# clock pinned to noon on the last day of last month (credits.now), so that
+# with the clock unpinned their period has ended and a reset is due. Then,
+# timed by the server's clock: the first reserve + commit of the first
+# accounts (the reserve rolls the account forward on the general path:
+# expiry and allocation rows, the new period's bucket), the same accounts
+# again, and credits_maintenance() rolling the others (as pg_cron would, at
+# the month start, before their first action).
+MONTH_START_SQL = r"""
+SET track_functions = 'all';
+SELECT ((date_trunc('month', now() AT TIME ZONE 'UTC') - interval '12 hours') AT TIME ZONE 'UTC')::text AS past \gset
+SET credits.now = :'past';
+SELECT count(credits_account_upsert(account_id => :'prefix' || i, plan_id => 'bench')) FROM generate_series(1, 2 * :n) i;
+SELECT count(credits_commit(credits_reserve(account_id => :'prefix' || i, amount => 3, product => 'editor'), 2))
+  FROM generate_series(1, 2 * :n) i;
+RESET credits.now;
+SELECT count(*) FROM credits.accounts WHERE account_id LIKE :'prefix' || '%' AND next_event <= now();
+BEGIN;
+SELECT clock_timestamp() AS s \gset
+SELECT count(credits_commit(credits_reserve(account_id => :'prefix' || i, amount => 1, product => 'editor')))
+  FROM generate_series(1, :n) i;
+SELECT round(extract(epoch FROM clock_timestamp() - :'s') * 1e6 / :n) AS first_us,
+       (SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions
+         WHERE schemaname = 'credits' AND funcname = '_reserve') AS general_reserves;
+COMMIT;
+SELECT clock_timestamp() AS s \gset
+SELECT count(credits_commit(credits_reserve(account_id => :'prefix' || i, amount => 1, product => 'editor')))
+  FROM generate_series(1, :n) i;
+SELECT round(extract(epoch FROM clock_timestamp() - :'s') * 1e6 / :n) AS again_us;
+SELECT count(*) AS due FROM credits.accounts WHERE next_event <= now() \gset
+SELECT clock_timestamp() AS s \gset
+CALL credits_maintenance();
+SELECT round(extract(epoch FROM clock_timestamp() - :'s') * 1e6 / :due) AS maintenance_us, :due,
+       (SELECT count(*) FROM credits.accounts WHERE account_id LIKE :'prefix' || '%' AND next_event <= now()) AS left;
+"""
+
+
+def month_start(args):
+    """µs per first reserve + commit of up to 400 accounts whose period has
+    ended (rolled forward by the reserve), per later one, and per account
+    rolled forward by credits_maintenance(); fails if the accounts were not
+    due or maintenance left any."""
+    n = min(400, args.rows)
+    out = psql_script(args, MONTH_START_SQL, n=n, prefix=f"month{int(time.time())}-")
+    lines = [line for line in out.stdout.splitlines() if "|" in line or line.isdigit()]
+    if out.returncode != 0 or len(lines) < 8:
+        sys.exit(f"bench: the month-start run failed:\n{out.stdout}{out.stderr}")
+    due = int(lines[2])
+    first_us, general = (int(x) for x in lines[4].split("|"))
+    again_us = int(lines[6])
+    maintenance_us, rolled, left = (int(x) for x in lines[7].split("|"))
+    if due != 2 * n or left:
+        sys.exit(f"bench: month start: {due} of {2 * n} accounts were due, {left} left after credits_maintenance()")
+    return [f"The first reserve + commit of an account after its period ended (the month start of a calendar-month "
+            f"plan), {n} accounts in one session: {first_us} µs per action ({general} reserves rolled their "
+            f"account forward on the general path); the same accounts again: {again_us} µs. credits_maintenance() "
+            f"rolling {rolled} due accounts forward before their first action: {maintenance_us} µs per account."]
+
+
 def perf_can_record(logdir):
     """Whether `perf record -a` works here (perf installed, and access to
     the perf events of every process: root, or perf_event_paranoid <= 0)."""
@@ -321,7 +386,7 @@ def main():
         elif args.perf == "auto":
             perf = ["", "perf cannot record on this machine (not installed, or no access to perf events): "
                         "no CPU profile."]
-    quiet = quiet_spell(args)
+    quiet = quiet_spell(args) + month_start(args)
     plans, count = explain(args)
     violations = int(psql(args, "SELECT count(*) FROM credits_verify()"))
 
