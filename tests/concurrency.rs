@@ -723,7 +723,7 @@ fn pg_cron_runs_the_maintenance_job_and_rolls_a_due_account() {
     let scheduled_at: String = client.query_one("SELECT now()::text", &[]).unwrap().get(0);
     let job: i64 = client
         .query_one(
-            "SELECT cron.schedule('credits-maintenance', '* * * * *', 'CALL credits_maintenance(batch_size => 1000)')",
+            "SELECT cron.schedule('credits-maintenance', '* * * * *', 'CALL credits_maintenance()')",
             &[],
         )
         .unwrap()

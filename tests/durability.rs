@@ -241,3 +241,8 @@ fn the_released_0_3_2_upgrades_with_its_data_and_behaviour_intact() {
 fn the_released_0_3_3_upgrades_with_its_data_and_behaviour_intact() {
     upgrade_from("0.3.3");
 }
+
+#[test]
+fn the_released_0_3_4_upgrades_with_its_data_and_behaviour_intact() {
+    upgrade_from("0.3.4");
+}

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(32);
+SELECT plan(35);
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
@@ -98,6 +98,15 @@ SELECT is(credits_balance('bd') #>> '{summary,period_end}', '2027-04-30T10:00:00
 SELECT throws_ok($$SELECT credits_reset(as_of => '2099-01-01')$$, '22023', 'as_of may not be later than the clock',
                  'as_of may not be later than the clock');
 SELECT throws_ok($$SELECT credits_reset(account_id => 'nobody')$$, 'CR002', NULL, 'unknown account');
+-- credits_maintenance: its input errors (raised before its first batch, so
+-- they can be tested inside a transaction) and its default batch size.
+SELECT throws_ok($$CALL credits_maintenance(batch_size => NULL)$$, '22004', 'batch_size must not be NULL',
+                 'maintenance: a NULL batch size');
+SELECT throws_ok($$CALL credits_maintenance(batch_size => 0)$$, '22023', 'batch_size must be positive',
+                 'maintenance: a batch size below 1');
+SELECT is(pg_get_function_arguments('public.credits_maintenance(integer)'::regprocedure),
+          'IN batch_size integer DEFAULT 100',
+          'maintenance: batches of 100 accounts by default (a reserve waits for one batch at most)');
 SET LOCAL transaction_read_only = on;
 SET LOCAL credits.now = '2027-06-15 00:00:00+00';
 SELECT is(credits_balance('bd') #>> '{summary,period_start}', '2027-05-31T10:00:00.000000Z',
