@@ -68,29 +68,32 @@ $$;
 -- What bringing the account up to p_now involves, as the jsonb input of
 -- credits._roll_plan() (src/roll.rs): the account, its plan, its buckets
 -- with credits in them and its pending holds whose ttl has passed.
+-- PL/pgSQL (since 0.3.5), so that its plan is kept for the session.
 CREATE FUNCTION credits._roll_input(p_account text, p_now timestamptz) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT jsonb_build_object(
-        'now', p_now, 'period_start', a.period_start, 'period_end', a.period_end,
-        'anchor', a.billing_anchor, 'reset', p.reset, 'allocation', p.allocation,
-        'rollover_cap', p.rollover_cap, 'byok', a.byok, 'debt', a.debt,
-        'buckets', coalesce((
-            SELECT jsonb_agg(jsonb_build_object(
-                       'id', b.bucket_id, 'kind', b.kind, 'priority', b.priority, 'balance', b.balance,
-                       'held', b.held, 'expires_at', b.expires_at, 'created_at', b.created_at)
-                   ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id)
-              FROM credits.buckets b
-             WHERE b.account_id = p_account AND (b.balance > 0 OR b.held > 0)), '[]'),
-        'holds', coalesce((
-            SELECT jsonb_agg(jsonb_build_object(
-                       'id', r.reservation_id, 'expires_at', r.expires_at, 'overage', r.overage,
-                       'buckets', r.draw_buckets, 'amounts', r.draw_amounts))
-              FROM credits.reservations r
-             WHERE r.account_id = p_account AND r.status = 'pending' AND r.expires_at <= p_now), '[]'))
-      FROM credits.accounts a
-      JOIN credits.plans p ON p.plan_id = a.plan_id
-     WHERE a.account_id = p_account
+BEGIN
+    RETURN (SELECT jsonb_build_object(
+            'now', p_now, 'period_start', a.period_start, 'period_end', a.period_end,
+            'anchor', a.billing_anchor, 'reset', p.reset, 'allocation', p.allocation,
+            'rollover_cap', p.rollover_cap, 'byok', a.byok, 'debt', a.debt,
+            'buckets', coalesce((
+                SELECT jsonb_agg(jsonb_build_object(
+                           'id', b.bucket_id, 'kind', b.kind, 'priority', b.priority, 'balance', b.balance,
+                           'held', b.held, 'expires_at', b.expires_at, 'created_at', b.created_at)
+                       ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id)
+                  FROM credits.buckets b
+                 WHERE b.account_id = p_account AND (b.balance > 0 OR b.held > 0)), '[]'),
+            'holds', coalesce((
+                SELECT jsonb_agg(jsonb_build_object(
+                           'id', r.reservation_id, 'expires_at', r.expires_at, 'overage', r.overage,
+                           'buckets', r.draw_buckets, 'amounts', r.draw_amounts))
+                  FROM credits.reservations r
+                 WHERE r.account_id = p_account AND r.status = 'pending' AND r.expires_at <= p_now), '[]'))
+          FROM credits.accounts a
+          JOIN credits.plans p ON p.plan_id = a.plan_id
+         WHERE a.account_id = p_account);
+END
 $$;
 
 -- The common case of a due account is a false alarm: next_event is a lower

@@ -31,12 +31,19 @@ BEGIN
 END
 $$;
 
+-- Stores a key's first result (nothing without a key). PL/pgSQL (since
+-- 0.3.5): as a SQL function its INSERT was parsed and planned on every
+-- call, also for the calls without a key.
 CREATE FUNCTION credits._idempotent_store(p_account text, p_fn text, p_key text, p_request jsonb, p_result text, p_at timestamptz)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
+BEGIN
+    IF p_key IS NULL THEN
+        RETURN;
+    END IF;
     INSERT INTO credits.idempotency_keys (account_id, fn, key, request, result, created_at)
-    SELECT p_account, p_fn, p_key, p_request, p_result, p_at
-     WHERE p_key IS NOT NULL
-    ON CONFLICT (account_id, fn, key) DO NOTHING
+    VALUES (p_account, p_fn, p_key, p_request, p_result, p_at)
+    ON CONFLICT (account_id, fn, key) DO NOTHING;
+END
 $$;

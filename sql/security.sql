@@ -53,13 +53,19 @@ AS $$
 $$;
 
 -- Whether the caller of an API function may touch p_account. Cheap when
--- no account is bound at all (one probe of an empty table).
+-- no account is bound at all (one probe of an empty table). PL/pgSQL (since
+-- 0.3.5), so that its plan is kept for the session: a SQL function with
+-- sub-selects cannot be inlined and was planned again in every transaction
+-- that called it (the fast paths write the same rule into their own
+-- statements: src/fast_path.rs, may_touch!).
 CREATE FUNCTION credits._may_touch(p_account text) RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT NOT EXISTS (SELECT 1 FROM credits.account_roles)
+BEGIN
+    RETURN NOT EXISTS (SELECT 1 FROM credits.account_roles)
         OR credits._sees_all()
-        OR p_account = ANY (credits._bound_accounts())
+        OR p_account = ANY (credits._bound_accounts());
+END
 $$;
 
 CREATE FUNCTION public.credits_account_bind(account_id text, role regrole) RETURNS void

@@ -22,12 +22,17 @@ CREATE INDEX usage_rollup_by_month ON credits.usage_rollup ((date_trunc('month',
 SELECT pg_catalog.pg_extension_config_dump('credits.usage_rollup', '');
 COMMENT ON TABLE credits.usage_rollup IS 'Usage per account, UTC day and product, maintained with every commit and refund.';
 
+-- Adds to the usage roll-up row of an account, UTC day and product (the
+-- general commit and refund paths; the commit fast path writes its own).
+-- PL/pgSQL (since 0.3.5), so that its plan is kept for the session: as a
+-- SQL function its INSERT was parsed and planned on every call.
 CREATE FUNCTION credits._rollup(p_account text, p_at timestamptz, p_product text, p_used numeric, p_overage numeric,
                                 p_refunded numeric, p_overage_refunded numeric, p_billable numeric,
                                 p_actions integer, p_byok numeric)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
+BEGIN
     INSERT INTO credits.usage_rollup AS u (account_id, day, product, used, overage, refunded, overage_refunded,
                                            billable_overage, actions, byok_used)
     VALUES (p_account, (p_at AT TIME ZONE 'UTC')::date, p_product, p_used, p_overage, p_refunded, p_overage_refunded,
@@ -36,5 +41,6 @@ AS $$
        SET used = u.used + EXCLUDED.used, overage = u.overage + EXCLUDED.overage,
            refunded = u.refunded + EXCLUDED.refunded, overage_refunded = u.overage_refunded + EXCLUDED.overage_refunded,
            billable_overage = u.billable_overage + EXCLUDED.billable_overage,
-           actions = u.actions + EXCLUDED.actions, byok_used = u.byok_used + EXCLUDED.byok_used
+           actions = u.actions + EXCLUDED.actions, byok_used = u.byok_used + EXCLUDED.byok_used;
+END
 $$;

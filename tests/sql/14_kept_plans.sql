@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(10);
+SELECT plan(11);
 
 -- The fast paths keep their plans for the session's life, and a plan is made
 -- with the statistics of its moment. When ANALYZE (or VACUUM) ran while the
@@ -63,6 +63,26 @@ SELECT is((SELECT coalesce(string_agg(n.relname || ' ' || (n.seq_scan - o.seq_sc
               AND n.relname IN ('buckets', 'reservations', 'ledger', 'usage_rollup')),
           '', 'no sequential scan of the buckets, reservations, ledger or roll-up');
 SELECT is((SELECT count(*) FROM credits_verify()), 0::bigint, 'and everything verifies');
+
+-- The helpers that the general paths and every roll-forward call keep their
+-- plans too: a SQL function that Postgres cannot inline (a FROM clause,
+-- sub-selects, an INSERT) is parsed and planned again by each statement or
+-- transaction that calls it, so these are PL/pgSQL (0.3.5: an account's
+-- roll-forward at a reset about 15% faster, a reserve with an idempotency
+-- key about 10%).
+SELECT is((SELECT array_agg(p.oid::regprocedure::text || ': ' || l.lanname ORDER BY p.oid::regprocedure::text COLLATE "C")
+             FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+            WHERE p.oid IN ('credits._next_alert_at(numeric[], numeric[], numeric)'::regprocedure,
+                            'credits._may_touch(text)'::regprocedure,
+                            'credits._idempotent_store(text, text, text, jsonb, text, timestamptz)'::regprocedure,
+                            'credits._roll_input(text, timestamptz)'::regprocedure,
+                            'credits._rollup(text, timestamptz, text, numeric, numeric, numeric, numeric, numeric, integer, numeric)'::regprocedure)),
+          ARRAY['credits._idempotent_store(text,text,text,jsonb,text,timestamp with time zone): plpgsql',
+                'credits._may_touch(text): plpgsql',
+                'credits._next_alert_at(numeric[],numeric[],numeric): plpgsql',
+                'credits._roll_input(text,timestamp with time zone): plpgsql',
+                'credits._rollup(text,timestamp with time zone,text,numeric,numeric,numeric,numeric,numeric,integer,numeric): plpgsql'],
+          'the helpers of the general paths and the roll-forward keep their plans (PL/pgSQL)');
 
 SELECT * FROM finish();
 ROLLBACK;
