@@ -3,8 +3,9 @@
 //! and kept (each prepared when first needed), and the conversions between them.
 //!
 //! A fast path handles the common case only and never raises a domain error:
-//! when anything is unusual it returns NULL without having written anything,
-//! and the SQL wrapper (`credits_reserve`, `credits_commit`) calls the
+//! when anything is unusual it returns NULL without having written anything
+//! (a keyed reserve that finds its key taken once it holds the account's
+//! lock gives its hold back first: `fast_reserve`), and the SQL wrapper (`credits_reserve`, `credits_commit`) calls the
 //! general PL/pgSQL path, which judges the call and raises the documented
 //! SQLSTATE itself (pgrx would turn a custom SQLSTATE passing through Rust
 //! into XX000).

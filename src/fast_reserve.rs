@@ -1,8 +1,9 @@
 //! The reserve fast path: `credits._reserve_fast`, called first by
-//! `credits_reserve` (sql/reserve.sql). It handles the common case — no
-//! idempotency key, valid input, an enabled product, an account that is not
-//! BYOK, owes nothing, has nothing due and has enough credits — in two
-//! statements run through kept SPI plans:
+//! `credits_reserve` (sql/reserve.sql). It handles the common case — valid
+//! input, an enabled product, an account that is not BYOK, owes nothing, has
+//! nothing due and has enough credits, and an idempotency key (if any) not
+//! used before — in two statements run through kept SPI plans, two more
+//! with a key (see KEY_SEEN):
 //!
 //! 1. one guarded UPDATE of the account row takes the row lock and adds the
 //!    hold; its WHERE clause is rechecked on the locked row's newest version
@@ -113,6 +114,54 @@ INSERT INTO credits.reservations (reservation_id, account_id, status, product, a
 SELECT $8, $1, 'pending', $3, $4, $2, d.buckets, d.amounts, $9, $7 + $5, $7, $6
   FROM credits._draw($1, $2, $7, true) d";
 
+/// A call with an idempotency key: whether the key was used before, as far
+/// as a snapshot taken before the account's lock shows. A replay (the key
+/// stored by a committed call) goes to the general path, which returns the
+/// first call's result or raises CR006, with nothing written here.
+/// Parameters: $1 account, $2 key.
+const KEY_SEEN: &str = "
+SELECT 1 FROM credits.idempotency_keys WHERE account_id = $1 AND fn = 'reserve' AND key = $2";
+
+/// After the hold on the account row is taken (so under the account's lock,
+/// where every write path stores its keys): the key with the request the
+/// general path compares a replay against (`credits._reserve`, the same
+/// jsonb) and the reservation id. It stores nothing, returning no row, only
+/// when a call with the same key committed between KEY_SEEN's snapshot and
+/// the lock: then the hold is given back (RELEASE_HOLD) and the general path
+/// answers as for any replay. Parameters: $1 account, $2 key, $3 amount, $4
+/// product, $5 action, $6 ttl, $7 metadata, $8 reservation id, $9 now.
+const KEY_STORE: &str = "
+INSERT INTO credits.idempotency_keys (account_id, fn, key, request, result, created_at)
+VALUES ($1, 'reserve', $2,
+        jsonb_build_object('amount', $3, 'product', $4, 'action', $5,
+                           'ttl', extract(epoch FROM $6), 'metadata', $7),
+        $8::text, $9)
+ON CONFLICT (account_id, fn, key) DO NOTHING
+RETURNING 1";
+
+/// Gives back the hold TAKE_HOLD took when KEY_STORE found the key taken.
+/// The account's `next_event` stays as TAKE_HOLD left it: at most as late as
+/// before, and a `next_event` earlier than the account's next event is a
+/// false alarm, never a missed event. Parameters: $1 account, $2 amount.
+const RELEASE_HOLD: &str = "
+UPDATE credits.accounts SET held = held - $2 WHERE account_id = $1";
+
+const KEY_SEEN_ARGS: &[pg_sys::Oid] = &[TEXT, TEXT];
+
+const KEY_STORE_ARGS: &[pg_sys::Oid] = &[
+    TEXT,
+    TEXT,
+    NUMERIC,
+    TEXT,
+    TEXT,
+    INTERVAL,
+    JSONB,
+    UUID,
+    TIMESTAMPTZ,
+];
+
+const RELEASE_ARGS: &[pg_sys::Oid] = &[TEXT, NUMERIC];
+
 const HOLD_ARGS: &[pg_sys::Oid] = &[
     TEXT,
     NUMERIC,
@@ -132,14 +181,20 @@ const TAKE: usize = 0;
 const HOLD_FIRST: usize = 1;
 const HOLD_ACROSS: usize = 2;
 const TAKE_DUE: usize = 3;
+const SEEN: usize = 4;
+const STORE: usize = 5;
+const RELEASE: usize = 6;
 
 thread_local! {
-    static PLANS: Plans<4> = const {
+    static PLANS: Plans<7> = const {
         Plans::new([
             (TAKE_HOLD, TAKE_ARGS),
             (HOLD_FIRST_BUCKET, HOLD_ARGS),
             (HOLD_ACROSS_BUCKETS, HOLD_ARGS),
             (TAKE_HOLD_DUE, TAKE_ARGS),
+            (KEY_SEEN, KEY_SEEN_ARGS),
+            (KEY_STORE, KEY_STORE_ARGS),
+            (RELEASE_HOLD, RELEASE_ARGS),
         ])
     };
 }
@@ -182,15 +237,19 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
             arg(fcinfo, 6)?,
         )
     };
-    if key.is_some() {
-        return None;
-    }
     // SAFETY: text arguments.
-    let (account_text, product_text, action_text) =
-        unsafe { (text_arg(account)?, text_arg(product)?, text_arg(action)) };
+    let (account_text, product_text, action_text, key_text) = unsafe {
+        (
+            text_arg(account)?,
+            text_arg(product)?,
+            text_arg(action),
+            text_arg(key),
+        )
+    };
     if !plausible_ident(account_text)
         || !plausible_ident(product_text)
         || action.is_some() && !action_text.is_some_and(plausible_ident)
+        || key.is_some() && !key_text.is_some_and(plausible_ident)
     {
         return None;
     }
@@ -203,6 +262,18 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
 
     let reserved = PLANS.with(|plans| {
         Spi::connect_mut(|client| {
+            if key.is_some() {
+                let seen = client
+                    .update(
+                        plans.get(client, SEEN),
+                        None,
+                        &[param(account, TEXT), param(key, TEXT)],
+                    )
+                    .expect("credits: the reserve fast path failed to look its key up");
+                if !seen.is_empty() {
+                    return false;
+                }
+            }
             let take_args = [
                 param(account, TEXT),
                 param(Some(amount), NUMERIC),
@@ -226,6 +297,32 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
                 .first()
                 .get_datum_by_ordinal(1)
                 .expect("the hold returns the period start");
+            if key.is_some() {
+                let store_args = [
+                    param(account, TEXT),
+                    param(key, TEXT),
+                    param(Some(amount), NUMERIC),
+                    param(product, TEXT),
+                    param(action, TEXT),
+                    param(Some(ttl), INTERVAL),
+                    param(Some(metadata), JSONB),
+                    param(Some(id_datum), UUID),
+                    param(Some(now), TIMESTAMPTZ),
+                ];
+                let stored = client
+                    .update(plans.get(client, STORE), None, &store_args)
+                    .expect("credits: the reserve fast path failed to store its key");
+                if stored.is_empty() {
+                    client
+                        .update(
+                            plans.get(client, RELEASE),
+                            None,
+                            &[param(account, TEXT), param(Some(amount), NUMERIC)],
+                        )
+                        .expect("credits: the reserve fast path failed to give its hold back");
+                    return false;
+                }
+            }
             let hold_args = [
                 param(account, TEXT),
                 param(Some(amount), NUMERIC),

@@ -546,6 +546,112 @@ fn the_same_idempotency_key_from_many_connections_gives_one_effect() {
     assert_verify_empty(&mut client);
 }
 
+/// Session A reserves on `account` with the key `req-1` and keeps its
+/// transaction open; B reserves `b_amount` with the same key, its look-up of
+/// the key (before the account's lock) seeing nothing, and waits for A's
+/// lock; then A ends with `a_end`. Returns A's reservation and B's reserve.
+fn keyed_reserve_waiting_for(
+    url: &str,
+    account: &str,
+    b_amount: &'static str,
+    a_end: &str,
+) -> (String, Result<String, String>) {
+    let mut admin = connect(url);
+    let mut a = connect(url);
+    a.batch_execute("BEGIN").unwrap();
+    let first = reserve(&mut a, account, "5", Some("req-1")).unwrap();
+    let (b_url, b_account) = (url.to_string(), account.to_string());
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let b = thread::spawn(move || {
+        let mut b = connect(&b_url);
+        let pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        pid_tx.send(pid).unwrap();
+        reserve(&mut b, &b_account, b_amount, Some("req-1"))
+    });
+    let pid = pid_rx.recv().unwrap();
+    wait_until_blocked(&mut admin, pid);
+    a.batch_execute(a_end).unwrap();
+    (first, b.join().unwrap())
+}
+
+/// The reserve fast path stores a call's idempotency key under the
+/// account's lock, after looking it up in a snapshot taken before the lock.
+/// A call that waited for the lock while another call with the same key
+/// held it finds the key taken only when storing it: it gives back the hold
+/// it took and answers as the general path answers any replay.
+#[test]
+fn a_keyed_reserve_waiting_for_the_same_key_answers_as_a_replay() {
+    let url = fresh_db("it_idem_wait");
+    let mut admin = connect(&url);
+    admin
+        .batch_execute("SELECT credits_plan_upsert(plan_id => 'p', allocation => 100)")
+        .unwrap();
+    for account in ["replayed", "conflicting", "rolled_back"] {
+        admin
+            .execute(
+                "SELECT credits_account_upsert(account_id => $1, plan_id => 'p')",
+                &[&account],
+            )
+            .unwrap();
+    }
+    // The product is registered by a first action (the general path's).
+    admin
+        .batch_execute(
+            "SELECT credits_commit(credits_reserve(account_id => 'replayed', amount => 1, product => 'editor'), 0)",
+        )
+        .unwrap();
+    let held = |client: &mut Client, account: &str| -> (String, i64) {
+        let row = client
+            .query_one(
+                "SELECT trim_scale(held)::text, (SELECT count(*) FROM credits.reservations r WHERE r.account_id = a.account_id
+                                        AND r.status = 'pending')
+                   FROM credits.accounts a WHERE account_id = $1",
+                &[&account],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+
+    let (first, second) = keyed_reserve_waiting_for(&url, "replayed", "5", "COMMIT");
+    assert_eq!(
+        second,
+        Ok(first),
+        "the same call returns the first reservation"
+    );
+    assert_eq!(
+        held(&mut admin, "replayed"),
+        ("5".to_string(), 1),
+        "one hold, one pending reservation"
+    );
+
+    let (_, second) = keyed_reserve_waiting_for(&url, "conflicting", "6", "COMMIT");
+    assert_eq!(
+        second,
+        Err("CR006".to_string()),
+        "other arguments are refused"
+    );
+    assert_eq!(
+        held(&mut admin, "conflicting"),
+        ("5".to_string(), 1),
+        "one hold, one pending reservation"
+    );
+
+    let (first, second) = keyed_reserve_waiting_for(&url, "rolled_back", "5", "ROLLBACK");
+    let second = second.expect("the key is free again once the first call rolled back");
+    assert_ne!(second, first, "a reservation of its own");
+    assert_eq!(
+        held(&mut admin, "rolled_back"),
+        ("5".to_string(), 1),
+        "one hold, one pending reservation"
+    );
+    let stored = count(
+        &mut admin,
+        &format!("SELECT count(*) FROM credits.idempotency_keys WHERE account_id = 'rolled_back' AND result = '{second}'"),
+    );
+    assert_eq!(stored, 1, "and its key stored");
+    assert_verify_empty(&mut admin);
+}
+
 #[test]
 fn a_mixed_workload_on_few_accounts_never_deadlocks_or_breaks_an_invariant() {
     let url = fresh_db("it_mixed");

@@ -30,6 +30,27 @@ fn populate(client: &mut Client) {
              SELECT credits_commit(credits_reserve(account_id => 'own', amount => 50, product => 'editor'));",
         )
         .unwrap();
+    client.batch_execute(KEYED_RESERVE).unwrap();
+}
+
+/// A reserve with an idempotency key (populate's last call): run again, a
+/// replay, which returns the first call's reservation under any version.
+const KEYED_RESERVE: &str =
+    "SELECT credits_reserve(account_id => 'a2', amount => 2, product => 'editor', \
+                             idempotency_key => 'req-1', metadata => '{\"n\": 1}')::text";
+
+/// The reservation populate's keyed reserve made: a replay must return it.
+fn replay_of_keyed_reserve(client: &mut Client) -> String {
+    let replayed: String = client.query_one(KEYED_RESERVE, &[]).unwrap().get(0);
+    let first: String = client
+        .query_one(
+            "SELECT result FROM credits.idempotency_keys WHERE account_id = 'a2' AND key = 'req-1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(replayed, first, "a replay returns the first reservation");
+    replayed
 }
 
 const STATE: &str = "SELECT concat_ws(' ', account_id, balance, held, overage_held, period_used, period_overage, debt) \
@@ -167,6 +188,7 @@ fn upgrade_from(version: &str) {
         .batch_execute(&format!("CREATE EXTENSION credits VERSION '{version}'"))
         .unwrap();
     populate(&mut client);
+    let keyed = replay_of_keyed_reserve(&mut client);
     let before = rows(&mut client, STATE);
     let ledger_before = count(&mut client, "SELECT count(*) FROM credits.ledger");
     assert_verify_empty(&mut client);
@@ -192,6 +214,16 @@ fn upgrade_from(version: &str) {
         ledger_before
     );
     assert_verify_empty(&mut client);
+    assert_eq!(
+        replay_of_keyed_reserve(&mut client),
+        keyed,
+        "a key stored before the upgrade is replayed after it"
+    );
+    assert_eq!(
+        rows(&mut client, STATE),
+        before,
+        "and the replay changes no balance"
+    );
     client
         .batch_execute(
             "SELECT credits_commit(credits_reserve(account_id => 'a5', amount => 1, product => 'editor'));

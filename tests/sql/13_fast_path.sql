@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(38);
+SELECT plan(48);
 
 CREATE FUNCTION pg_temp.explain_lines(q text) RETURNS SETOF text LANGUAGE plpgsql AS $$
 BEGIN
@@ -18,6 +18,7 @@ SELECT credits_plan_upsert(plan_id => 'soft', allocation => 10, reset => 'calend
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
 SELECT credits_account_upsert(account_id => 'own', plan_id => 'pro', byok => true);
 SELECT credits_account_upsert(account_id => 'flex', plan_id => 'soft');
+SELECT credits_account_upsert(account_id => 'keyed', plan_id => 'pro');
 -- Products are registered on first use, by the general path.
 SELECT credits_commit(credits_reserve(account_id => 'acme', amount => 1, product => 'editor'));
 SELECT credits_product_upsert(product => 'retired', enabled => false);
@@ -43,9 +44,35 @@ SELECT results_eq($$SELECT held FROM credits.buckets WHERE account_id = 'acme' A
                   $$VALUES (30::numeric)$$, 'the draw is held on the allocation bucket');
 SELECT is(pg_temp.fig('acme', 'available'), 69::numeric, 'and on the account (100 - 1 - 30)');
 
+-- Reserve with an idempotency key: the key is stored with the request that
+-- the general path compares a replay against (sql/reserve.sql).
+SELECT credits._reserve_fast('keyed', 5, 'editor', 'draft', 'key-1', '15 minutes', '{"n": 1.50}')::text AS k1 \gset
+SELECT isnt(:'k1'::text, NULL::text, 'the fast path reserves with an idempotency key');
+SELECT results_eq($$SELECT request, result FROM credits.idempotency_keys WHERE account_id = 'keyed' AND fn = 'reserve' AND key = 'key-1'$$,
+                  format($$VALUES ('{"amount": 5, "product": "editor", "action": "draft", "ttl": 900, "metadata": {"n": 1.5}}'::jsonb, %L)$$, :'k1'),
+                  'and stores the key with the request and the reservation id');
+SELECT is(pg_temp.fig('keyed', 'available'), 95::numeric, 'the hold is taken once');
+SET LOCAL track_functions = 'all';
+SELECT coalesce((SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = '_reserve'), 0) AS general_before \gset
+SELECT is(credits_reserve(account_id => 'keyed', amount => 5.0, product => 'editor', action => 'draft',
+                          idempotency_key => 'key-1', metadata => '{"n": 1.5}')::text, :'k1',
+          'a replay returns the first reservation');
+SELECT is((SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = '_reserve') - :general_before, 1::bigint,
+          'answered by the general path');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'keyed', amount => 5, product => 'editor', idempotency_key => 'key-1')$$,
+                 'CR006', NULL, 'which refuses the key with other arguments');
+SELECT (SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = '_reserve') AS general_before \gset
+SELECT credits_reserve(account_id => 'keyed', amount => 7, product => 'editor', idempotency_key => 'key-2')::text AS k2 \gset
+SELECT is((SELECT calls FROM pg_stat_xact_user_functions WHERE funcname = '_reserve') - :general_before, 0::bigint,
+          'a new key goes through credits_reserve without the general path');
+SELECT is((SELECT result FROM credits.idempotency_keys WHERE account_id = 'keyed' AND key = 'key-2'), :'k2',
+          'its key is stored');
+SELECT is(pg_temp.fig('keyed', 'available'), 88::numeric, 'and its hold taken (100 - 5 - 7)');
+
 -- Reserve: everything else is left to the general path, with nothing written.
 SELECT pg_temp.state() AS before \gset
-SELECT is(credits._reserve_fast('acme', 5, 'editor', NULL, 'key-1', '15 minutes', '{}'), NULL, 'not with an idempotency key');
+SELECT is(credits._reserve_fast('keyed', 5, 'editor', 'draft', 'key-1', '15 minutes', '{"n": 1.5}'), NULL, 'not a replay of a key');
+SELECT is(credits._reserve_fast('keyed', 5, 'editor', NULL, '  ', '15 minutes', '{}'), NULL, 'not for a blank idempotency key');
 SELECT is(credits._reserve_fast('acme', 5, 'newproduct', NULL, NULL, '15 minutes', '{}'), NULL, 'not for a product not yet registered');
 SELECT is(credits._reserve_fast('acme', 5, 'retired', NULL, NULL, '15 minutes', '{}'), NULL, 'not for a disabled product');
 SELECT is(credits._reserve_fast('acme', 5, 'seo', NULL, NULL, '15 minutes', '{}'), NULL, 'not for a product disabled for the account');

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(11);
+SELECT plan(12);
 
 -- The fast paths keep their plans for the session's life, and a plan is made
 -- with the statistics of its moment. When ANALYZE (or VACUUM) ran while the
@@ -53,6 +53,9 @@ SELECT is((SELECT count(*) FROM pg_backend_memory_contexts
 SELECT is((SELECT count(*) FROM pg_backend_memory_contexts
             WHERE name = 'CachedPlanSource' AND ident LIKE '%next_event = least(period_end, $6 + $4,%'),
           0::bigint, 'the statement for a false alarm, never needed here, was not prepared');
+SELECT is((SELECT count(*) FROM pg_backend_memory_contexts
+            WHERE name = 'CachedPlanSource' AND ident LIKE '%credits.idempotency_keys%'),
+          0::bigint, 'nor those for an idempotency key');
 -- (Not accounts: in this one-transaction test, updating a bucket created in
 -- the same transaction fires its foreign-key check, which reads accounts
 -- with a plan Postgres made and kept during the setup above. Without the
