@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(48);
+SELECT plan(50);
 
 CREATE FUNCTION pg_temp.explain_lines(q text) RETURNS SETOF text LANGUAGE plpgsql AS $$
 BEGIN
@@ -32,6 +32,18 @@ SELECT ok((SELECT string_agg(x, ' ') FROM pg_temp.explain_lines(
 SELECT ok((SELECT string_agg(x, ' ') FROM pg_temp.explain_lines(
                $$SELECT credits_commit('00000000-0000-0000-0000-000000000000', 1)$$) x)
           ~ 'COALESCE\(credits\._commit_fast\(.*credits\._commit\(', 'credits_commit is inlined');
+-- Not with a volatile argument (each argument appears twice in the body,
+-- and Postgres does not evaluate a volatile expression twice): each call
+-- then plans the wrapper. A sub-select computes such a value once (README,
+-- credits_reserve).
+SELECT ok((SELECT string_agg(x, ' ') FROM pg_temp.explain_lines(
+               $$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'editor',
+                                        idempotency_key => gen_random_uuid()::text)$$) x)
+          !~ 'credits\._reserve_fast', 'credits_reserve is not inlined with a volatile argument');
+SELECT ok((SELECT string_agg(x, ' ') FROM pg_temp.explain_lines(
+               $$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'editor', idempotency_key => k)
+                   FROM (SELECT gen_random_uuid()::text AS k) s$$) x)
+          ~ 'COALESCE\(credits\._reserve_fast\(.*credits\._reserve\(', 'but is with the value from a sub-select');
 
 -- Reserve: the common case.
 SELECT credits._reserve_fast('acme', 30, 'editor', 'rewrite', NULL, '15 minutes', '{"project": "p"}')::text AS r1 \gset
