@@ -39,6 +39,7 @@ PROFILE = [
     ("baseline A: UPDATE one random row", "baseline_one_row.sql"),
     ("ours A: reserve + commit", "action.sql"),
     ("ours A with an idempotency key", "action_keyed.sql"),
+    ("ours A, failed action: reserve + refund", "action_failed.sql"),
     ("floor A: our action's rows by plain SQL", "floor_action.sql"),
     ("lean reference A: PL/pgSQL", "lean_action.sql"),
     ("minimum A with a reservation row", "min_reservation_action.sql"),

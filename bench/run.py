@@ -28,6 +28,7 @@ RUNS = [
     ("ours A: reserve + commit, 10,000 accounts", "action.sql", BASE_A),
     ("ours A, quiet accounts: 2-second holds, most reserves a false alarm", "action_quiet.sql", BASE_A),
     ("ours A with an idempotency key: a new key per reserve", "action_keyed.sql", BASE_A),
+    ("ours A, failed action: reserve + refund of the whole hold", "action_failed.sql", BASE_A),
     ("floor A (not ours): our action's rows by plain SQL", "floor_action.sql", BASE_A),
     ("lean floor A (not ours): the lean reference's rows by plain SQL", "lean_floor_action.sql", BASE_A),
     ("lean reference A (not ours): PL/pgSQL, no buckets", "lean_action.sql", BASE_A),
