@@ -29,6 +29,16 @@ AS $$
                                WHEN 'debt_payment' THEN l.amount END) AS debt
           FROM credits.ledger l WHERE l.kind IN ('debt', 'debt_refund', 'debt_payment')
          GROUP BY 1
+    ), reservation_ledger AS (
+        -- What each reservation's ledger rows add up to, in one pass over
+        -- the ledger (which has no index by reservation): looked up per
+        -- reservation, it read all of the account's ledger rows for each
+        -- of its reservations.
+        SELECT l.account_id, l.reservation_id, -sum(l.amount) AS amount
+          FROM credits.ledger l
+         WHERE l.reservation_id IS NOT NULL
+           AND l.kind IN ('charge', 'overage', 'debt', 'refund', 'overage_refund', 'debt_refund')
+         GROUP BY 1, 2
     ), period_usage AS (
         SELECT a.account_id,
                coalesce(-sum(l.amount) FILTER (WHERE l.kind IN ('charge', 'refund', 'debt', 'debt_refund')), 0) AS used,
@@ -189,8 +199,6 @@ AS $$
            format('reservation %s: charged %s, refunded %s, ledger %s', r.reservation_id, r.charged, r.refunded,
                   coalesce(lr.amount, 0))
       FROM credits.reservations r
-      LEFT JOIN LATERAL (SELECT -sum(l.amount) AS amount FROM credits.ledger l
-                          WHERE l.account_id = r.account_id AND l.reservation_id = r.reservation_id
-                            AND l.kind IN ('charge', 'overage', 'debt', 'refund', 'overage_refund', 'debt_refund')) lr ON true
+      LEFT JOIN reservation_ledger lr ON lr.account_id = r.account_id AND lr.reservation_id = r.reservation_id
      WHERE r.status = 'committed' AND NOT r.byok AND r.charged - r.refunded <> coalesce(lr.amount, 0)
 $$;

@@ -1,0 +1,105 @@
+-- credits_verify(): every invariant it checks is reported when that
+-- invariant is broken behind the API (and only the invariants that the
+-- tampering breaks), and it reads the ledger a bounded number of times, not
+-- once per reservation.
+\ir helpers.inc
+SELECT plan(17);
+
+SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
+                           limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
+SELECT credits_account_upsert(account_id => 'v', plan_id => 'pro');
+SELECT credits_account_upsert(account_id => 'w', plan_id => 'pro');
+-- v: a commit, a commit partly refunded, a pending hold.
+SELECT credits_reserve(account_id => 'v', amount => 30, product => 'editor')::text AS c1 \gset
+SELECT credits_commit(:'c1', 25);
+SELECT credits_reserve(account_id => 'v', amount => 10, product => 'seo')::text AS c2 \gset
+SELECT credits_commit(:'c2');
+SELECT credits_refund(:'c2', 4);
+SELECT credits_reserve(account_id => 'v', amount => 5, product => 'editor')::text AS p1 \gset
+-- w: 10 into overage, and a pending hold of 5 more overage.
+SELECT credits_commit(credits_reserve(account_id => 'w', amount => 110, product => 'editor'));
+SELECT credits_reserve(account_id => 'w', amount => 5, product => 'editor')::text AS o2 \gset
+
+-- The invariants credits_verify() reports after running tamper (SQL that
+-- writes the tables behind the API), as 'invariant: account' lines in
+-- order; the tampering is rolled back (the block's subtransaction).
+CREATE FUNCTION pg_temp.reported(tamper text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    found text;
+BEGIN
+    EXECUTE tamper;
+    SELECT string_agg(x, '; ' ORDER BY x) INTO found
+      FROM (SELECT DISTINCT invariant || ': ' || account_id AS x FROM credits_verify()) s;
+    RAISE EXCEPTION USING ERRCODE = 'T0001', MESSAGE = coalesce(found, 'nothing');
+EXCEPTION WHEN SQLSTATE 'T0001' THEN
+    RETURN SQLERRM;
+END
+$$;
+
+SELECT is(pg_temp.reported('SELECT 1'), 'nothing', 'a healthy database: credits_verify() reports nothing');
+SELECT is(pg_temp.reported($$UPDATE credits.buckets SET balance = balance + 1 WHERE account_id = 'v' AND kind = 'allocation';
+                              UPDATE credits.accounts SET balance = balance + 1 WHERE account_id = 'v'$$),
+          'bucket balance equals its ledger rows: v', 'a bucket balance that its ledger rows do not add up to');
+SELECT is(pg_temp.reported($$INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, actor, created_at)
+                              VALUES ('v', 'adjustment', 1, gen_random_uuid(), 'tamper', credits._now())$$),
+          'ledger rows belong to a bucket of their account: v', 'a ledger row of a bucket that does not exist');
+SELECT is(pg_temp.reported($$UPDATE credits.buckets SET held = held + 1 WHERE account_id = 'v' AND kind = 'allocation';
+                              UPDATE credits.accounts SET held = held + 1 WHERE account_id = 'v'$$),
+          'bucket held equals its pending draws: v', 'a bucket hold that no pending reservation draws');
+SELECT is(pg_temp.reported($$UPDATE credits.accounts SET balance = balance + 1 WHERE account_id = 'v'$$),
+          'account balance and holds equal its buckets: v', 'an account balance that is not its buckets''');
+SELECT is(pg_temp.reported($$UPDATE credits.accounts SET overage_held = overage_held + 1 WHERE account_id = 'w'$$),
+          'account overage hold equals its pending reservations: w', 'an overage hold that no pending reservation takes');
+SELECT is(pg_temp.reported($$UPDATE credits.accounts SET debt = 1 WHERE account_id = 'v'$$),
+          'account debt equals its ledger rows: v', 'a debt without its ledger rows');
+SELECT is(pg_temp.reported($$UPDATE credits.accounts SET period_used = period_used + 1 WHERE account_id = 'v'$$),
+          'period usage equals the ledger rows of the period: v', 'period usage that the period''s ledger rows do not add up to');
+SELECT is(pg_temp.reported($$UPDATE credits.accounts SET period_overage = -1 WHERE account_id = 'v'$$),
+          'account is within its limits: v; period usage equals the ledger rows of the period: v; stored values are valid: v',
+          'a negative overage: outside the limits, not the ledger''s, not a valid value');
+SELECT is(pg_temp.reported($$ALTER TABLE credits.accounts DROP CONSTRAINT accounts_within_limits;
+                              UPDATE credits.accounts SET held = balance + 1 WHERE account_id = 'v'$$),
+          'account balance and holds equal its buckets: v; account is within its limits: v',
+          'an account holding more than its balance (with the CHECK constraint that refuses it dropped)');
+SELECT is(pg_temp.reported($$UPDATE credits.buckets SET priority = 7 WHERE account_id = 'v' AND kind = 'allocation'$$),
+          'stored values are valid: v', 'a bucket priority that is not its kind''s');
+SELECT is(pg_temp.reported($$UPDATE credits.accounts SET next_event = period_end + interval '1 day' WHERE account_id = 'v'$$),
+          'account next_event is not after anything due: v', 'a next_event after the period end');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET charged = 1 WHERE reservation_id = %L', :'p1')),
+          'reservation state is consistent: v', 'a pending reservation with a charge');
+SELECT is(pg_temp.reported($$UPDATE credits.usage_rollup SET used = used + 1 WHERE account_id = 'v' AND product = 'editor'$$),
+          'usage roll-up equals the ledger: v', 'a roll-up figure that the ledger does not add up to');
+SELECT is(pg_temp.reported($$UPDATE credits.usage_rollup SET actions = actions + 1 WHERE account_id = 'v' AND product = 'editor'$$),
+          'usage roll-up counts every commit: v', 'a roll-up action count that is not the commits''');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET refunded = refunded + 1 WHERE reservation_id = %L', :'c1')),
+          'committed charges equal their ledger rows: v', 'a refund that has no ledger row');
+
+-- At scale: 400 actions of one account. credits_verify() reads the ledger in
+-- a few passes; until 0.3.5 it read all of an account's ledger rows once for
+-- each of its committed reservations (400 x 400 rows here; minutes for
+-- hundreds of thousands of rows), whatever the statistics.
+SELECT credits_plan_upsert(plan_id => 'big', allocation => 100000);
+SELECT credits_account_upsert(account_id => 'big', plan_id => 'big');
+DO $$
+BEGIN
+    FOR i IN 1..400 LOOP
+        PERFORM credits_commit(credits_reserve(account_id => 'big', amount => 3, product => 'editor'), 2);
+    END LOOP;
+END
+$$;
+-- With statistics, as autovacuum keeps them (tables never analyzed look
+-- nearly empty to the planner, which then joins them by nested loops).
+ANALYZE credits.accounts, credits.buckets, credits.reservations, credits.ledger, credits.usage_rollup;
+SET LOCAL max_parallel_workers_per_gather = 0;
+SELECT count(*) AS ledger_rows FROM credits.ledger \gset
+SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) AS read_before
+  FROM pg_stat_xact_user_tables WHERE relid = 'credits.ledger'::regclass \gset
+SELECT count(*) FROM credits_verify() \gset
+SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) AS read_after
+  FROM pg_stat_xact_user_tables WHERE relid = 'credits.ledger'::regclass \gset
+SELECT cmp_ok(:read_after - :read_before, '<=', 20 * :ledger_rows,
+              format('credits_verify() reads the ledger (%s rows) in a few passes: %s rows read',
+                     :ledger_rows, :read_after - :read_before));
+
+SELECT * FROM finish();
+ROLLBACK;
