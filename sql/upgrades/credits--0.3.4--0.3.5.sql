@@ -19,9 +19,8 @@
 -- credits_verify() sums each reservation's ledger rows in one pass over the
 -- ledger, which has no index by reservation, instead of reading all of the
 -- account's ledger rows once per committed reservation: quadratic in an
--- account's history: 35-60 s against 1.1 s now for 44,000 ledger rows,
--- more than 8 minutes against 8 s for the 364,000 of a 15-minute torture
--- run (README, credits_verify). Same result rows.
+-- account's history: 32-57 s against 0.5-0.6 s now for 44,000 ledger
+-- rows (README, credits_verify). Same result rows.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
