@@ -31,9 +31,8 @@ AS $$
          GROUP BY 1
     ), reservation_ledger AS (
         -- What each reservation's ledger rows add up to, in one pass over
-        -- the ledger (which has no index by reservation): looked up per
-        -- reservation, it read all of the account's ledger rows for each
-        -- of its reservations.
+        -- the ledger: it has no index by reservation, so a look-up per
+        -- reservation would read all of the account's ledger rows each time.
         SELECT l.account_id, l.reservation_id, -sum(l.amount) AS amount
           FROM credits.ledger l
          WHERE l.reservation_id IS NOT NULL
