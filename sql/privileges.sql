@@ -31,6 +31,7 @@ REVOKE ALL ON FUNCTION
     public.credits_recharge_fail(uuid, text),
     public.credits_events_claim(text, integer, interval, text[]),
     public.credits_events_ack(bigint[]),
+    public.credits_events_purge(interval, boolean, text[]),
     public.credits_account_bind(text, regrole),
     public.credits_account_unbind(text, regrole)
 FROM PUBLIC;
@@ -50,6 +51,7 @@ GRANT EXECUTE ON FUNCTION
     public.credits_purchase(text, text, text),
     public.credits_auto_recharge_set(text, boolean, text, numeric, numeric),
     public.credits_recharge_fail(uuid, text),
+    public.credits_events_purge(interval, boolean, text[]),
     public.credits_account_bind(text, regrole),
     public.credits_account_unbind(text, regrole),
     credits._maintenance_batch(integer)
@@ -130,6 +132,8 @@ COMMENT ON FUNCTION public.credits_events_claim(text, integer, interval, text[])
     'Claims up to max_events events for visibility (SKIP LOCKED); unacknowledged events come back afterwards.';
 COMMENT ON FUNCTION public.credits_events_ack(bigint[]) IS
     'Acknowledges handled events. Returns how many were newly acknowledged.';
+COMMENT ON FUNCTION public.credits_events_purge(interval, boolean, text[]) IS
+    'Deletes events acknowledged more than older_than ago (and unacknowledged ones created before then, if asked). Returns how many.';
 COMMENT ON FUNCTION public.credits_account_bind(text, regrole) IS
     'Binds an account to a role: members of bound roles see and touch only their accounts.';
 COMMENT ON FUNCTION public.credits_account_unbind(text, regrole) IS

@@ -1009,6 +1009,55 @@ fn two_python_workers_complete_each_recharge_exactly_once() {
 }
 
 #[test]
+fn a_purge_skips_the_events_a_consumer_holds_and_never_waits_for_it() {
+    let url = fresh_db("it_purge");
+    let mut client = connect(&url);
+    client
+        .batch_execute(
+            "SELECT credits._emit('acme', 'usage_alert', jsonb_build_object('n', i), credits._now())
+               FROM generate_series(1, 5) i;",
+        )
+        .unwrap();
+    // A consumer claims the two oldest events and is still handling them.
+    let mut consumer = connect(&url);
+    consumer.batch_execute("BEGIN").unwrap();
+    let claimed = consumer
+        .query(
+            "SELECT event_id FROM credits_events_claim(consumer => 'slow', max_events => 2)",
+            &[],
+        )
+        .unwrap()
+        .len();
+    assert_eq!(claimed, 2);
+    // The purge takes the three others at once: a purge that waited for
+    // the consumer's locks would fail here with lock_timeout (55P03).
+    let mut purger = connect(&url);
+    purger.batch_execute("SET lock_timeout = '2s'").unwrap();
+    let purge = "SELECT credits_events_purge(older_than => '0', unacknowledged => true)";
+    let started = Instant::now();
+    let purged: i64 = purger
+        .query_one(purge, &[])
+        .map_err(|e| sqlstate(&e))
+        .unwrap()
+        .get(0);
+    assert_eq!(purged, 3, "the events nobody holds are purged");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(count(&mut client, "SELECT count(*) FROM credits.events"), 2);
+    // Once the consumer acknowledges them and commits, the next run takes them.
+    consumer
+        .batch_execute(
+            "SELECT credits_events_ack((SELECT array_agg(event_id) FROM credits.events)); COMMIT",
+        )
+        .unwrap();
+    let purged: i64 = purger
+        .query_one("SELECT credits_events_purge(older_than => '0')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(purged, 2);
+    assert_eq!(count(&mut client, "SELECT count(*) FROM credits.events"), 0);
+}
+
+#[test]
 fn the_chart_example_renders_the_usage_dashboard_to_png() {
     let url = fresh_db("it_chart");
     let mut client = connect(&url);

@@ -21,6 +21,10 @@
 -- account's ledger rows once per committed reservation: quadratic in an
 -- account's history: 32-57 s against 0.5-0.6 s now for 44,000 ledger
 -- rows (README, credits_verify). Same result rows.
+--
+-- New: credits_events_purge(older_than, unacknowledged, kinds), the events
+-- outbox's retention. Acknowledged events were kept forever; an admin (or a
+-- pg_cron job) now deletes those acknowledged more than older_than ago.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -334,3 +338,58 @@ AS $$
       LEFT JOIN reservation_ledger lr ON lr.account_id = r.account_id AND lr.reservation_id = r.reservation_id
      WHERE r.status = 'committed' AND NOT r.byok AND r.charged - r.refunded <> coalesce(lr.amount, 0)
 $$;
+
+-- Retention: acknowledged events are only history once handled, and the
+-- table would otherwise grow by every alert and recharge request forever.
+-- Deletes the events acknowledged more than older_than ago and, only when
+-- asked (a deployment that consumes no events, or not these kinds), the
+-- unacknowledged ones created more than older_than ago. Rows that another
+-- session holds locked (a claim or an ack in flight) are skipped, so a purge
+-- never waits for a consumer and never deadlocks with one; the next run
+-- takes them. A caller bound to accounts purges only their events.
+CREATE FUNCTION public.credits_events_purge(
+    older_than     interval DEFAULT '30 days',
+    unacknowledged boolean DEFAULT false,
+    kinds          text[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_cutoff   timestamptz;
+    v_sees_all boolean := credits._sees_all();
+    v_bound    text[];
+    n          bigint;
+BEGIN
+    PERFORM credits._required(credits_events_purge.older_than IS NULL, 'older_than');
+    PERFORM credits._required(credits_events_purge.unacknowledged IS NULL, 'unacknowledged');
+    IF credits_events_purge.older_than < interval '0' THEN
+        PERFORM credits._raise('22023', 'older_than must not be negative',
+            format('older_than is %s.', credits_events_purge.older_than),
+            'Pass how old a handled event must be to go, such as ''30 days''; ''0'' purges every acknowledged event.');
+    END IF;
+    v_cutoff := credits._now() - credits_events_purge.older_than;
+    IF NOT v_sees_all THEN
+        v_bound := credits._bound_accounts();
+    END IF;
+    WITH doomed AS (
+        SELECT e.event_id, e.account_id FROM credits.events e
+         WHERE (e.acked_at <= v_cutoff
+                OR (credits_events_purge.unacknowledged AND e.acked_at IS NULL AND e.created_at <= v_cutoff))
+           AND (credits_events_purge.kinds IS NULL OR e.kind = ANY (credits_events_purge.kinds))
+           AND (v_sees_all OR e.account_id = ANY (v_bound))
+           FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM credits.events e
+     USING doomed d
+     WHERE e.event_id = d.event_id AND e.account_id = d.account_id;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+REVOKE ALL ON FUNCTION public.credits_events_purge(interval, boolean, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.credits_events_purge(interval, boolean, text[]) TO credits_admin;
+COMMENT ON FUNCTION public.credits_events_purge(interval, boolean, text[]) IS
+    'Deletes events acknowledged more than older_than ago (and unacknowledged ones created before then, if asked). Returns how many.';
