@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_verify_empty, base_url, connect, count, fresh_db, sqlstate};
+use common::{assert_verify_empty, base_url, connect, count, fresh_db, rows, sqlstate};
 use postgres::Client;
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
@@ -812,7 +812,7 @@ fn maintenance_in_batches_racing_reserves_rolls_every_account_once() {
 }
 
 #[test]
-fn pg_cron_runs_the_maintenance_job_and_rolls_a_due_account() {
+fn pg_cron_runs_the_readme_jobs_rolls_a_due_account_and_purges_old_events() {
     // pg_cron runs its jobs in the database named by cron.database_name,
     // `credits` in the clusters of scripts/cluster.sh.
     let url = format!("{} dbname=credits", base_url());
@@ -820,43 +820,71 @@ fn pg_cron_runs_the_maintenance_job_and_rolls_a_due_account() {
     client
         .batch_execute(
             "CREATE EXTENSION IF NOT EXISTS pg_cron;
-             SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'credits-maintenance';
+             SELECT cron.unschedule(jobid) FROM cron.job
+              WHERE jobname IN ('credits-maintenance', 'credits-events-purge');
              DROP EXTENSION IF EXISTS credits CASCADE;
              CREATE EXTENSION credits;",
         )
         .unwrap();
     due_accounts(&mut client, "cron", 3);
-    let scheduled_at: String = client.query_one("SELECT now()::text", &[]).unwrap().get(0);
-    let job: i64 = client
-        .query_one(
-            "SELECT cron.schedule('credits-maintenance', '* * * * *', 'CALL credits_maintenance()')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    let deadline = Instant::now() + Duration::from_secs(130);
-    let status = loop {
-        let row = client
-            .query_opt(
-                "SELECT status FROM cron.job_run_details WHERE jobid = $1 AND status IN ('succeeded', 'failed')
-                    AND start_time >= $2::text::timestamptz
-                  ORDER BY start_time DESC LIMIT 1",
-                &[&job, &scheduled_at],
-            )
-            .unwrap();
-        if let Some(row) = row {
-            break row.get::<_, String>(0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pg_cron did not run the job within 130 s"
-        );
-        thread::sleep(Duration::from_secs(2));
-    };
+    // An event acknowledged 40 days ago and one nobody acknowledged, for
+    // the README's events purge job.
     client
-        .execute("SELECT cron.unschedule($1::bigint)", &[&job])
+        .batch_execute(
+            "INSERT INTO credits.events (account_id, kind, payload, created_at, visible_at, acked_at)
+             VALUES ('cron1', 'usage_alert', '{\"old\": true}', now() - interval '41 days', now() - interval '41 days',
+                     now() - interval '40 days'),
+                    ('cron1', 'usage_alert', '{\"old\": false}', now() - interval '41 days', now() - interval '41 days',
+                     NULL);",
+        )
         .unwrap();
-    assert_eq!(status, "succeeded");
+    let scheduled_at: String = client.query_one("SELECT now()::text", &[]).unwrap().get(0);
+    let mut schedule = |name: &str, command: &str| -> i64 {
+        client
+            .query_one(
+                "SELECT cron.schedule($1, '* * * * *', $2)",
+                &[&name, &command],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let jobs = [
+        schedule("credits-maintenance", "CALL credits_maintenance()"),
+        // The README's command, run every minute here.
+        schedule(
+            "credits-events-purge",
+            "SELECT credits_events_purge(older_than => '30 days')",
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(130);
+    let mut statuses = Vec::new();
+    for job in jobs {
+        let status = loop {
+            let row = client
+                .query_opt(
+                    "SELECT status FROM cron.job_run_details WHERE jobid = $1 AND status IN ('succeeded', 'failed')
+                        AND start_time >= $2::text::timestamptz
+                      ORDER BY start_time DESC LIMIT 1",
+                    &[&job, &scheduled_at],
+                )
+                .unwrap();
+            if let Some(row) = row {
+                break row.get::<_, String>(0);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pg_cron did not run job {job} within 130 s"
+            );
+            thread::sleep(Duration::from_secs(2));
+        };
+        statuses.push(status);
+    }
+    for job in jobs {
+        client
+            .execute("SELECT cron.unschedule($1::bigint)", &[&job])
+            .unwrap();
+    }
+    assert_eq!(statuses, ["succeeded", "succeeded"]);
     assert_rolled_to_now(&mut client);
     let rolled_by_cron: i64 = client
         .query_one(
@@ -868,6 +896,14 @@ fn pg_cron_runs_the_maintenance_job_and_rolls_a_due_account() {
     assert_eq!(
         rolled_by_cron, 3,
         "the job granted each account its new allocation"
+    );
+    assert_eq!(
+        rows(
+            &mut client,
+            "SELECT payload::text FROM credits.events WHERE payload ? 'old' ORDER BY event_id"
+        ),
+        [r#"{"old": false}"#],
+        "the purge job deleted the old acknowledged event and kept the unacknowledged one"
     );
     assert_verify_empty(&mut client);
 }
