@@ -88,6 +88,7 @@ GRANT EXECUTE ON FUNCTION
     credits._roll_plan(jsonb),
     credits._limit(credits.accounts, timestamptz),
     credits._now(),
+    credits._now_stable(),
     credits._raise(text, text, text, text),
     credits._unknown_account(text),
     credits._sees_all(),

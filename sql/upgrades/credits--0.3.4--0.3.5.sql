@@ -25,6 +25,12 @@
 -- New: credits_events_purge(older_than, unacknowledged, kinds), the events
 -- outbox's retention. Acknowledged events were kept forever; an admin (or a
 -- pg_cron job) now deletes those acknowledged more than older_than ago.
+--
+-- credits.actions reads the clock through credits._now_stable(), a STABLE
+-- wrapper of credits._now(): a view whose columns call a VOLATILE function
+-- is not merged into the query that reads it, so "the last 20 actions of an
+-- account" read and sorted all of the account's reservations instead of
+-- 20 index entries (README, At scale). Same columns and rows.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -393,3 +399,34 @@ REVOKE ALL ON FUNCTION public.credits_events_purge(interval, boolean, text[]) FR
 GRANT EXECUTE ON FUNCTION public.credits_events_purge(interval, boolean, text[]) TO credits_admin;
 COMMENT ON FUNCTION public.credits_events_purge(interval, boolean, text[]) IS
     'Deletes events acknowledged more than older_than ago (and unacknowledged ones created before then, if asked). Returns how many.';
+
+-- The clock of the per-action log: credits._now(), declared STABLE. Postgres
+-- does not merge a view whose columns call a VOLATILE function into the
+-- query that reads it, so "the last 20 actions of an account" read and
+-- sorted every reservation of the account instead of 20 rows of
+-- reservations_by_account_time. A read needs no more than STABLE: nothing
+-- here writes, and whether a hold shows as expired may use any moment of
+-- the query.
+CREATE FUNCTION credits._now_stable() RETURNS timestamptz
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN credits._now();
+END
+$$;
+
+-- The per-action log: one row per reservation. Failed actions show as refunded.
+CREATE OR REPLACE VIEW credits.actions WITH (security_invoker = true) AS
+SELECT r.reservation_id, r.account_id, r.created_at, r.resolved_at, r.product, r.action,
+       CASE WHEN r.status = 'released' THEN 'refunded'
+            WHEN r.status = 'committed' AND r.refunded > 0 AND r.refunded = r.charged THEN 'refunded'
+            WHEN r.status = 'committed' AND r.refunded > 0 THEN 'partially_refunded'
+            WHEN r.status = 'pending' AND r.expires_at <= credits._now_stable() THEN 'expired'
+            ELSE r.status END AS status,
+       trim_scale(r.amount) AS reserved, trim_scale(coalesce(r.charged, 0)) AS charged,
+       trim_scale(r.refunded) AS refunded, trim_scale(coalesce(r.charged, 0) - r.refunded) AS net,
+       trim_scale(r.overage) AS overage, r.byok, r.expires_at,
+       r.metadata->>'project' AS project, r.metadata->>'session' AS session, r.metadata
+  FROM credits.reservations r;
+REVOKE ALL ON FUNCTION credits._now_stable() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION credits._now_stable() TO credits_reader, credits_app, credits_admin;

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(16);
+SELECT plan(20);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -89,6 +89,39 @@ SELECT is((SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespa
 SELECT ok((SELECT bool_and(has_table_privilege('credits_reader', format('credits.%I', v), 'SELECT'))
              FROM unnest(ARRAY['account_summary', 'usage_daily', 'usage_monthly', 'transactions', 'actions', 'metrics']) v),
           'the reader role may read every view');
+
+-- A pending hold past its ttl shows as expired, by the extension's clock,
+-- and reading it writes nothing.
+SELECT credits_reserve(account_id => 'v', amount => 1, product => 'editor', ttl => '1 minute')::text AS held \gset
+SELECT is((SELECT status FROM credits.actions WHERE reservation_id = :'held'), 'pending', 'actions: a live hold is pending');
+SET LOCAL credits.now = '2026-04-01 00:02:00+00';
+SELECT is((SELECT status FROM credits.actions WHERE reservation_id = :'held'), 'expired',
+          'actions: a hold past its ttl shows as expired');
+SELECT is((SELECT status FROM credits.reservations WHERE reservation_id = :'held'), 'pending', 'without writing');
+
+-- "The last actions of an account" reads that many reservations by index,
+-- not all of the account's: the view must merge into the query that reads
+-- it (no VOLATILE function among its columns). Sequential and bitmap scans
+-- are off so that the plan does not depend on the statistics of a small
+-- table; a view that is not merged reads all 300 by index and sorts them.
+SELECT credits_plan_upsert(plan_id => 'large', allocation => 1000);
+SELECT credits_account_upsert(account_id => 'many', plan_id => 'large');
+SELECT count(credits_commit(credits_reserve(account_id => 'many', amount => 1, product => 'editor'))) AS n_many
+  FROM generate_series(1, 300) \gset
+SET LOCAL enable_seqscan = off;
+SET LOCAL enable_bitmapscan = off;
+SET LOCAL max_parallel_workers_per_gather = 0;
+SELECT coalesce(idx_tup_fetch, 0) + seq_tup_read AS read_before
+  FROM pg_stat_xact_user_tables WHERE relid = 'credits.reservations'::regclass \gset
+SELECT count(*) FROM (SELECT * FROM credits.actions WHERE account_id = 'many' ORDER BY created_at DESC LIMIT 5) x \gset
+SELECT coalesce(idx_tup_fetch, 0) + seq_tup_read AS read_after
+  FROM pg_stat_xact_user_tables WHERE relid = 'credits.reservations'::regclass \gset
+SELECT cmp_ok(:read_after - :read_before, '<=', 20,
+              format('the last 5 actions of an account with 300 read %s reservations', :read_after - :read_before));
+RESET enable_seqscan;
+RESET enable_bitmapscan;
+RESET max_parallel_workers_per_gather;
+
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
