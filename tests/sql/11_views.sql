@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(20);
+SELECT plan(21);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -118,6 +118,13 @@ SELECT coalesce(idx_tup_fetch, 0) + seq_tup_read AS read_after
   FROM pg_stat_xact_user_tables WHERE relid = 'credits.reservations'::regclass \gset
 SELECT cmp_ok(:read_after - :read_before, '<=', 20,
               format('the last 5 actions of an account with 300 read %s reservations', :read_after - :read_before));
+SELECT coalesce(idx_tup_fetch, 0) + seq_tup_read AS read_before
+  FROM pg_stat_xact_user_tables WHERE relid = 'credits.ledger'::regclass \gset
+SELECT count(*) FROM (SELECT * FROM credits.transactions WHERE account_id = 'many' ORDER BY created_at DESC LIMIT 5) x \gset
+SELECT coalesce(idx_tup_fetch, 0) + seq_tup_read AS read_after
+  FROM pg_stat_xact_user_tables WHERE relid = 'credits.ledger'::regclass \gset
+SELECT cmp_ok(:read_after - :read_before, '<=', 20,
+              format('and its last 5 transactions (of 301) read %s ledger rows', :read_after - :read_before));
 RESET enable_seqscan;
 RESET enable_bitmapscan;
 RESET max_parallel_workers_per_gather;
