@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(21);
+SELECT plan(22);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -125,6 +125,19 @@ SELECT coalesce(idx_tup_fetch, 0) + seq_tup_read AS read_after
   FROM pg_stat_xact_user_tables WHERE relid = 'credits.ledger'::regclass \gset
 SELECT cmp_ok(:read_after - :read_before, '<=', 20,
               format('and its last 5 transactions (of 301) read %s ledger rows', :read_after - :read_before));
+-- A page of the usage ring computes the state of that page's accounts only
+-- (account_summary merges too: no VOLATILE function among its columns).
+SELECT count(credits_account_upsert(account_id => 'page' || i, plan_id => 'large')) AS n_page
+  FROM generate_series(1, 100) i \gset
+SET LOCAL track_functions = 'pl';
+SELECT coalesce((SELECT calls FROM pg_stat_xact_user_functions
+                  WHERE funcid = 'credits._account_state(text, timestamptz)'::regprocedure), 0) AS calls_before \gset
+SELECT count(*) FROM (SELECT * FROM credits.account_summary ORDER BY account_id LIMIT 5) x \gset
+SELECT coalesce((SELECT calls FROM pg_stat_xact_user_functions
+                  WHERE funcid = 'credits._account_state(text, timestamptz)'::regprocedure), 0) AS calls_after \gset
+SELECT cmp_ok(:calls_after - :calls_before, '<=', 10,
+              format('a page of 5 accounts of %s computes %s account states',
+                     (SELECT count(*) FROM credits.accounts), :calls_after - :calls_before));
 RESET enable_seqscan;
 RESET enable_bitmapscan;
 RESET max_parallel_workers_per_gather;
