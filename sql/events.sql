@@ -112,10 +112,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_cutoff   timestamptz;
-    v_sees_all boolean := credits._sees_all();
-    v_bound    text[];
-    n          bigint;
+    v_cutoff timestamptz;
+    n        bigint;
 BEGIN
     PERFORM credits._required(credits_events_purge.older_than IS NULL, 'older_than');
     PERFORM credits._required(credits_events_purge.unacknowledged IS NULL, 'unacknowledged');
@@ -125,15 +123,14 @@ BEGIN
             'Pass how old a handled event must be to go, such as ''30 days''; ''0'' purges every acknowledged event.');
     END IF;
     v_cutoff := credits._now() - credits_events_purge.older_than;
-    IF NOT v_sees_all THEN
-        v_bound := credits._bound_accounts();
-    END IF;
     WITH doomed AS (
         SELECT e.event_id, e.account_id FROM credits.events e
          WHERE (e.acked_at <= v_cutoff
                 OR (credits_events_purge.unacknowledged AND e.acked_at IS NULL AND e.created_at <= v_cutoff))
            AND (credits_events_purge.kinds IS NULL OR e.kind = ANY (credits_events_purge.kinds))
-           AND (v_sees_all OR e.account_id = ANY (v_bound))
+           -- The binding rule of credits._may_touch(), evaluated once per
+           -- purge (as the row-level security policies do), not per event.
+           AND ((SELECT credits._sees_all()) OR e.account_id = ANY ((SELECT credits._bound_accounts())::text[]))
            FOR UPDATE SKIP LOCKED
     )
     DELETE FROM credits.events e

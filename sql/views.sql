@@ -2,6 +2,22 @@
 -- row-level security of the tables underneath decides what a reader sees.
 -- Their columns are stable; new columns are only ever added at the end.
 
+-- The views' clock: credits._now(), declared STABLE. Postgres does not
+-- merge a view whose columns call a VOLATILE function into the query that
+-- reads it, so "the last 20 actions of an account" would read and sort
+-- every reservation of the account instead of 20 rows of
+-- reservations_by_account_time, and a page of the usage ring would compute
+-- every account's state. A read needs no more than STABLE: nothing here
+-- writes, and whether a hold shows as expired may use any moment of the
+-- query. Every view reads the clock through it, never credits._now().
+CREATE FUNCTION credits._now_stable() RETURNS timestamptz
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN credits._now();
+END
+$$;
+
 -- The usage ring: one row per account, in its rolled-forward state. (The
 -- account columns come from the table so that a WHERE on them reaches the
 -- index before the per-account function runs.)
@@ -14,7 +30,7 @@ SELECT a.account_id, a.plan_id, a.byok, s.limit_mode, s.soft_limit AS soft_allow
        trim_scale(s.debt) AS debt, s.period_start, s.period_end, s.period_end AS next_reset,
        s.days_until_reset, s.override_until
   FROM credits.accounts a,
-       LATERAL credits._account_state(a.account_id, credits._now()) s;
+       LATERAL credits._account_state(a.account_id, credits._now_stable()) s;
 
 -- Daily usage per account and product (UTC days), from the roll-up.
 CREATE VIEW credits.usage_daily WITH (security_invoker = true) AS
@@ -48,21 +64,6 @@ SELECT l.entry_id, l.account_id, l.created_at,
   FROM credits.ledger l
   LEFT JOIN credits.reservations r ON r.reservation_id = l.reservation_id AND r.account_id = l.account_id;
 
--- The clock of the per-action log: credits._now(), declared STABLE. Postgres
--- does not merge a view whose columns call a VOLATILE function into the
--- query that reads it, so "the last 20 actions of an account" read and
--- sorted every reservation of the account instead of 20 rows of
--- reservations_by_account_time. A read needs no more than STABLE: nothing
--- here writes, and whether a hold shows as expired may use any moment of
--- the query.
-CREATE FUNCTION credits._now_stable() RETURNS timestamptz
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-AS $$
-BEGIN
-    RETURN credits._now();
-END
-$$;
-
 -- The per-action log: one row per reservation. Failed actions show as refunded.
 CREATE VIEW credits.actions WITH (security_invoker = true) AS
 SELECT r.reservation_id, r.account_id, r.created_at, r.resolved_at, r.product, r.action,
@@ -83,7 +84,7 @@ CREATE VIEW credits.metrics WITH (security_invoker = true) AS
 SELECT account_id, product, sum(actions)::bigint AS actions_total,
        trim_scale(sum(used)) AS used_total, trim_scale(sum(overage)) AS overage_total,
        trim_scale(sum(refunded)) AS refunded_total, trim_scale(sum(billable_overage)) AS billable_overage_total,
-       trim_scale(sum(byok_used)) AS byok_used_total, credits._now() AS scrape_time
+       trim_scale(sum(byok_used)) AS byok_used_total, credits._now_stable() AS scrape_time
   FROM credits.usage_rollup
  GROUP BY account_id, product;
 

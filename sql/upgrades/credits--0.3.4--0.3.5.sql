@@ -26,11 +26,13 @@
 -- outbox's retention. Acknowledged events were kept forever; an admin (or a
 -- pg_cron job) now deletes those acknowledged more than older_than ago.
 --
--- credits.actions reads the clock through credits._now_stable(), a STABLE
+-- The views read the clock through credits._now_stable(), a STABLE
 -- wrapper of credits._now(): a view whose columns call a VOLATILE function
--- is not merged into the query that reads it, so "the last 20 actions of an
--- account" read and sorted all of the account's reservations instead of
--- 20 index entries (README, At scale). Same columns and rows.
+-- is not merged into the query that reads it, so in credits.actions "the
+-- last 20 actions of an account" read and sorted all of the account's
+-- reservations instead of 20 index entries (README, At scale).
+-- credits.account_summary and credits.metrics use it too. Same columns and
+-- rows.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -364,10 +366,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_cutoff   timestamptz;
-    v_sees_all boolean := credits._sees_all();
-    v_bound    text[];
-    n          bigint;
+    v_cutoff timestamptz;
+    n        bigint;
 BEGIN
     PERFORM credits._required(credits_events_purge.older_than IS NULL, 'older_than');
     PERFORM credits._required(credits_events_purge.unacknowledged IS NULL, 'unacknowledged');
@@ -377,15 +377,14 @@ BEGIN
             'Pass how old a handled event must be to go, such as ''30 days''; ''0'' purges every acknowledged event.');
     END IF;
     v_cutoff := credits._now() - credits_events_purge.older_than;
-    IF NOT v_sees_all THEN
-        v_bound := credits._bound_accounts();
-    END IF;
     WITH doomed AS (
         SELECT e.event_id, e.account_id FROM credits.events e
          WHERE (e.acked_at <= v_cutoff
                 OR (credits_events_purge.unacknowledged AND e.acked_at IS NULL AND e.created_at <= v_cutoff))
            AND (credits_events_purge.kinds IS NULL OR e.kind = ANY (credits_events_purge.kinds))
-           AND (v_sees_all OR e.account_id = ANY (v_bound))
+           -- The binding rule of credits._may_touch(), evaluated once per
+           -- purge (as the row-level security policies do), not per event.
+           AND ((SELECT credits._sees_all()) OR e.account_id = ANY ((SELECT credits._bound_accounts())::text[]))
            FOR UPDATE SKIP LOCKED
     )
     DELETE FROM credits.events e
@@ -400,13 +399,14 @@ GRANT EXECUTE ON FUNCTION public.credits_events_purge(interval, boolean, text[])
 COMMENT ON FUNCTION public.credits_events_purge(interval, boolean, text[]) IS
     'Deletes events acknowledged more than older_than ago (and unacknowledged ones created before then, if asked). Returns how many.';
 
--- The clock of the per-action log: credits._now(), declared STABLE. Postgres
--- does not merge a view whose columns call a VOLATILE function into the
--- query that reads it, so "the last 20 actions of an account" read and
--- sorted every reservation of the account instead of 20 rows of
--- reservations_by_account_time. A read needs no more than STABLE: nothing
--- here writes, and whether a hold shows as expired may use any moment of
--- the query.
+-- The views' clock: credits._now(), declared STABLE. Postgres does not
+-- merge a view whose columns call a VOLATILE function into the query that
+-- reads it, so "the last 20 actions of an account" would read and sort
+-- every reservation of the account instead of 20 rows of
+-- reservations_by_account_time, and a page of the usage ring would compute
+-- every account's state. A read needs no more than STABLE: nothing here
+-- writes, and whether a hold shows as expired may use any moment of the
+-- query. Every view reads the clock through it, never credits._now().
 CREATE FUNCTION credits._now_stable() RETURNS timestamptz
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
@@ -414,6 +414,20 @@ BEGIN
     RETURN credits._now();
 END
 $$;
+
+-- The usage ring: one row per account, in its rolled-forward state. (The
+-- account columns come from the table so that a WHERE on them reaches the
+-- index before the per-account function runs.)
+CREATE OR REPLACE VIEW credits.account_summary WITH (security_invoker = true) AS
+SELECT a.account_id, a.plan_id, a.byok, s.limit_mode, s.soft_limit AS soft_allowance,
+       trim_scale(s.allocation) AS allocation, trim_scale(s.used) AS used,
+       CASE WHEN s.allocation > 0 THEN round(100 * s.used / s.allocation, 2) END AS percent_used,
+       trim_scale(s.reserved) AS reserved, trim_scale(s.available) AS available,
+       trim_scale(s.overage) AS overage, trim_scale(s.overage_available) AS overage_available,
+       trim_scale(s.debt) AS debt, s.period_start, s.period_end, s.period_end AS next_reset,
+       s.days_until_reset, s.override_until
+  FROM credits.accounts a,
+       LATERAL credits._account_state(a.account_id, credits._now_stable()) s;
 
 -- The per-action log: one row per reservation. Failed actions show as refunded.
 CREATE OR REPLACE VIEW credits.actions WITH (security_invoker = true) AS
@@ -428,5 +442,15 @@ SELECT r.reservation_id, r.account_id, r.created_at, r.resolved_at, r.product, r
        trim_scale(r.overage) AS overage, r.byok, r.expires_at,
        r.metadata->>'project' AS project, r.metadata->>'session' AS session, r.metadata
   FROM credits.reservations r;
+
+-- Counters for scraping (Prometheus exporters, Grafana): totals per account
+-- and product since the beginning, with the time of the scrape.
+CREATE OR REPLACE VIEW credits.metrics WITH (security_invoker = true) AS
+SELECT account_id, product, sum(actions)::bigint AS actions_total,
+       trim_scale(sum(used)) AS used_total, trim_scale(sum(overage)) AS overage_total,
+       trim_scale(sum(refunded)) AS refunded_total, trim_scale(sum(billable_overage)) AS billable_overage_total,
+       trim_scale(sum(byok_used)) AS byok_used_total, credits._now_stable() AS scrape_time
+  FROM credits.usage_rollup
+ GROUP BY account_id, product;
 REVOKE ALL ON FUNCTION credits._now_stable() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION credits._now_stable() TO credits_reader, credits_app, credits_admin;

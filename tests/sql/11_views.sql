@@ -111,18 +111,14 @@ SELECT count(credits_commit(credits_reserve(account_id => 'many', amount => 1, p
 SET LOCAL enable_seqscan = off;
 SET LOCAL enable_bitmapscan = off;
 SET LOCAL max_parallel_workers_per_gather = 0;
-SELECT coalesce(idx_tup_fetch, 0) + seq_tup_read AS read_before
-  FROM pg_stat_xact_user_tables WHERE relid = 'credits.reservations'::regclass \gset
+SELECT pg_temp.tuples_read('credits.reservations') AS read_before \gset
 SELECT count(*) FROM (SELECT * FROM credits.actions WHERE account_id = 'many' ORDER BY created_at DESC LIMIT 5) x \gset
-SELECT coalesce(idx_tup_fetch, 0) + seq_tup_read AS read_after
-  FROM pg_stat_xact_user_tables WHERE relid = 'credits.reservations'::regclass \gset
+SELECT pg_temp.tuples_read('credits.reservations') AS read_after \gset
 SELECT cmp_ok(:read_after - :read_before, '<=', 20,
               format('the last 5 actions of an account with 300 read %s reservations', :read_after - :read_before));
-SELECT coalesce(idx_tup_fetch, 0) + seq_tup_read AS read_before
-  FROM pg_stat_xact_user_tables WHERE relid = 'credits.ledger'::regclass \gset
+SELECT pg_temp.tuples_read('credits.ledger') AS read_before \gset
 SELECT count(*) FROM (SELECT * FROM credits.transactions WHERE account_id = 'many' ORDER BY created_at DESC LIMIT 5) x \gset
-SELECT coalesce(idx_tup_fetch, 0) + seq_tup_read AS read_after
-  FROM pg_stat_xact_user_tables WHERE relid = 'credits.ledger'::regclass \gset
+SELECT pg_temp.tuples_read('credits.ledger') AS read_after \gset
 SELECT cmp_ok(:read_after - :read_before, '<=', 20,
               format('and its last 5 transactions (of 301) read %s ledger rows', :read_after - :read_before));
 -- A page of the usage ring computes the state of that page's accounts only

@@ -92,11 +92,9 @@ $$;
 ANALYZE credits.accounts, credits.buckets, credits.reservations, credits.ledger, credits.usage_rollup;
 SET LOCAL max_parallel_workers_per_gather = 0;
 SELECT count(*) AS ledger_rows FROM credits.ledger \gset
-SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) AS read_before
-  FROM pg_stat_xact_user_tables WHERE relid = 'credits.ledger'::regclass \gset
+SELECT pg_temp.tuples_read('credits.ledger') AS read_before \gset
 SELECT count(*) FROM credits_verify() \gset
-SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) AS read_after
-  FROM pg_stat_xact_user_tables WHERE relid = 'credits.ledger'::regclass \gset
+SELECT pg_temp.tuples_read('credits.ledger') AS read_after \gset
 SELECT cmp_ok(:read_after - :read_before, '<=', 20 * :ledger_rows,
               format('credits_verify() reads the ledger (%s rows) in a few passes: %s rows read',
                      :ledger_rows, :read_after - :read_before));
