@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(35);
+SELECT plan(36);
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
@@ -111,6 +111,8 @@ SET LOCAL transaction_read_only = on;
 SET LOCAL credits.now = '2027-06-15 00:00:00+00';
 SELECT is(credits_balance('bd') #>> '{summary,period_start}', '2027-05-31T10:00:00.000000Z',
           'a read-only transaction sees the rolled-forward state too');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'bd', amount => 1, product => 'editor')$$, '25006', NULL,
+                 'a write path in a read-only transaction (or on a standby) fails with 25006');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
