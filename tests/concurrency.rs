@@ -1216,7 +1216,7 @@ fn a_mixed_workload_at_repeatable_read_and_serializable_breaks_no_invariant() {
                 k => format!("a{}", k + 1),
             };
             let amount = format!("{}", 1 + (n >> 40) % 9);
-            let (reserved, r) = if (n >> 20) % 6 == 0 && account != "byok" {
+            let (reserved, r) = if (n >> 20).is_multiple_of(6) && account != "byok" {
                 let (g, r) = with_retries(c, level, |tx| {
                     tx.query_one(
                         "SELECT credits_grant(account_id => $1, amount => $2::text::numeric, kind => 'topup')::text",
