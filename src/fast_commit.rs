@@ -22,8 +22,8 @@
 //! with nothing written, and the general path judges the call.
 
 use crate::fast_path::{
-    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, Plans, NUMERIC, TEXT, TID,
-    TIMESTAMPTZ, UUID,
+    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, writable, Plans, NUMERIC,
+    TEXT, TID, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -191,6 +191,9 @@ pub unsafe extern "C-unwind" fn credits_commit_fast(
 }
 
 unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
+    if !writable() {
+        return None;
+    }
     // SAFETY: argument positions and types are those of the SQL declaration.
     let (id, amount, force, account) = unsafe {
         (

@@ -51,6 +51,18 @@ pub unsafe fn text_arg<'a>(datum: Option<pg_sys::Datum>) -> Option<&'a str> {
     datum.and_then(|d| unsafe { <&str as FromDatum>::from_datum(d, false) })
 }
 
+/// Whether this transaction may write. A fast path declines at once when it
+/// may not: in a read-only transaction or on a hot standby the general path
+/// raises Postgres' own `25006`. (pgrx's `Spi::connect_mut` asks for the
+/// transaction's id first, and on a standby that fails with XX000, "cannot
+/// assign TransactionIds during recovery".) durability.rs calls both write
+/// paths on a streaming standby.
+pub fn writable() -> bool {
+    // SAFETY: a plain read of a backend-global flag that Postgres sets when
+    // the transaction starts (and on `SET transaction_read_only`).
+    !unsafe { pg_sys::XactReadOnly }
+}
+
 /// What the API accepts as an identifier (account, product, action): 1 to
 /// 255 characters, not only spaces. Anything else goes to the general path,
 /// which raises the precise error.

@@ -21,8 +21,8 @@
 //! path judges the call.
 
 use crate::fast_path::{
-    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, Plans, INTERVAL, JSONB,
-    NUMERIC, TEXT, TIMESTAMPTZ, UUID,
+    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, writable, Plans, INTERVAL,
+    JSONB, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -225,6 +225,9 @@ pub unsafe extern "C-unwind" fn credits_reserve_fast(
 }
 
 unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
+    if !writable() {
+        return None;
+    }
     // SAFETY: argument positions and types are those of the SQL declaration.
     let (account, amount, product, action, key, ttl, metadata) = unsafe {
         (

@@ -1,4 +1,5 @@
 //! Durability: pg_dump and pg_restore keep every balance and the hash chain;
+//! a streaming standby serves the read API and refuses writes with 25006;
 //! an install of each released version upgrades to the current version with its
 //! data and behaviour intact, into the same schema as a fresh install.
 
@@ -277,4 +278,232 @@ fn the_released_0_3_3_upgrades_with_its_data_and_behaviour_intact() {
 #[test]
 fn the_released_0_3_4_upgrades_with_its_data_and_behaviour_intact() {
     upgrade_from("0.3.4");
+}
+
+/// A streaming standby of the test cluster (pg_basebackup -R), stopped and
+/// removed when dropped, also when the test fails.
+struct Standby {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Standby {
+    fn start() -> Standby {
+        let port: u16 = base_url()
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("port="))
+            .and_then(|p| p.parse().ok())
+            .expect("CREDITS_TEST_URL names a port");
+        let standby = Standby {
+            dir: std::env::temp_dir().join("credits-it-standby"),
+            port: port + 5,
+        };
+        standby.stop();
+        let _ = std::fs::remove_dir_all(&standby.dir);
+        std::fs::create_dir_all(&standby.dir).unwrap();
+        let dir = standby.dir.to_str().unwrap().to_string();
+        let data = format!("{dir}/data");
+        let chown = Command::new("chown")
+            .args(["postgres:postgres", &dir])
+            .status();
+        assert!(chown.is_ok_and(|s| s.success()), "chown {dir}");
+        let mut args = vec!["--".to_string(), format!("{PGBIN}/pg_basebackup")];
+        args.extend(conn_args());
+        args.extend(["-D", &data, "-R", "-X", "stream", "-c", "fast"].map(String::from));
+        as_postgres(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(format!("{data}/postgresql.conf"))
+            .and_then(|mut f| {
+                use std::io::Write;
+                writeln!(
+                    f,
+                    "port = {}\nunix_socket_directories = '{dir}'\nshared_preload_libraries = ''",
+                    standby.port
+                )
+            })
+            .unwrap();
+        as_postgres(&[
+            "--",
+            &format!("{PGBIN}/pg_ctl"),
+            "-D",
+            &data,
+            "-l",
+            &format!("{dir}/server.log"),
+            "-w",
+            "start",
+        ]);
+        standby
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
+    }
+
+    fn stop(&self) {
+        let data = self.dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--", &format!("{PGBIN}/pg_ctl")])
+                .args([
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ])
+                .status();
+        }
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a command as the postgres user.
+fn as_postgres(args: &[&str]) {
+    let status = Command::new("runuser")
+        .args(["-u", "postgres"])
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(status.success(), "{args:?} failed");
+}
+
+/// The read API as text, one line per query, for comparing two servers.
+const READS: &[&str] = &[
+    // A bucket that the next write will create is shown with a new id on
+    // each read: compared without the ids.
+    "SELECT jsonb_set(b, '{buckets}', (SELECT jsonb_agg(x - 'bucket_id') FROM jsonb_array_elements(b -> 'buckets') x))::text \
+     FROM credits_balance('a1') b",
+    "SELECT credits_balance('own')::text",
+    "SELECT string_agg(s::text, ' ' ORDER BY account_id) FROM credits.account_summary s",
+    "SELECT string_agg(a::text, ' ' ORDER BY reservation_id) FROM credits.actions a",
+    "SELECT string_agg(t::text, ' ' ORDER BY entry_id) FROM credits.transactions t",
+    "SELECT string_agg(d::text, ' ' ORDER BY d::text) FROM credits.usage_daily d",
+    "SELECT string_agg(m::text, ' ' ORDER BY m::text) FROM credits.usage_monthly m",
+    "SELECT string_agg(m::text, ' ' ORDER BY m::text) FROM credits.metrics m",
+    "SELECT string_agg(u::text, ' ' ORDER BY u::text) FROM credits_usage_daily('a3', current_date - 1, current_date + 1) u",
+    "SELECT string_agg(u::text, ' ' ORDER BY u::text) FROM credits_usage_by_tag('a1', 'n') u",
+    "SELECT credits_quote(product => 'editor', action => 'chat', calls => 3)::text",
+    "SELECT count(*)::text FROM credits_verify()",
+];
+
+fn reads(client: &mut Client) -> Vec<String> {
+    // Next month by the pinned clock: every account is due, and reads show
+    // it rolled forward without writing.
+    client
+        .batch_execute("SET credits.now = '2100-01-15 00:00:00+00'")
+        .unwrap();
+    let out = READS
+        .iter()
+        .map(|q| {
+            client
+                .query_one(*q, &[])
+                .unwrap_or_else(|e| panic!("{q}: {e}"))
+                .get::<_, Option<String>>(0)
+                .unwrap_or_default()
+        })
+        .collect();
+    client.batch_execute("RESET credits.now").unwrap();
+    out
+}
+
+/// A hot standby serves the whole read API (balances, the views, the usage
+/// functions, the quote, credits_verify), rolled forward by the clock and
+/// identical to the primary's; every write path refuses with Postgres' own
+/// 25006 (read-only), never XX000.
+#[test]
+fn a_streaming_standby_serves_every_read_and_refuses_writes_with_25006() {
+    let url = fresh_db("it_standby");
+    let mut primary = connect(&url);
+    populate(&mut primary);
+    primary
+        .batch_execute(
+            "SELECT credits_price_upsert(product => 'editor', action => 'chat', unit => 'call', price => 2);
+             SELECT credits_commit(credits_reserve(account_id => 'a1', amount => 1, product => 'editor',
+                                                   metadata => '{\"n\": \"x\"}'));",
+        )
+        .unwrap();
+    let pending: String = primary
+        .query_one(
+            "SELECT credits_reserve(account_id => 'a5', amount => 1, product => 'editor')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let standby = Standby::start();
+    // A write after the base backup reaches the standby by streaming.
+    primary
+        .batch_execute("SELECT credits_grant(account_id => 'a4', amount => 3, kind => 'pack')")
+        .unwrap();
+    let lsn: String = primary
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    let mut replica = connect(&standby.url("it_standby"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !replica
+        .query_one(
+            "SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+            &[&lsn],
+        )
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby did not replay {lsn}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let on_primary = {
+        primary.batch_execute("BEGIN READ ONLY").unwrap();
+        let r = reads(&mut primary);
+        primary.batch_execute("COMMIT").unwrap();
+        r
+    };
+    assert!(
+        on_primary[0].contains("\"period_start\": \"2100-01-01"),
+        "{}",
+        on_primary[0]
+    );
+    assert_eq!(on_primary.last().unwrap(), "0", "credits_verify() is empty");
+    for ((query, standby_read), primary_read) in
+        READS.iter().zip(reads(&mut replica)).zip(&on_primary)
+    {
+        assert_eq!(
+            &standby_read, primary_read,
+            "{query}: the standby reads what the primary reads"
+        );
+    }
+
+    // By this clock every account is due: credits_reset() has periods to roll.
+    replica
+        .batch_execute("SET credits.now = '2100-01-15 00:00:00+00'")
+        .unwrap();
+    for (what, sql) in [
+        ("reserve", "SELECT credits_reserve(account_id => 'a5', amount => 1, product => 'editor')::text"),
+        ("keyed reserve", "SELECT credits_reserve(account_id => 'a5', amount => 1, product => 'editor', idempotency_key => 'k')::text"),
+        ("commit", &format!("SELECT credits_commit(reservation_id => '{pending}')::text")),
+        ("refund", &format!("SELECT credits_refund(reservation_id => '{pending}')::text")),
+        ("grant", "SELECT credits_grant(account_id => 'a5', amount => 1)::text"),
+        ("reset", "SELECT credits_reset(account_id => 'a5')::text"),
+    ] {
+        let state = replica
+            .query_one(sql, &[])
+            .map(|_| "no error".to_string())
+            .map_err(|e| format!("{}: {e}", common::sqlstate(&e)))
+            .unwrap_err();
+        assert!(state.starts_with("25006"), "{what} on the standby: {state}");
+    }
 }
