@@ -1,5 +1,5 @@
--- Drawing from buckets in consumption order: the period allocation and its
--- rollover first, then top-ups and promotional credits (soonest expiry
+-- Drawing from buckets in consumption order: the period allocation, then its
+-- rollover, then top-ups and promotional credits (soonest expiry
 -- first), then packs and adjustments (oldest first). The caller holds the
 -- account lock, so buckets are only ever locked after their account and in
 -- this one order. p_hold: take as a hold (held += x) or charge outright
@@ -22,7 +22,7 @@ BEGIN
           FROM credits.buckets
          WHERE account_id = p_account AND balance > held
            AND (expires_at IS NULL OR expires_at > p_now)
-         ORDER BY priority, expires_at, created_at, bucket_id
+         ORDER BY priority, expires_at, created_at, kind, bucket_id
     LOOP
         take := least(b.free, p_amount - total);
         IF p_hold THEN

@@ -81,7 +81,7 @@ BEGIN
                 SELECT jsonb_agg(jsonb_build_object(
                            'id', b.bucket_id, 'kind', b.kind, 'priority', b.priority, 'balance', b.balance,
                            'held', b.held, 'expires_at', b.expires_at, 'created_at', b.created_at)
-                       ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id)
+                       ORDER BY b.priority, b.expires_at, b.created_at, b.kind, b.bucket_id)
                   FROM credits.buckets b
                  WHERE b.account_id = p_account AND (b.balance > 0 OR b.held > 0)), '[]'),
             'holds', coalesce((

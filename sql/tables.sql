@@ -70,8 +70,11 @@ CREATE TABLE credits.buckets (
     CONSTRAINT buckets_hold_within_balance CHECK (held >= 0 AND held <= balance)
 ) WITH (fillfactor = 70);
 -- Consumption order; no balance column in it, so draws stay HOT updates.
+-- kind settles the tie of a period's allocation and rollover, made at the
+-- same instant with the same expiry: the allocation first (0.3.5; before,
+-- their random ids did).
 CREATE INDEX buckets_consumption_order
-    ON credits.buckets (account_id, priority, expires_at, created_at, bucket_id);
+    ON credits.buckets (account_id, priority, expires_at, created_at, kind, bucket_id);
 
 -- A reservation records its draws in its own row (bucket ids and amounts):
 -- while pending, what it holds from each bucket; once committed, what it

@@ -116,7 +116,7 @@ pub fn _balance_json(account_id: &str) -> JsonB {
         "SELECT b.bucket_id::text, b.kind, trim_scale(b.amount)::text, trim_scale(b.remaining)::text, trim_scale(b.held)::text, {}, {}, b.metadata \
            FROM credits._live_buckets($1, credits._now()) b \
           WHERE b.remaining > 0 OR b.held > 0 \
-          ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id",
+          ORDER BY b.priority, b.expires_at, b.created_at, b.kind, b.bucket_id",
         iso("b.expires_at"),
         iso("b.created_at"),
     );

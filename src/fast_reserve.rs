@@ -100,7 +100,7 @@ WITH hold AS (
        AND bucket_id = (SELECT b.bucket_id FROM credits.buckets b
                          WHERE b.account_id = $1 AND b.balance > b.held
                            AND (b.expires_at IS NULL OR b.expires_at > $7)
-                         ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id
+                         ORDER BY b.priority, b.expires_at, b.created_at, b.kind, b.bucket_id
                          LIMIT 1)
     RETURNING bucket_id)
 INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,

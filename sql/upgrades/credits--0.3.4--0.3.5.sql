@@ -33,6 +33,13 @@
 -- reservations instead of 20 index entries (README, At scale).
 -- credits.account_summary and credits.metrics use it too. Same columns and
 -- rows.
+--
+-- Consumption order breaks the tie of a period's allocation and rollover
+-- buckets (made at the same instant, with the same priority and expiry)
+-- by kind, the allocation first, instead of by their random ids: which one
+-- a reserve drew from, and so what a plan change finds used of the
+-- allocation, depended on chance. The index buckets_consumption_order is
+-- built again with kind; credits._draw and credits._roll_input order by it.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -113,7 +120,7 @@ BEGIN
                 SELECT jsonb_agg(jsonb_build_object(
                            'id', b.bucket_id, 'kind', b.kind, 'priority', b.priority, 'balance', b.balance,
                            'held', b.held, 'expires_at', b.expires_at, 'created_at', b.created_at)
-                       ORDER BY b.priority, b.expires_at, b.created_at, b.bucket_id)
+                       ORDER BY b.priority, b.expires_at, b.created_at, b.kind, b.bucket_id)
                   FROM credits.buckets b
                  WHERE b.account_id = p_account AND (b.balance > 0 OR b.held > 0)), '[]'),
             'holds', coalesce((
@@ -454,3 +461,43 @@ SELECT account_id, product, sum(actions)::bigint AS actions_total,
  GROUP BY account_id, product;
 REVOKE ALL ON FUNCTION credits._now_stable() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION credits._now_stable() TO credits_reader, credits_app, credits_admin;
+
+-- Consumption order: a period's allocation before its rollover.
+DROP INDEX credits.buckets_consumption_order;
+CREATE INDEX buckets_consumption_order
+    ON credits.buckets (account_id, priority, expires_at, created_at, kind, bucket_id);
+
+CREATE OR REPLACE FUNCTION credits._draw(
+    p_account text, p_amount numeric, p_now timestamptz, p_hold boolean,
+    OUT buckets uuid[], OUT amounts numeric[], OUT total numeric)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    b    record;
+    take numeric;
+BEGIN
+    buckets := '{}';
+    amounts := '{}';
+    total := 0;
+    FOR b IN
+        SELECT bucket_id, balance - held AS free
+          FROM credits.buckets
+         WHERE account_id = p_account AND balance > held
+           AND (expires_at IS NULL OR expires_at > p_now)
+         ORDER BY priority, expires_at, created_at, kind, bucket_id
+    LOOP
+        take := least(b.free, p_amount - total);
+        IF p_hold THEN
+            UPDATE credits.buckets SET held = held + take
+             WHERE account_id = p_account AND bucket_id = b.bucket_id;
+        ELSE
+            UPDATE credits.buckets SET balance = balance - take
+             WHERE account_id = p_account AND bucket_id = b.bucket_id;
+        END IF;
+        buckets := buckets || b.bucket_id;
+        amounts := amounts || take;
+        total := total + take;
+        EXIT WHEN total = p_amount;
+    END LOOP;
+END
+$$;
