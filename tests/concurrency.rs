@@ -1044,6 +1044,64 @@ fn two_python_workers_complete_each_recharge_exactly_once() {
     assert_verify_empty(&mut client);
 }
 
+/// A call waiting for an account that another transaction holds fails with
+/// the caller's own timeout codes, through the fast paths as through the
+/// general ones: 55P03 when lock_timeout runs out, 57014 when
+/// statement_timeout does. Nothing is left behind, and once the holder
+/// commits the same calls succeed.
+#[test]
+fn a_call_waiting_for_a_held_account_fails_with_the_callers_timeout_codes() {
+    let url = fresh_db("it_timeouts");
+    let mut client = connect(&url);
+    setup_account(
+        &mut client,
+        "SELECT credits_plan_upsert(plan_id => 'p', allocation => 100)",
+        "acme",
+        "p",
+    );
+    let pending = reserve(&mut client, "acme", "1", None).unwrap();
+    let mut holder = connect(&url);
+    holder.batch_execute("BEGIN").unwrap();
+    reserve(&mut holder, "acme", "1", None).unwrap();
+    let mut waiter = connect(&url);
+    let calls = [
+        "SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'editor')::text".to_string(),
+        "SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'editor', idempotency_key => 'k')::text".to_string(),
+        format!("SELECT credits_commit(reservation_id => '{pending}')::text"),
+        format!("SELECT credits_refund(reservation_id => '{pending}')::text"),
+        "SELECT credits_grant(account_id => 'acme', amount => 1)::text".to_string(),
+    ];
+    for (setting, code) in [("lock_timeout", "55P03"), ("statement_timeout", "57014")] {
+        waiter
+            .batch_execute(&format!(
+                "RESET lock_timeout; RESET statement_timeout; SET {setting} = '200ms'"
+            ))
+            .unwrap();
+        for sql in &calls {
+            let state = waiter
+                .query_one(sql.as_str(), &[])
+                .map(|_| ())
+                .map_err(|e| sqlstate(&e));
+            assert_eq!(state, Err(code.to_string()), "{setting}: {sql}");
+        }
+    }
+    holder.batch_execute("COMMIT").unwrap();
+    for sql in &calls {
+        waiter
+            .query_one(sql.as_str(), &[])
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.reservations WHERE account_id = 'acme'"
+        ),
+        4,
+        "the first hold, the holder's and the two reserves after the wait"
+    );
+    assert_verify_empty(&mut client);
+}
+
 /// Runs `body` in one transaction at `level`, again from the start while it
 /// fails with a serialization failure (40001), as an application running
 /// at REPEATABLE READ or SERIALIZABLE must; returns its outcome (the
