@@ -48,6 +48,20 @@ PSQL=(psql -X -q -h 127.0.0.1 -p "$TEST_PORT" -U postgres -v ON_ERROR_STOP=1)
 echo "== SQL-level tests (pgTAP)"
 pg_prove -h 127.0.0.1 -p "$TEST_PORT" -U postgres -d credits_sql tests/sql/*.sql
 
+# Again in a database whose sessions see the world differently: an ICU
+# collation, a time zone 14 hours ahead of UTC, German dates, SQL-standard
+# intervals and short floats. Periods, days and every stored figure are
+# UTC and exact whatever the session's settings; nothing may depend on them.
+echo "== SQL-level tests (pgTAP) again, with foreign session settings"
+"${PSQL[@]}" -d postgres \
+    -c "CREATE DATABASE credits_sql_foreign TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' LC_COLLATE 'C.utf8' LC_CTYPE 'C.utf8'" \
+    -c "ALTER DATABASE credits_sql_foreign SET TimeZone = 'Pacific/Kiritimati'" \
+    -c "ALTER DATABASE credits_sql_foreign SET DateStyle = 'German, DMY'" \
+    -c "ALTER DATABASE credits_sql_foreign SET IntervalStyle = 'sql_standard'" \
+    -c "ALTER DATABASE credits_sql_foreign SET extra_float_digits = -15"
+"${PSQL[@]}" -d credits_sql_foreign -c "CREATE EXTENSION credits; CREATE EXTENSION pgtap;"
+pg_prove -h 127.0.0.1 -p "$TEST_PORT" -U postgres -d credits_sql_foreign tests/sql/*.sql
+
 echo "== benchmark smoke runs (1 s per run, so that the benchmark, its decomposition and the profile do not rot)"
 bench_smoke() {
     BENCH_SECONDS=1 BENCH_CLIENTS=2 BENCH_ROWS=200 CREDITS_SKIP_INSTALL=1 CREDITS_BENCH_PORT=$((TEST_PORT + 3)) \

@@ -74,7 +74,7 @@ SELECT credits_grant(account_id => 'v', amount => 5, kind => 'promo', expires_at
 SET LOCAL credits.now = '2026-04-01 00:00:00+00';
 SELECT credits_reset();
 SELECT results_eq($$SELECT category, kind, amount FROM credits.transactions WHERE account_id = 'v'
-                     AND created_at >= '2026-03-11' AND category IN ('grant', 'expiry', 'reset') ORDER BY entry_id$$,
+                     AND created_at >= '2026-03-11 00:00+00' AND category IN ('grant', 'expiry', 'reset') ORDER BY entry_id$$,
                   $$VALUES ('grant', 'promo', 5::numeric), ('expiry', 'expire', -5::numeric),
                            ('reset', 'allocation', 100::numeric)$$,
                   'transactions: grants, expiries and resets');
