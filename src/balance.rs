@@ -106,7 +106,7 @@ pub fn _balance_json(account_id: &str) -> JsonB {
                 CASE WHEN s.allocation > 0 THEN round(100 * s.used / s.allocation, 2) END::text, \
                 trim_scale(s.reserved)::text, trim_scale(s.available)::text, trim_scale(s.overage)::text, trim_scale(s.overage_available)::text, \
                 trim_scale(s.debt)::text, s.limit_mode, trim_scale(s.soft_limit)::text, {}, {}, {}, s.days_until_reset::text, {} \
-           FROM credits._account_state($1, credits._now()) s",
+           FROM credits._account_state($1, $2) s",
         iso("s.period_start"),
         iso("s.period_end"),
         iso("s.period_end"),
@@ -114,7 +114,7 @@ pub fn _balance_json(account_id: &str) -> JsonB {
     );
     let buckets_sql = format!(
         "SELECT b.bucket_id::text, b.kind, trim_scale(b.amount)::text, trim_scale(b.remaining)::text, trim_scale(b.held)::text, {}, {}, b.metadata \
-           FROM credits._live_buckets($1, credits._now()) b \
+           FROM credits._live_buckets($1, $2) b \
           WHERE b.remaining > 0 OR b.held > 0 \
           ORDER BY b.priority, b.expires_at, b.created_at, b.kind, b.bucket_id",
         iso("b.expires_at"),
@@ -128,8 +128,10 @@ pub fn _balance_json(account_id: &str) -> JsonB {
         iso("l.created_at"),
     );
 
+    // One reading of the clock for the summary and the buckets.
+    let now = crate::clock::_now();
     Spi::connect(|client| {
-        let args = [account_id.into()];
+        let args = [account_id.into(), now.into()];
         let summary = client
             .select(&summary_sql, Some(1), &args)?
             .next()

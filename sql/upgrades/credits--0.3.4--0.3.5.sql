@@ -40,6 +40,13 @@
 -- a reserve drew from, and so what a plan change finds used of the
 -- allocation, depended on chance. The index buckets_consumption_order is
 -- built again with kind; credits._draw and credits._roll_input order by it.
+--
+-- Reads of an account with nothing due take its stored row as its state:
+-- credits._account_state (credits_balance's summary, credits.account_summary)
+-- and credits._live_buckets (credits_balance's buckets) build the roll-forward
+-- plan only when next_event has come (a lower bound of the period end and of
+-- every expiry). Same results; account_summary over 10,000 accounts in
+-- 0.96 s instead of 3.6-3.8 s. credits._live_buckets becomes PL/pgSQL.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -499,5 +506,96 @@ BEGIN
         total := total + take;
         EXIT WHEN total = p_amount;
     END LOOP;
+END
+$$;
+
+-- Reads of an account with nothing due: its stored row.
+CREATE OR REPLACE FUNCTION credits._live_buckets(p_account text, p_now timestamptz)
+RETURNS TABLE (bucket_id uuid, kind text, priority smallint, amount numeric, remaining numeric,
+               held numeric, expires_at timestamptz, created_at timestamptz, metadata jsonb)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM credits.accounts a WHERE a.account_id = p_account AND a.next_event > p_now) THEN
+        RETURN QUERY
+        SELECT b.bucket_id, b.kind, b.priority, b.amount, b.balance - b.held, b.held, b.expires_at, b.created_at,
+               b.metadata
+          FROM credits.buckets b
+         WHERE b.account_id = p_account AND (b.balance > 0 OR b.held > 0);
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT x.id, x.kind, x.priority, CASE WHEN x.new THEN x.amount ELSE b.amount END,
+           x.balance - x.held, x.held, x.expires_at, x.created_at, coalesce(b.metadata, '{}')
+      FROM jsonb_to_recordset(credits._roll_plan(credits._roll_input(p_account, p_now)) -> 'buckets')
+           AS x(id uuid, kind text, priority smallint, amount numeric, balance numeric, held numeric,
+                expires_at timestamptz, created_at timestamptz, new boolean)
+      LEFT JOIN credits.buckets b ON b.account_id = p_account AND b.bucket_id = x.id
+     WHERE x.balance > 0 OR x.held > 0;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION credits._account_state(p_account text, p_now timestamptz)
+RETURNS TABLE (account_id text, plan_id text, byok boolean, limit_mode text, soft_limit numeric,
+               allocation numeric, used numeric, overage numeric, reserved numeric, available numeric,
+               overage_available numeric, debt numeric, period_start timestamptz, period_end timestamptz,
+               days_until_reset integer, override_until timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    a       credits.accounts;
+    p       credits.plans;
+    v       jsonb;
+    v_mode  text;
+    v_soft  numeric;
+    v_roll  boolean;
+    v_end   timestamptz;
+    v_held  numeric;
+    v_free  numeric;
+    v_ov_held numeric;
+BEGIN
+    SELECT * INTO a FROM credits.accounts WHERE account_id = p_account;
+    IF NOT FOUND THEN
+        PERFORM credits._unknown_account(p_account);
+    END IF;
+    SELECT * INTO p FROM credits.plans WHERE plan_id = a.plan_id;
+    IF a.next_event > p_now THEN
+        -- Nothing is due (next_event is a lower bound of the period end
+        -- and of every expiry, a credits_verify() invariant): the stored
+        -- row is the state, and the plan would change nothing (0.3.5).
+        v_roll := false;
+        v_end := a.period_end;
+        v_held := a.held;
+        v_free := a.balance - a.held;
+        v_ov_held := a.overage_held;
+        v := jsonb_build_object('debt', a.debt, 'period_start', a.period_start);
+    ELSE
+        v := credits._roll_plan(credits._roll_input(p_account, p_now));
+        v_roll := (v->>'rolled')::integer > 0;
+        v_end := (v->>'period_end')::timestamptz;
+        SELECT coalesce(sum(x.held), 0), coalesce(sum(x.balance - x.held), 0) INTO v_held, v_free
+          FROM jsonb_to_recordset(v->'buckets') AS x(balance numeric, held numeric);
+        v_ov_held := a.overage_held - (v->>'overage_released')::numeric;
+    END IF;
+    SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, p_now) l;
+    RETURN QUERY
+    SELECT a.account_id, a.plan_id, a.byok, v_mode, v_soft,
+           CASE WHEN a.byok THEN 0
+                WHEN v_roll THEN p.allocation
+                ELSE coalesce((SELECT b.amount FROM credits.buckets b
+                                WHERE b.account_id = p_account AND b.kind = 'allocation' AND b.expires_at = a.period_end
+                                ORDER BY b.created_at DESC LIMIT 1), p.allocation) END,
+           CASE WHEN v_roll THEN 0 ELSE a.period_used END,
+           CASE WHEN v_roll THEN 0 ELSE a.period_overage END,
+           v_held + v_ov_held,
+           v_free,
+           greatest(v_soft - CASE WHEN v_roll THEN 0 ELSE a.period_overage END - v_ov_held, 0),
+           (v->>'debt')::numeric,
+           (v->>'period_start')::timestamptz, v_end,
+           greatest(ceil(extract(epoch FROM v_end - p_now) / 86400), 0)::integer,
+           CASE WHEN a.override_until > p_now THEN a.override_until END;
 END
 $$;
