@@ -654,13 +654,20 @@ impl Db {
     /// again with its next_event moved to the past, which makes them build
     /// the roll-forward plan (a false alarm: next_event is only a lower
     /// bound): the stored row, taken as is when nothing is due, and the
-    /// plan must agree. Provisional ids of buckets a roll would create
-    /// differ on each read, so buckets are compared without ids.
+    /// plan must agree, figure by figure (the plan's sums may carry another
+    /// scale: 0 against 0.000000; every output trims it). Provisional ids
+    /// of buckets a roll would create differ on each read, so buckets are
+    /// compared without ids.
     fn reads_agree_with_the_plan(&mut self, acct: u8) -> (Vec<String>, Vec<String>) {
-        const READS: &str = "SELECT (SELECT s::text FROM credits._account_state($1, credits._now()) s)
+        const READS: &str = "SELECT (SELECT row(s.account_id, s.plan_id, s.byok, s.limit_mode, trim_scale(s.soft_limit),
+                                              trim_scale(s.allocation), trim_scale(s.used), trim_scale(s.overage),
+                                              trim_scale(s.reserved), trim_scale(s.available),
+                                              trim_scale(s.overage_available), trim_scale(s.debt), s.period_start,
+                                              s.period_end, s.days_until_reset, s.override_until)::text
+                                       FROM credits._account_state($1, credits._now()) s)
                              UNION ALL
-                             SELECT coalesce(string_agg(row(b.kind, b.priority, b.amount, b.remaining, b.held,
-                                                            b.expires_at, b.created_at, b.metadata)::text, ';'
+                             SELECT coalesce(string_agg(row(b.kind, b.priority, trim_scale(b.amount), trim_scale(b.remaining),
+                                                            trim_scale(b.held), b.expires_at, b.created_at, b.metadata)::text, ';'
                                                         ORDER BY b.priority, b.expires_at, b.created_at, b.kind,
                                                                  b.amount, b.remaining), '')
                                FROM credits._live_buckets($1, credits._now()) b";
