@@ -53,6 +53,8 @@ DECLARE
     v_held  numeric;
     v_free  numeric;
     v_ov_held numeric;
+    v_debt  numeric;
+    v_start timestamptz;
 BEGIN
     SELECT * INTO a FROM credits.accounts WHERE account_id = p_account;
     IF NOT FOUND THEN
@@ -68,7 +70,8 @@ BEGIN
         v_held := a.held;
         v_free := a.balance - a.held;
         v_ov_held := a.overage_held;
-        v := jsonb_build_object('debt', a.debt, 'period_start', a.period_start);
+        v_debt := a.debt;
+        v_start := a.period_start;
     ELSE
         v := credits._roll_plan(credits._roll_input(p_account, p_now));
         v_roll := (v->>'rolled')::integer > 0;
@@ -76,6 +79,8 @@ BEGIN
         SELECT coalesce(sum(x.held), 0), coalesce(sum(x.balance - x.held), 0) INTO v_held, v_free
           FROM jsonb_to_recordset(v->'buckets') AS x(balance numeric, held numeric);
         v_ov_held := a.overage_held - (v->>'overage_released')::numeric;
+        v_debt := (v->>'debt')::numeric;
+        v_start := (v->>'period_start')::timestamptz;
     END IF;
     SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, p_now) l;
     RETURN QUERY
@@ -90,8 +95,7 @@ BEGIN
            v_held + v_ov_held,
            v_free,
            greatest(v_soft - CASE WHEN v_roll THEN 0 ELSE a.period_overage END - v_ov_held, 0),
-           (v->>'debt')::numeric,
-           (v->>'period_start')::timestamptz, v_end,
+           v_debt, v_start, v_end,
            greatest(ceil(extract(epoch FROM v_end - p_now) / 86400), 0)::integer,
            CASE WHEN a.override_until > p_now THEN a.override_until END;
 END
