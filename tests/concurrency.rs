@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_verify_empty, base_url, connect, count, fresh_db, rows, sqlstate};
+use common::{assert_verify_empty, base_url, connect, count, fresh_db, rows, sqlstate, Rng};
 use postgres::Client;
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
@@ -680,11 +680,9 @@ fn mixed_workload(
     let results = race(&url, clients, move |i, c| {
         let level = level(i);
         let (mut seen, mut retries, mut done) = (Vec::new(), 0, 0);
-        let mut n = i as u64;
+        let mut rng = Rng(i as u64);
         while Instant::now() < deadline {
-            n = n
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            let n = rng.step();
             let account = match (n >> 33) % 5 {
                 4 => "byok".to_string(),
                 k => format!("a{}", k + 1),
@@ -793,11 +791,9 @@ fn plan_changes_and_byok_switches_racing_actions_never_deadlock_or_break_an_inva
     let deadline = Instant::now() + Duration::from_secs(4);
     let results = race(&url, 16, move |i, c| {
         let (mut seen, mut done) = (Vec::new(), 0u32);
-        let mut n = 0x5eed + i as u64;
+        let mut rng = Rng(0x5eed + i as u64);
         while Instant::now() < deadline {
-            n = n
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            let n = rng.step();
             let account = format!("a{}", 1 + (n >> 33) % 5);
             let amount = format!("{}", 1 + (n >> 40) % 9);
             let outcome = match (n >> 20) % 10 {
@@ -916,11 +912,9 @@ fn maintenance_in_batches_racing_reserves_rolls_every_account_once() {
             }
             return failures;
         }
-        let mut n = i as u64;
+        let mut rng = Rng(i as u64);
         while Instant::now() < deadline {
-            n = n
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            let n = rng.step();
             let account = format!("m{}", 1 + (n >> 33) % 60);
             match reserve(c, &account, "3", None) {
                 Ok(id) => {

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{assert_verify_empty, base_url, connect, count, fresh_db};
+use common::{assert_verify_empty, base_url, connect, count, fresh_db, Rng};
 use postgres::{Client, NoTls};
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
@@ -41,20 +41,6 @@ struct Record {
     keyed_reserves: Vec<(String, String, i64, String)>,
     /// (account, key, amount) -> bucket id
     keyed_grants: Vec<(String, String, i64, String)>,
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 fn account(rng: &mut Rng) -> String {

@@ -77,3 +77,28 @@ pub fn assert_verify_empty(client: &mut Client) {
 pub fn count(client: &mut Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).unwrap().get(0)
 }
+
+/// The tests' pseudo-random numbers: a 64-bit linear congruential generator
+/// (Knuth's MMIX constants), seeded per client so that a run repeats.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next state, all 64 bits (callers take the bits they need).
+    pub fn step(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0
+    }
+
+    /// The high 31 bits of the next state.
+    pub fn next(&mut self) -> u64 {
+        self.step() >> 33
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
