@@ -10,7 +10,8 @@ PGBIN=/usr/lib/postgresql/15/bin
 PG_CONFIG=$PGBIN/pg_config
 
 # cluster_start DIR PORT: a fresh cluster in DIR listening on 127.0.0.1:PORT,
-# with pg_cron preloaded (its jobs run in the database `credits`).
+# with pg_cron preloaded (its jobs run in the database `credits`) and
+# prepared transactions allowed (tests/notifications.rs prepares some).
 cluster_start() {
     local dir=$1 port=$2
     cluster_stop "$dir"
@@ -28,6 +29,7 @@ shared_preload_libraries = 'pg_cron'
 cron.database_name = 'credits'
 cron.use_background_workers = on
 max_worker_processes = 32
+max_prepared_transactions = 20
 CONF
     if ! runuser -u postgres -- "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null; then
         echo "cluster: the server in $dir did not start:" >&2

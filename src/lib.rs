@@ -3,7 +3,7 @@
 //! The ledger itself (tables, limits, reserve/commit/refund) is plain SQL in
 //! `sql/`, one concern per file, loaded below in dependency order. Rust holds
 //! what it does better: exact input validation (`input`), the pinned clock
-//! (`clock`), billing-period arithmetic (`period`), the reset planner
+//! (`clock`), the events' NOTIFY setting (`notify`), billing-period arithmetic (`period`), the reset planner
 //! (`roll`), JSON assembly (`balance`), the ledger's hash (`chain`) and the
 //! hot path: the reserve and commit fast paths (`fast_reserve`,
 //! `fast_commit`, with their shared plumbing in `fast_path`), which handle
@@ -19,6 +19,7 @@ mod fast_commit;
 mod fast_path;
 mod fast_reserve;
 mod input;
+mod notify;
 mod period;
 mod roll;
 
@@ -54,7 +55,13 @@ extension_sql_file!("../sql/limits.sql", name = "limits", requires = ["tables"])
 extension_sql_file!(
     "../sql/events.sql",
     name = "events",
-    requires = ["tables", "errors", input::_ident, clock::_now]
+    requires = [
+        "tables",
+        "errors",
+        input::_ident,
+        clock::_now,
+        notify::_notify_enabled
+    ]
 );
 extension_sql_file!("../sql/usage.sql", name = "usage", requires = ["tables"]);
 extension_sql_file!(
@@ -165,6 +172,7 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     clock::init();
+    notify::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(34);
+SELECT plan(38);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -47,6 +47,20 @@ SELECT credits_commit(credits_reserve(account_id => 'al', amount => 85, product 
 SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'al' AND payload->>'percent' = '80'), 2::bigint,
           'alerts are raised again in the next period');
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
+
+-- credits.notify: on by default; off, events are written all the same, with
+-- no NOTIFY (tests/notifications.rs listens, and prepares such transactions).
+SELECT is(current_setting('credits.notify'), 'on', 'credits.notify is on by default');
+SELECT throws_ok($$SET LOCAL credits.notify = 'sometimes'$$, '22023', NULL, 'credits.notify takes a boolean');
+SET LOCAL credits.notify = off;
+SELECT credits_account_upsert(account_id => 'quiet', plan_id => 'pro');
+SELECT credits_commit(credits_reserve(account_id => 'quiet', amount => 100, product => 'editor'));
+SELECT results_eq($$SELECT kind, payload->>'percent' FROM credits.events WHERE account_id = 'quiet' ORDER BY event_id$$,
+                  $$VALUES ('usage_alert', '80'), ('usage_alert', '100')$$,
+                  'with credits.notify off, alerts are still written to the outbox');
+SELECT is((SELECT alerts_raised FROM credits.accounts WHERE account_id = 'quiet'), '{80,100}'::numeric[],
+          'and count as raised');
+SET LOCAL credits.notify = on;
 
 -- Auto-recharge: once per crossing, within the monthly cap.
 SELECT credits_account_upsert(account_id => 'ar', plan_id => 'pro', alert_percents => '{}');
