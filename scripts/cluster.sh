@@ -31,7 +31,9 @@ cron.use_background_workers = on
 max_worker_processes = 32
 max_prepared_transactions = 20
 CONF
-    if ! runuser -u postgres -- "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null; then
+    # RUST_BACKTRACE=1 whatever the caller's environment: the tests check
+    # that no Rust backtrace reaches an error's DETAIL even then (src/lib.rs).
+    if ! runuser -u postgres -- env RUST_BACKTRACE=1 "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null; then
         echo "cluster: the server in $dir did not start:" >&2
         tail -20 "$dir/server.log" >&2
         return 1

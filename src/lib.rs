@@ -171,8 +171,28 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    no_backtraces_in_errors();
     clock::init();
     notify::init();
+}
+
+/// Errors that Postgres raises inside the fast paths' statements (a lock or
+/// statement timeout, a serialization failure, a cancel) pass through Rust
+/// on their way to the caller, and pgrx then appends a Rust backtrace to
+/// their DETAIL whenever the server's environment enables backtraces
+/// (`RUST_BACKTRACE=1`, common on machines that build Rust): callers and
+/// the server log got `55P03` or `40001` with 30 lines of stack frames
+/// instead of Postgres' own DETAIL, and each such error cost the stack walk
+/// and its symbolization. Backtraces are off for this backend unless
+/// `RUST_LIB_BACKTRACE` is set explicitly (a developer's opt-in, which
+/// takes precedence over `RUST_BACKTRACE`).
+fn no_backtraces_in_errors() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // A backend is single-threaded, and this runs when the library is
+        // loaded, before anything in it captures a backtrace (std reads the
+        // variable at the first capture).
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
 }
 
 /// Required by `cargo pgrx test`.
