@@ -11,7 +11,8 @@ PG_CONFIG=$PGBIN/pg_config
 
 # cluster_start DIR PORT: a fresh cluster in DIR listening on 127.0.0.1:PORT,
 # with pg_cron preloaded (its jobs run in the database `credits`) and
-# prepared transactions allowed (tests/notifications.rs prepares some).
+# prepared transactions allowed (tests/notifications.rs prepares some);
+# CREDITS_CLUSTER_CONF adds lines to its postgresql.conf.
 cluster_start() {
     local dir=$1 port=$2
     cluster_stop "$dir"
@@ -30,6 +31,7 @@ cron.database_name = 'credits'
 cron.use_background_workers = on
 max_worker_processes = 32
 max_prepared_transactions = 20
+${CREDITS_CLUSTER_CONF:-}
 CONF
     # RUST_BACKTRACE=1 whatever the caller's environment: the tests check
     # that no Rust backtrace reaches an error's DETAIL even then (src/lib.rs).

@@ -40,7 +40,8 @@ cluster_stop /tmp/credits-demo-check
 grep -q "violations" /tmp/credits-demo-check.log || { echo "the demo did not reach its end"; exit 1; }
 echo "demo: ok"
 
-cluster_start "$TEST_DIR" "$TEST_PORT"
+# wal_level = logical: durability.rs replicates a database logically.
+CREDITS_CLUSTER_CONF="wal_level = logical" cluster_start "$TEST_DIR" "$TEST_PORT"
 PSQL=(psql -X -q -h 127.0.0.1 -p "$TEST_PORT" -U postgres -v ON_ERROR_STOP=1)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE credits_sql" -c "CREATE DATABASE credits"
 "${PSQL[@]}" -d credits_sql -c "CREATE EXTENSION credits; CREATE EXTENSION pgtap;"

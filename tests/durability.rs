@@ -1,5 +1,7 @@
 //! Durability: pg_dump and pg_restore keep every balance and the hash chain;
 //! a streaming standby serves the read API and refuses writes with 25006;
+//! a logical replication subscriber reads what its publisher reads and
+//! takes over from it;
 //! an install of each released version upgrades to the current version with its
 //! data and behaviour intact, into the same schema as a fresh install.
 
@@ -506,4 +508,169 @@ fn a_streaming_standby_serves_every_read_and_refuses_writes_with_25006() {
             .unwrap_err();
         assert!(state.starts_with("25006"), "{what} on the standby: {state}");
     }
+}
+
+/// What README, "Logical replication", tells a subscriber to run once it
+/// takes over: sequences are not replicated, so the ledger's and the
+/// events' identities would start again at 1 and meet the replicated rows'.
+const SEQUENCES_AT_TAKEOVER: &str =
+    "SELECT setval('credits.ledger_entry_id_seq', (SELECT coalesce(max(entry_id), 0) + 1 FROM credits.ledger), false),
+            setval('credits.events_event_id_seq', (SELECT coalesce(max(event_id), 0) + 1 FROM credits.events), false)";
+
+/// A logical replication subscription of database `sub` to the publication
+/// `it_credits` of database `publisher`, through a slot made beforehand
+/// (a subscription to its own cluster cannot make one); dropped with its
+/// slot when this is dropped, also when the test fails.
+struct Subscription {
+    publisher: String,
+    subscriber: String,
+}
+
+impl Subscription {
+    fn create(publisher: &str, subscriber: &str) -> Subscription {
+        let mut client = connect(publisher);
+        // Two transactions: a slot is made in one that has written nothing.
+        client
+            .batch_execute("CREATE PUBLICATION it_credits FOR TABLES IN SCHEMA credits")
+            .unwrap();
+        client
+            .batch_execute("SELECT pg_create_logical_replication_slot('it_credits', 'pgoutput')")
+            .unwrap();
+        let link = Subscription {
+            publisher: publisher.to_string(),
+            subscriber: subscriber.to_string(),
+        };
+        connect(subscriber)
+            .batch_execute(&format!(
+                "CREATE SUBSCRIPTION it_credits CONNECTION '{publisher}' PUBLICATION it_credits
+                   WITH (create_slot = false, slot_name = 'it_credits')"
+            ))
+            .unwrap();
+        link
+    }
+
+    /// Waits until the subscriber has copied every table and applied
+    /// everything the publisher wrote so far.
+    fn catch_up(&self) {
+        let mut publisher = connect(&self.publisher);
+        let mut subscriber = connect(&self.subscriber);
+        let lsn: String = publisher
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .unwrap()
+            .get(0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let copied = count(
+                &mut subscriber,
+                "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'",
+            ) == 0;
+            let applied: bool = publisher
+                .query_one(
+                    "SELECT coalesce(bool_and(confirmed_flush_lsn >= $1::text::pg_lsn), false)
+                       FROM pg_replication_slots WHERE slot_name = 'it_credits'",
+                    &[&lsn],
+                )
+                .unwrap()
+                .get(0);
+            if copied && applied {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the subscriber did not catch up with {lsn}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(mut subscriber) = Client::connect(&self.subscriber, postgres::NoTls) {
+            let _ = subscriber.batch_execute(
+                "ALTER SUBSCRIPTION it_credits DISABLE;
+                 ALTER SUBSCRIPTION it_credits SET (slot_name = NONE);
+                 DROP SUBSCRIPTION it_credits;",
+            );
+        }
+        if let Ok(mut publisher) = Client::connect(&self.publisher, postgres::NoTls) {
+            let _ = publisher.batch_execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                  WHERE slot_name = 'it_credits'",
+            );
+        }
+    }
+}
+
+/// Logical replication, the way to move a database to a new server or a
+/// new major version with little downtime: a subscriber of the publication
+/// of schema credits (README, Logical replication) reads exactly what the
+/// publisher reads, ledger hash chain included; and once it takes over,
+/// with its sequences set as the README says, every write path works on it
+/// and credits_verify() stays empty.
+#[test]
+fn a_logical_subscriber_reads_what_the_publisher_reads_and_takes_over_once_its_sequences_are_set() {
+    let publisher_url = fresh_db("it_logical_pub");
+    let subscriber_url = fresh_db("it_logical_sub");
+    let mut publisher = connect(&publisher_url);
+    populate(&mut publisher);
+    let link = Subscription::create(&publisher_url, &subscriber_url);
+    // Writes after the initial copy reach the subscriber by streaming.
+    publisher
+        .batch_execute(
+            "SELECT credits_price_upsert(product => 'editor', action => 'chat', unit => 'call', price => 2);
+             SELECT credits_commit(credits_reserve(account_id => 'a1', amount => 1, product => 'editor',
+                                                   metadata => '{\"n\": \"x\"}'));
+             SELECT credits_grant(account_id => 'a4', amount => 3, kind => 'pack');
+             SELECT credits_refund(reservation_id, 1) FROM credits.reservations
+              WHERE account_id = 'a2' AND status = 'committed';",
+        )
+        .unwrap();
+    link.catch_up();
+    let mut subscriber = connect(&subscriber_url);
+    let on_publisher = reads(&mut publisher);
+    assert_eq!(
+        on_publisher.last().unwrap(),
+        "0",
+        "credits_verify() is empty"
+    );
+    for ((query, subscriber_read), publisher_read) in
+        READS.iter().zip(reads(&mut subscriber)).zip(&on_publisher)
+    {
+        assert_eq!(
+            &subscriber_read, publisher_read,
+            "{query}: the subscriber reads what the publisher reads"
+        );
+    }
+    let chain =
+        "SELECT string_agg(account_id || ':' || seq || ':' || hash, ' ' ORDER BY account_id, seq) \
+                 FROM credits.ledger";
+    assert_eq!(rows(&mut subscriber, chain), rows(&mut publisher, chain));
+
+    // The subscriber takes over: the publisher stops writing, the
+    // subscription goes, the sequences are set.
+    drop(link);
+    subscriber.batch_execute(SEQUENCES_AT_TAKEOVER).unwrap();
+    subscriber
+        .batch_execute(
+            "SELECT credits_commit(credits_reserve(account_id => 'a' || i, amount => 1, product => 'editor'))
+               FROM generate_series(1, 5) i;
+             SELECT credits_grant(account_id => 'a' || i, amount => 2) FROM generate_series(1, 5) i;
+             SELECT credits_refund(credits_reserve(account_id => 'a3', amount => 1, product => 'seo'));
+             SELECT credits_commit(credits_reserve(account_id => 'own', amount => 5, product => 'editor'));
+             SELECT credits_purchase(account_id => 'a2', pack => 'p', payment_ref => 'pi_2');
+             SELECT credits_reset();
+             SELECT credits_account_upsert(account_id => 'a6', plan_id => 'pro');
+             SELECT credits_commit(credits_reserve(account_id => 'a6', amount => 100, product => 'editor'));",
+        )
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut subscriber,
+            "SELECT count(*) FROM credits.events WHERE account_id = 'a6'"
+        ),
+        2,
+        "the new account's alerts are written after the replicated events"
+    );
+    assert_verify_empty(&mut subscriber);
 }
