@@ -49,6 +49,13 @@ BEGIN
         PERFORM credits._raise('22023', 'expires_at must be a finite time in the future',
             format('expires_at is %s, now is %s.', v_expires, v_now),
             'Pass a later expires_at, or leave it out to expire at the next reset.');
+    ELSIF v_kind = 'promo' AND extract(year FROM v_expires AT TIME ZONE 'UTC') >= 10000 THEN
+        -- The reset planner reads bucket expiries back as ISO 8601 text,
+        -- four-digit years: a bucket expiring in year 10000 or later left
+        -- its account unable to roll forward (0.3.5).
+        PERFORM credits._raise('22023', 'expires_at must be before the year 10000',
+            format('expires_at is %s.', v_expires),
+            'Pass an expiry before 10000-01-01, or grant kind => ''pack'' for credits that never expire.');
     END IF;
 
     SELECT * INTO nb FROM credits._new_bucket(v_account, v_kind, v_amount, v_expires, v_now, a.debt, v_key, v_metadata);

@@ -101,7 +101,25 @@ fn to_naive(t: TimestampWithTimeZone, name: &str) -> NaiveDateTime {
         .set_hint("Billing periods need a real date.")
         .report(PgLogLevel::ERROR);
     }
-    epoch() + Duration::microseconds(t.into_inner())
+    // Years 1 to 9999 (UTC): what the reset planner reads back from the
+    // account's JSON (ISO 8601's four-digit years; Postgres writes year
+    // 20000 as "20000-..." and BC years with a suffix, which no period
+    // could be rolled from) and far inside chrono's range (a year-290000
+    // anchor overflowed it: XX000).
+    epoch()
+        .checked_add_signed(Duration::microseconds(t.into_inner()))
+        .filter(|naive| (1..=9999).contains(&naive.year()))
+        .unwrap_or_else(|| {
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+                format!("{name} is out of range"),
+                "credits",
+            )
+            .set_detail(format!("{name} is {t}, outside the years 1 to 9999."))
+            .set_hint("Billing periods are computed for the years 1 to 9999 (UTC).")
+            .report(PgLogLevel::ERROR);
+            unreachable!("ERROR does not return")
+        })
 }
 
 fn from_naive(t: NaiveDateTime) -> TimestampWithTimeZone {

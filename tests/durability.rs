@@ -191,6 +191,17 @@ fn upgrade_from(version: &str) {
         .batch_execute(&format!("CREATE EXTENSION credits VERSION '{version}'"))
         .unwrap();
     populate(&mut client);
+    // What versions before 0.3.5 let in and could not roll forward from:
+    // a promo expiring in year 20000, an anchor in year 20000 (which the
+    // library, shared by every version, now refuses: written directly).
+    client
+        .batch_execute(
+            "SELECT credits_grant(account_id => 'a5', amount => 1, kind => 'promo',
+                                  expires_at => '20000-01-01 00:00:00+00');
+             SELECT credits_account_upsert(account_id => 'far', plan_id => 'pro');
+             UPDATE credits.accounts SET billing_anchor = '20000-01-15 10:00:00+00' WHERE account_id = 'far';",
+        )
+        .unwrap();
     let keyed = replay_of_keyed_reserve(&mut client);
     let before = rows(&mut client, STATE);
     let ledger_before = count(&mut client, "SELECT count(*) FROM credits.ledger");
@@ -245,6 +256,31 @@ fn upgrade_from(version: &str) {
         only_upgraded.is_empty() && only_fresh.is_empty(),
         "the upgrade script does not give the schema of a fresh install:\nonly after upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
     );
+
+    // The upgrade repaired them (the expiry at the end of year 9999, the
+    // anchor's day and time in year 9999), and both accounts roll forward
+    // through the next two resets (in a transaction rolled back).
+    assert_eq!(
+        rows(
+            &mut client,
+            "SELECT concat_ws(' ', to_char(b.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'),
+                                   to_char(a.billing_anchor AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'))
+               FROM credits.buckets b, credits.accounts a
+              WHERE b.account_id = 'a5' AND b.kind = 'promo' AND a.account_id = 'far'"
+        ),
+        ["9999-12-31 23:59:59.999999 9999-01-15 10:00"]
+    );
+    client
+        .batch_execute(
+            "BEGIN;
+             SET LOCAL credits.now = '2100-03-20 00:00:00+00';
+             SELECT credits_commit(credits_reserve(account_id => a, amount => 1, product => 'editor'))
+               FROM unnest(ARRAY['a5', 'far']) a;
+             SELECT credits_reset();",
+        )
+        .unwrap();
+    assert_verify_empty(&mut client);
+    client.batch_execute("ROLLBACK").unwrap();
 }
 
 #[test]

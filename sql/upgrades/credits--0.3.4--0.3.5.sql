@@ -53,6 +53,18 @@
 -- alert or a recharge request can still be prepared for two-phase commit
 -- (PREPARE TRANSACTION refuses a transaction that sent a NOTIFY, 0A000).
 -- credits._emit becomes PL/pgSQL and asks credits._notify_enabled().
+--
+-- Timestamps outside the years 1 to 9999 (UTC) no longer get in: the reset
+-- planner reads an account's anchor and its buckets' expiries back as ISO
+-- 8601 text with four-digit years, so a promo grant expiring in year
+-- 10000 or later, or a billing anchor there or before year 1, left the
+-- account unable to roll forward (every later call failed with XX001,
+-- "cannot bring the account up to date"), and an anchor in year 290000
+-- failed with XX000. credits_grant refuses such an expiry (22023), the
+-- library's period functions such an anchor (22008). Rows that earlier
+-- versions let in are repaired: such expiries become the last instant of
+-- year 9999, such anchors keep their month, day and time in year 9999 (or
+-- year 1).
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -633,3 +645,85 @@ BEGIN
     RETURN v_id;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION public.credits_grant(
+    account_id      text,
+    amount          numeric,
+    kind            text DEFAULT 'topup',
+    expires_at      timestamptz DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    metadata        jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account  text    := credits._ident(credits_grant.account_id, 'account_id', 255);
+    v_amount   numeric := credits._amount(credits_grant.amount, 'amount', false);
+    v_kind     text    := credits._choice(credits_grant.kind, 'kind', '{topup,pack,promo,adjustment}');
+    v_expires  timestamptz := credits_grant.expires_at;
+    v_key      text := CASE WHEN credits_grant.idempotency_key IS NULL THEN NULL
+                            ELSE credits._ident(credits_grant.idempotency_key, 'idempotency_key', 255) END;
+    v_metadata jsonb := credits._metadata(credits_grant.metadata);
+    v_request  jsonb;
+    v_result   text;
+    v_now      timestamptz;
+    a          credits.accounts;
+    nb         record;
+BEGIN
+    IF v_expires IS NOT NULL AND v_kind <> 'promo' THEN
+        PERFORM credits._raise('22023', format('expires_at is only for promo grants, not %s', v_kind),
+            'Top-ups expire at the next reset; packs and adjustments never expire.',
+            'Leave expires_at out, or grant kind => ''promo''.');
+    END IF;
+    v_request := jsonb_build_object('amount', v_amount, 'kind', v_kind, 'expires_at', v_expires, 'metadata', v_metadata);
+    a := credits._lock_account(v_account);
+    v_now := credits._now();
+    v_result := credits._idempotent_result(v_account, 'grant', v_key, v_request);
+    IF v_result IS NOT NULL THEN
+        RETURN v_result::uuid;
+    END IF;
+    IF a.byok THEN
+        PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
+            'BYOK accounts bring their own keys: they have no allocation and no buckets.',
+            'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.');
+    END IF;
+    IF v_kind = 'topup' OR (v_kind = 'promo' AND v_expires IS NULL) THEN
+        v_expires := a.period_end;
+    ELSIF v_kind = 'promo' AND (NOT isfinite(v_expires) OR v_expires <= v_now) THEN
+        PERFORM credits._raise('22023', 'expires_at must be a finite time in the future',
+            format('expires_at is %s, now is %s.', v_expires, v_now),
+            'Pass a later expires_at, or leave it out to expire at the next reset.');
+    ELSIF v_kind = 'promo' AND extract(year FROM v_expires AT TIME ZONE 'UTC') >= 10000 THEN
+        -- The reset planner reads bucket expiries back as ISO 8601 text,
+        -- four-digit years: a bucket expiring in year 10000 or later left
+        -- its account unable to roll forward (0.3.5).
+        PERFORM credits._raise('22023', 'expires_at must be before the year 10000',
+            format('expires_at is %s.', v_expires),
+            'Pass an expiry before 10000-01-01, or grant kind => ''pack'' for credits that never expire.');
+    END IF;
+
+    SELECT * INTO nb FROM credits._new_bucket(v_account, v_kind, v_amount, v_expires, v_now, a.debt, v_key, v_metadata);
+    UPDATE credits.accounts
+       SET balance = balance + v_amount - nb.settled, debt = debt - nb.settled,
+           next_event = least(next_event, v_expires)
+     WHERE account_id = v_account;
+    PERFORM credits._idempotent_store(v_account, 'grant', v_key, v_request, nb.bucket_id::text, v_now);
+    RETURN nb.bucket_id;
+END
+$$;
+
+UPDATE credits.buckets SET expires_at = '9999-12-31 23:59:59.999999+00'
+ WHERE extract(year FROM expires_at AT TIME ZONE 'UTC') >= 10000;
+UPDATE credits.accounts
+   SET billing_anchor = billing_anchor + make_interval(
+           years => 9999 - extract(year FROM billing_anchor AT TIME ZONE 'UTC')::integer)
+ WHERE extract(year FROM billing_anchor AT TIME ZONE 'UTC') >= 10000;
+-- A BC year y reads as -y here, and Postgres counts 1 BC as year 0:
+-- adding -y years lands in year 1.
+UPDATE credits.accounts
+   SET billing_anchor = billing_anchor + make_interval(
+           years => -extract(year FROM billing_anchor AT TIME ZONE 'UTC')::integer)
+ WHERE extract(year FROM billing_anchor AT TIME ZONE 'UTC') < 1;

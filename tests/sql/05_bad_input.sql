@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(47);
+SELECT plan(51);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -48,6 +48,22 @@ SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'acme', limit_mod
 -- Grants with expiry.
 SELECT throws_ok($$SELECT credits_grant(account_id => 'acme', amount => 1, kind => 'topup', expires_at => '2026-04-01')$$, '22023', NULL, 'grant: expires_at only for promos');
 SELECT throws_ok($$SELECT credits_grant(account_id => 'acme', amount => 1, kind => 'promo', expires_at => '2026-01-01')$$, '22023', NULL, 'grant: promo expiring in the past');
+-- Timestamps the reset planner reads back must lie in the years 1 to 9999
+-- (UTC); before 0.3.5 a promo expiring in year 10000, or an anchor there,
+-- was let in and left the account unable to roll forward (XX001), and an
+-- anchor in year 290000 failed with XX000.
+SELECT throws_ok($$SELECT credits_grant(account_id => 'acme', amount => 1, kind => 'promo',
+                                        expires_at => make_timestamptz(10000, 1, 1, 0, 0, 0, 'UTC'))$$,
+                 '22023', 'expires_at must be before the year 10000', 'grant: promo expiring in year 10000');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'acme',
+                                                 billing_anchor => make_timestamptz(20000, 1, 15, 0, 0, 0, 'UTC'))$$,
+                 '22008', 'billing_anchor is out of range', 'account: anchor in year 20000');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'far', plan_id => 'pro',
+                                                 billing_anchor => make_timestamptz(290000, 1, 1, 0, 0, 0, 'UTC'))$$,
+                 '22008', 'billing_anchor is out of range', 'account: anchor in year 290000');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'bc', plan_id => 'pro',
+                                                 billing_anchor => make_timestamptz(-1, 6, 1, 0, 0, 0, 'UTC'))$$,
+                 '22008', 'billing_anchor is out of range', 'account: anchor in 1 BC');
 
 -- Unknown things.
 SELECT throws_ok($$SELECT credits_reserve(account_id => 'nobody', amount => 1, product => 'editor')$$, 'CR002', NULL, 'reserve: unknown account');

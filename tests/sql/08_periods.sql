@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(39);
+SELECT plan(42);
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
@@ -136,6 +136,22 @@ SELECT credits_account_upsert(account_id => 'ord' || i, plan_id => 'ord_small') 
 SELECT is(array_agg(DISTINCT pg_temp.fig('ord' || i, 'available')), ARRAY[25::numeric],
           'a plan change finds the allocation used before the rollover')
   FROM generate_series(1, 16) i;
+
+-- The far ends of the years the reset planner reads back (1 to 9999, UTC)
+-- roll forward like any others: an anchor in year 1 (billing day the 31st,
+-- 10:00) and a promo to the last instant of 9999. (A year-10000 expiry
+-- left its account unable to roll forward before 0.3.5: 05_bad_input.)
+SELECT credits_account_upsert(account_id => 'edge', plan_id => 'bd',
+                              billing_anchor => make_timestamptz(1, 1, 31, 10, 0, 0, 'UTC'));
+SELECT credits_grant(account_id => 'edge', amount => 5, kind => 'promo',
+                     expires_at => make_timestamptz(9999, 12, 31, 23, 59, 59.999999, 'UTC'));
+SET LOCAL credits.now = '2027-06-10 00:00:00+00';
+SELECT is(credits_commit(credits_reserve(account_id => 'edge', amount => 12, product => 'editor')), 12::numeric,
+          'an account anchored in year 1 rolls forward and draws its allocation, then its promo');
+SELECT is(credits_balance('edge') #>> '{summary,period_start}', '2027-05-31T10:00:00.000000Z',
+          'its period starts on the anchor''s day and time');
+SELECT is((SELECT expires_at FROM credits.buckets WHERE account_id = 'edge' AND kind = 'promo'),
+          make_timestamptz(9999, 12, 31, 23, 59, 59.999999, 'UTC'), 'the promo keeps its expiry at the end of 9999');
 
 SET LOCAL transaction_read_only = on;
 SET LOCAL credits.now = '2027-06-15 00:00:00+00';
