@@ -15,7 +15,7 @@
 //! on-time runs would have given.
 
 use crate::period::{period_after, Reset};
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -109,7 +109,51 @@ pub struct PlanError(String);
 fn parse_time(text: &str) -> Result<NaiveDateTime, PlanError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc).naive_utc())
-        .map_err(|e| PlanError(format!("bad timestamp {text:?}: {e}")))
+        .ok()
+        .or_else(|| postgres_time(text))
+        .ok_or_else(|| PlanError(format!("bad timestamp {text:?}")))
+}
+
+/// A timestamptz as Postgres writes it into JSON in the session's time
+/// zone, where RFC 3339 does not reach: a year of five or more digits, a
+/// `BC` suffix, an offset with seconds (a zone's local mean time before it
+/// took a standard time, such as -10:29:20 in Pacific/Kiritimati before
+/// 1901). In Kiritimati the last instant of year 9999 UTC is
+/// "10000-01-01T13:59:59.999999+14:00", and an account anchored in year 1
+/// reads "0001-12-31T13:30:40-10:29:20 BC": either account could not be
+/// rolled forward in such a session before 0.3.5. As UTC.
+fn postgres_time(text: &str) -> Option<NaiveDateTime> {
+    let (text, bc) = match text.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    let (date, rest) = text.split_once('T')?;
+    let mut ymd = date.splitn(3, '-');
+    let year: i32 = ymd.next()?.parse().ok()?;
+    let month: u32 = ymd.next()?.parse().ok()?;
+    let day: u32 = ymd.next()?.parse().ok()?;
+    // Postgres counts 1 BC as year 0, as chrono does.
+    let year = if bc { 1 - year } else { year };
+    let (clock, offset) = match rest.strip_suffix('Z') {
+        Some(clock) => (clock, 0),
+        None => {
+            let sign_at = rest.rfind(['+', '-'])?;
+            let (clock, offset) = rest.split_at(sign_at);
+            let mut parts = offset[1..].split(':').map(|p| p.parse::<i64>().ok());
+            let hours = parts.next()??;
+            let minutes = parts.next().unwrap_or(Some(0))?;
+            let seconds = parts.next().unwrap_or(Some(0))?;
+            if parts.next().is_some() {
+                return None;
+            }
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            (clock, sign * (hours * 3600 + minutes * 60 + seconds))
+        }
+    };
+    let time = NaiveTime::parse_from_str(clock, "%H:%M:%S%.f").ok()?;
+    NaiveDate::from_ymd_opt(year, month, day)?
+        .and_time(time)
+        .checked_sub_signed(Duration::seconds(offset))
 }
 
 fn format_time(t: NaiveDateTime) -> String {
@@ -373,6 +417,39 @@ mod unit {
             "allocation": 100, "rollover_cap": cap, "byok": false, "debt": 0,
             "buckets": buckets, "holds": holds
         }))
+    }
+
+    #[test]
+    fn times_are_read_in_any_offset_postgres_writes() {
+        let utc = |text: &str| parse_time(text).map(format_time).unwrap();
+        assert_eq!(
+            utc("2026-03-01T00:00:00+00:00"),
+            "2026-03-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            utc("2026-03-01T14:00:00.25+14:00"),
+            "2026-03-01T00:00:00.250000Z"
+        );
+        // In Pacific/Kiritimati: local mean time (an offset with seconds),
+        // BC, a five-digit year.
+        assert_eq!(
+            utc("0001-01-30T23:30:40-10:29:20"),
+            "0001-01-31T10:00:00.000000Z"
+        );
+        assert_eq!(
+            utc("0001-12-31T13:30:40-10:29:20 BC"),
+            "0001-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            utc("10000-01-01T13:59:59.999999+14:00"),
+            "9999-12-31T23:59:59.999999Z"
+        );
+        assert_eq!(
+            utc("20000-01-01T00:00:00Z"),
+            "+20000-01-01T00:00:00.000000Z"
+        );
+        assert!(parse_time("2026-03-01").is_err());
+        assert!(parse_time("2026-03-01T00:00:00+01:00:00:00").is_err());
     }
 
     const ALLOC: &str = "00000000-0000-0000-0000-000000000001";

@@ -64,7 +64,9 @@
 -- library's period functions such an anchor (22008). Rows that earlier
 -- versions let in are repaired: such expiries become the last instant of
 -- year 9999, such anchors keep their month, day and time in year 9999 (or
--- year 1).
+-- year 1). (The library's planner also reads the five-digit years, BC
+-- dates and offsets with seconds that Postgres writes in some session time
+-- zones: src/roll.rs.)
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
