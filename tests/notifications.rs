@@ -206,7 +206,9 @@ fn a_transaction_that_raised_events_can_be_prepared_with_credits_notify_off() {
         0
     );
 
-    // Every other write of the API can be prepared as it is.
+    // Every other write of the API can be prepared as it is (but
+    // credits_maintenance, a procedure that commits its batches, which runs
+    // outside any transaction block).
     let writes = [
         "SELECT credits_grant(account_id => 'a', amount => 50, kind => 'promo')",
         "SELECT credits_refund(credits_reserve(account_id => 'a', amount => 5, product => 'editor'))",
@@ -219,6 +221,11 @@ fn a_transaction_that_raised_events_can_be_prepared_with_credits_notify_off() {
         "SELECT credits_events_ack(ARRAY(SELECT event_id FROM credits_events_claim(consumer => 'w')))",
         "SELECT credits_recharge_fail(request_id, 'card declined') FROM credits.recharge_requests",
         "SELECT credits_events_purge(older_than => '0')",
+        "SELECT credits_pack_upsert(pack_id => 'p50', credits => 500, price => 40, currency => 'EUR')",
+        "SELECT credits_auto_recharge_set(account_id => 'a', enabled => false, pack => 'p20', threshold => 30)",
+        "SELECT credits_account_product_set(account_id => 'a', product => 'images', enabled => false)",
+        "SELECT credits_account_bind(account_id => 'a', role => 'credits_app')",
+        "SELECT credits_account_unbind(account_id => 'a', role => 'credits_app')",
     ];
     for (i, write) in writes.iter().enumerate() {
         app.batch_execute("BEGIN").unwrap();
