@@ -10,7 +10,12 @@
 
 CREATE TABLE credits.account_roles (
     account_id text NOT NULL REFERENCES credits.accounts (account_id),
-    role_id    oid NOT NULL,
+    -- regrole, not oid (0.3.5): pg_dump writes the role's name, so a
+    -- restore into another cluster, where the role has another OID, binds
+    -- the same role (or fails if it does not exist) instead of an OID that
+    -- names no role there, which left the role bound to nothing, seeing
+    -- every account. Within a cluster it is the OID, so a rename keeps it.
+    role_id    regrole NOT NULL,
     created_at timestamptz NOT NULL,
     PRIMARY KEY (account_id, role_id)
 );
@@ -25,7 +30,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT ar.account_id
       FROM credits.account_roles ar
-      JOIN pg_catalog.pg_roles r ON r.oid = ar.role_id
+      JOIN pg_catalog.pg_roles r ON r.oid = ar.role_id::oid
      WHERE pg_catalog.pg_has_role(p_role, r.oid, 'MEMBER')
 $$;
 
@@ -80,7 +85,7 @@ BEGIN
     PERFORM credits._required(credits_account_bind.role IS NULL, 'role');
     PERFORM credits._lock_account(v_account);
     INSERT INTO credits.account_roles (account_id, role_id, created_at)
-    VALUES (v_account, credits_account_bind.role::oid, credits._now())
+    VALUES (v_account, credits_account_bind.role, credits._now())
     ON CONFLICT DO NOTHING;
 END
 $$;
@@ -96,6 +101,6 @@ DECLARE
 BEGIN
     PERFORM credits._required(credits_account_unbind.role IS NULL, 'role');
     PERFORM credits._lock_account(v_account);
-    DELETE FROM credits.account_roles WHERE account_id = v_account AND role_id = credits_account_unbind.role::oid;
+    DELETE FROM credits.account_roles WHERE account_id = v_account AND role_id = credits_account_unbind.role;
 END
 $$;

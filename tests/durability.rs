@@ -147,6 +147,11 @@ fn pg_dump_and_pg_restore_keep_every_balance_and_the_chain() {
         "pg_dump",
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
+    // As on another server, where pg_dumpall --roles-only made the roles
+    // anew: the bound role has another OID now.
+    client
+        .batch_execute("DROP ROLE it_dump_app; CREATE ROLE it_dump_app IN ROLE credits_app;")
+        .unwrap();
     empty_db("it_restored");
     let mut args: Vec<String> = conn_args();
     args.extend(["-d", "it_restored", "--exit-on-error", dump].map(String::from));
@@ -166,10 +171,24 @@ fn pg_dump_and_pg_restore_keep_every_balance_and_the_chain() {
         ledger_before
     );
     assert_eq!(
-        count(&mut restored, "SELECT count(*) FROM credits.account_roles"),
-        1,
-        "bindings are kept"
+        rows(
+            &mut restored,
+            "SELECT account_id || ' ' || role_id::text FROM credits.account_roles"
+        ),
+        ["a1 it_dump_app"],
+        "bindings are kept, by the role's name"
     );
+    // The role bound to a1 reaches a1 alone (before 0.3.5 the binding named
+    // the old OID, and the role, bound to nothing, reached every account).
+    restored.batch_execute("SET ROLE it_dump_app").unwrap();
+    restored
+        .query_one("SELECT credits_balance('a1')::text", &[])
+        .unwrap();
+    let refused = restored
+        .query_one("SELECT credits_balance('a2')::text", &[])
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&refused), "CR002");
+    restored.batch_execute("RESET ROLE").unwrap();
     assert_verify_empty(&mut restored);
     // And it goes on working: the chain continues, no identity collides.
     restored

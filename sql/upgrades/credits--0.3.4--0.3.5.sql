@@ -67,6 +67,13 @@
 -- year 1). (The library's planner also reads the five-digit years, BC
 -- dates and offsets with seconds that Postgres writes in some session time
 -- zones: src/roll.rs.)
+--
+-- credits.account_roles.role_id becomes regrole instead of oid: pg_dump
+-- wrote the OID, and a restore into another cluster (where pg_dumpall
+-- --roles-only gives the roles new OIDs) kept bindings that named no role
+-- there, so a role bound to some accounts was bound to nothing and saw
+-- every account. pg_dump now writes the role's name. credits._bindings_of,
+-- credits_account_bind and credits_account_unbind follow.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -729,3 +736,48 @@ UPDATE credits.accounts
    SET billing_anchor = billing_anchor + make_interval(
            years => -extract(year FROM billing_anchor AT TIME ZONE 'UTC')::integer)
  WHERE extract(year FROM billing_anchor AT TIME ZONE 'UTC') < 1;
+
+ALTER TABLE credits.account_roles ALTER COLUMN role_id TYPE regrole USING role_id::regrole;
+
+CREATE OR REPLACE FUNCTION credits._bindings_of(p_role text)
+RETURNS TABLE (account_id text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ar.account_id
+      FROM credits.account_roles ar
+      JOIN pg_catalog.pg_roles r ON r.oid = ar.role_id::oid
+     WHERE pg_catalog.pg_has_role(p_role, r.oid, 'MEMBER')
+$$;
+
+CREATE OR REPLACE FUNCTION public.credits_account_bind(account_id text, role regrole) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_account_bind.account_id, 'account_id', 255);
+BEGIN
+    PERFORM credits._required(credits_account_bind.role IS NULL, 'role');
+    PERFORM credits._lock_account(v_account);
+    INSERT INTO credits.account_roles (account_id, role_id, created_at)
+    VALUES (v_account, credits_account_bind.role, credits._now())
+    ON CONFLICT DO NOTHING;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.credits_account_unbind(account_id text, role regrole) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_account_unbind.account_id, 'account_id', 255);
+BEGIN
+    PERFORM credits._required(credits_account_unbind.role IS NULL, 'role');
+    PERFORM credits._lock_account(v_account);
+    DELETE FROM credits.account_roles WHERE account_id = v_account AND role_id = credits_account_unbind.role;
+END
+$$;
