@@ -200,4 +200,12 @@ AS $$
       FROM credits.reservations r
       LEFT JOIN reservation_ledger lr ON lr.account_id = r.account_id AND lr.reservation_id = r.reservation_id
      WHERE r.status = 'committed' AND NOT r.byok AND r.charged - r.refunded <> coalesce(lr.amount, 0)
+    UNION ALL
+    -- Postgres does not track bindings as dependencies of a role: a role
+    -- dropped without credits_account_unbind leaves its OID behind, which
+    -- a role made later could be given.
+    SELECT 'bindings name existing roles', ar.account_id,
+           format('role OID %s is bound to the account but names no role', ar.role_id::oid)
+      FROM credits.account_roles ar
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = ar.role_id::oid)
 $$;

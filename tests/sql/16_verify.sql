@@ -3,7 +3,7 @@
 -- tampering breaks), and it reads the ledger a bounded number of times, not
 -- once per reservation.
 \ir helpers.inc
-SELECT plan(17);
+SELECT plan(18);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -37,6 +37,9 @@ END
 $$;
 
 SELECT is(pg_temp.reported('SELECT 1'), 'nothing', 'a healthy database: credits_verify() reports nothing');
+SELECT is(pg_temp.reported($$CREATE ROLE credits_test_dropped; SELECT credits_account_bind('v', 'credits_test_dropped');
+                              DROP ROLE credits_test_dropped$$),
+          'bindings name existing roles: v', 'a binding to a role dropped without credits_account_unbind');
 SELECT is(pg_temp.reported($$UPDATE credits.buckets SET balance = balance + 1 WHERE account_id = 'v' AND kind = 'allocation';
                               UPDATE credits.accounts SET balance = balance + 1 WHERE account_id = 'v'$$),
           'bucket balance equals its ledger rows: v', 'a bucket balance that its ledger rows do not add up to');
