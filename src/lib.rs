@@ -3,8 +3,9 @@
 //! The ledger itself (tables, limits, reserve/commit/refund) is plain SQL in
 //! `sql/`, one concern per file, loaded below in dependency order. Rust holds
 //! what it does better: exact input validation (`input`), the pinned clock
-//! (`clock`), the events' NOTIFY setting (`notify`), billing-period arithmetic (`period`), the reset planner
-//! (`roll`), JSON assembly (`balance`), the ledger's hash (`chain`) and the
+//! (`clock`), the events' NOTIFY setting (`notify`), billing-period
+//! arithmetic (`period`), the reset planner (`roll`), JSON assembly
+//! (`balance`), the ledger's hash (`chain`) and the
 //! hot path: the reserve and commit fast paths (`fast_reserve`,
 //! `fast_commit`, with their shared plumbing in `fast_path`), which handle
 //! the common case through kept SPI plans and leave every other case to the

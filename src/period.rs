@@ -101,11 +101,11 @@ fn to_naive(t: TimestampWithTimeZone, name: &str) -> NaiveDateTime {
         .set_hint("Billing periods need a real date.")
         .report(PgLogLevel::ERROR);
     }
-    // Years 1 to 9999 (UTC): what the reset planner reads back from the
-    // account's JSON (ISO 8601's four-digit years; Postgres writes year
-    // 20000 as "20000-..." and BC years with a suffix, which no period
-    // could be rolled from) and far inside chrono's range (a year-290000
-    // anchor overflowed it: XX000).
+    // Years 1 to 9999 (UTC), ISO 8601's four-digit years, which periods
+    // are computed for and written back in: before 0.3.5 an anchor in year
+    // 20000 was let in and its account could not be rolled forward (the
+    // planner read no five-digit year), and one in year 290000 overflowed
+    // chrono's range (XX000).
     epoch()
         .checked_add_signed(Duration::microseconds(t.into_inner()))
         .filter(|naive| (1..=9999).contains(&naive.year()))
