@@ -3,6 +3,22 @@
 -- model. Roles are cluster-wide, so they are created only if missing (also
 -- when two databases create the extension at the same moment) and survive
 -- DROP EXTENSION.
+
+-- The library handles names (account ids, products, keys, metadata) as
+-- UTF-8 text; in a database of another encoding the first name beyond
+-- ASCII failed with XX000. Refused here, before anything is made.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION USING ERRCODE = '0A000',
+            MESSAGE = 'the credits extension needs a database with UTF8 encoding',
+            DETAIL = pg_catalog.format('This database''s encoding is %s; credits handles names as UTF-8 text.',
+                                       pg_catalog.getdatabaseencoding()),
+            HINT = 'Create the database with ENCODING ''UTF8'' (for example from template0) and install credits there.';
+    END IF;
+END
+$encoding$;
+
 CREATE SCHEMA credits;
 
 DO $roles$

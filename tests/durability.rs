@@ -729,3 +729,43 @@ fn a_logical_subscriber_reads_what_the_publisher_reads_and_takes_over_once_its_s
     );
     assert_verify_empty(&mut subscriber);
 }
+
+/// A database whose encoding is not UTF8 is refused at CREATE EXTENSION
+/// with 0A000, and nothing is left of the extension there: the library
+/// handles names as UTF-8 text, and there the first name beyond ASCII
+/// failed with XX000.
+#[test]
+fn a_database_not_in_utf8_is_refused_at_create_extension() {
+    let mut admin = connect(&format!("{} dbname=postgres", base_url()));
+    admin
+        .batch_execute("DROP DATABASE IF EXISTS it_latin1 WITH (FORCE)")
+        .unwrap();
+    admin
+        .batch_execute(
+            "CREATE DATABASE it_latin1 TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'",
+        )
+        .unwrap();
+    let mut client = connect(&format!("{} dbname=it_latin1", base_url()));
+    let refused = client
+        .batch_execute("CREATE EXTENSION credits")
+        .unwrap_err();
+    let db = refused.as_db_error().unwrap();
+    assert_eq!(
+        (db.code().code(), db.message()),
+        (
+            "0A000",
+            "the credits extension needs a database with UTF8 encoding"
+        )
+    );
+    assert_eq!(
+        db.detail(),
+        Some("This database's encoding is LATIN1; credits handles names as UTF-8 text.")
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'credits'"
+        ),
+        0
+    );
+}
