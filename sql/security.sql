@@ -19,19 +19,37 @@ CREATE TABLE credits.account_roles (
     created_at timestamptz NOT NULL,
     PRIMARY KEY (account_id, role_id)
 );
+-- The bindings of a role: credits._bindings_of.
+CREATE INDEX account_roles_by_role ON credits.account_roles (role_id);
 SELECT pg_catalog.pg_extension_config_dump('credits.account_roles', '');
 COMMENT ON TABLE credits.account_roles IS 'Accounts bound to roles: members of a bound role see and touch only their accounts.';
 
--- The roles (by OID, existing ones only) whose accounts p_role may reach.
+-- The accounts bound to p_role or to a role it is a member of (directly or
+-- through other roles, as pg_has_role(..., 'MEMBER') counts). The roles are
+-- found upward from p_role through pg_auth_members, and the bindings by
+-- role: a few index probes, whatever the number of bindings and roles.
+-- These three functions are PL/pgSQL (since 0.3.5), so that their plans are
+-- kept for the session. Until 0.3.5 they were SQL functions, planned again
+-- on every call, and _bindings_of asked pg_has_role about the role of every
+-- binding: with 10,000 bindings each check of the caller's bindings took
+-- about 1 ms and more, and a bound role's reserve + commit 7.1 ms instead
+-- of 1.6 ms.
 CREATE FUNCTION credits._bindings_of(p_role text)
 RETURNS TABLE (account_id text)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    RETURN QUERY
+    WITH RECURSIVE member_of(oid) AS (
+        SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = p_role
+        UNION
+        SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN member_of ON m.member = member_of.oid
+    )
     SELECT ar.account_id
       FROM credits.account_roles ar
-      JOIN pg_catalog.pg_roles r ON r.oid = ar.role_id::oid
-     WHERE pg_catalog.pg_has_role(p_role, r.oid, 'MEMBER')
+     WHERE ar.role_id = ANY (ARRAY(SELECT member_of.oid::regrole FROM member_of));
+END
 $$;
 
 -- Whether the caller (credits._actor(): the session's role, or the one it
@@ -39,22 +57,31 @@ $$;
 -- SECURITY DEFINER: the row-level security policies call it, and it reads
 -- credits.account_roles, which has a policy of its own.
 CREATE FUNCTION credits._sees_all() RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT NOT EXISTS (SELECT 1 FROM credits.account_roles)
-        OR coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = credits._actor()), false)
-        OR NOT EXISTS (SELECT 1 FROM credits._bindings_of(credits._actor()))
+DECLARE
+    v_actor text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM credits.account_roles) THEN
+        RETURN true;
+    END IF;
+    v_actor := credits._actor();
+    RETURN coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = v_actor), false)
+        OR NOT EXISTS (SELECT 1 FROM credits._bindings_of(v_actor));
+END
 $$;
 
 -- The accounts bound to the caller's roles.
 CREATE FUNCTION credits._bound_accounts() RETURNS text[]
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(array_agg(DISTINCT b.account_id), '{}') FROM credits._bindings_of(credits._actor()) b
+BEGIN
+    RETURN (SELECT coalesce(array_agg(DISTINCT b.account_id), '{}') FROM credits._bindings_of(credits._actor()) b);
+END
 $$;
 
 -- Whether the caller of an API function may touch p_account. Cheap when

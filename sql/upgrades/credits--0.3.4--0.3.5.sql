@@ -73,7 +73,13 @@
 -- --roles-only gives the roles new OIDs) kept bindings that named no role
 -- there, so a role bound to some accounts was bound to nothing and saw
 -- every account. pg_dump now writes the role's name. credits._bindings_of,
--- credits_account_bind and credits_account_unbind follow.
+-- credits_account_bind and credits_account_unbind follow; _bindings_of
+-- finds the caller's roles upward through pg_auth_members and their
+-- bindings through the new index account_roles_by_role, instead of asking
+-- pg_has_role about the role of every binding, and it, credits._sees_all
+-- and credits._bound_accounts become PL/pgSQL, so that their plans are
+-- kept for the session (with 10,000 bindings a bound role's reserve +
+-- commit took 7.1 ms, now 1.2 ms; a superuser's 1.6 ms, now 1.0 ms).
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -747,15 +753,56 @@ UPDATE credits.accounts
 
 ALTER TABLE credits.account_roles ALTER COLUMN role_id TYPE regrole USING role_id::regrole;
 
+CREATE INDEX account_roles_by_role ON credits.account_roles (role_id);
+
 CREATE OR REPLACE FUNCTION credits._bindings_of(p_role text)
 RETURNS TABLE (account_id text)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    RETURN QUERY
+    WITH RECURSIVE member_of(oid) AS (
+        SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = p_role
+        UNION
+        SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN member_of ON m.member = member_of.oid
+    )
     SELECT ar.account_id
       FROM credits.account_roles ar
-      JOIN pg_catalog.pg_roles r ON r.oid = ar.role_id::oid
-     WHERE pg_catalog.pg_has_role(p_role, r.oid, 'MEMBER')
+     WHERE ar.role_id = ANY (ARRAY(SELECT member_of.oid::regrole FROM member_of));
+END
+$$;
+
+-- Whether the caller (credits._actor(): the session's role, or the one it
+-- SET ROLE to) sees every account: superusers, and roles bound to nothing.
+-- SECURITY DEFINER: the row-level security policies call it, and it reads
+-- credits.account_roles, which has a policy of its own.
+CREATE OR REPLACE FUNCTION credits._sees_all() RETURNS boolean
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_actor text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM credits.account_roles) THEN
+        RETURN true;
+    END IF;
+    v_actor := credits._actor();
+    RETURN coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = v_actor), false)
+        OR NOT EXISTS (SELECT 1 FROM credits._bindings_of(v_actor));
+END
+$$;
+
+-- The accounts bound to the caller's roles.
+CREATE OR REPLACE FUNCTION credits._bound_accounts() RETURNS text[]
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT coalesce(array_agg(DISTINCT b.account_id), '{}') FROM credits._bindings_of(credits._actor()) b);
+END
 $$;
 
 CREATE OR REPLACE FUNCTION public.credits_account_bind(account_id text, role regrole) RETURNS void

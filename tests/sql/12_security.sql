@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(37);
+SELECT plan(40);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => a, plan_id => 'pro') FROM unnest(ARRAY['a1', 'a2']) a;
@@ -70,6 +70,22 @@ SELECT results_eq($$SELECT DISTINCT account_id FROM credits.ledger$$, $$VALUES (
 SELECT is((SELECT count(*) FROM credits.usage_daily WHERE account_id = 'a2'), 0::bigint, 'nothing of a2');
 SELECT is((SELECT count(*) FROM credits_usage_daily('a2', '2026-03-01', '2026-03-31')), 0::bigint,
           'not through the usage functions either');
+RESET ROLE;
+-- Bound through membership: a role in a role in a bound role (NOINHERIT
+-- too: membership, not privileges, decides) reaches that account alone; an
+-- unrelated bound role does not make it bound.
+CREATE ROLE t_group_a2;
+CREATE ROLE t_team_a2 NOINHERIT IN ROLE t_group_a2;
+CREATE ROLE t_app_deep IN ROLE credits_app, t_team_a2;
+SELECT credits_account_bind(account_id => 'a2', role => 't_group_a2');
+SET ROLE t_app_deep;
+SELECT is((credits_balance('a2') -> 'summary' ->> 'allocation')::numeric, 100::numeric,
+          'a member of a member of a bound role reaches its account');
+SELECT throws_ok($$SELECT credits_balance('a1')$$, 'CR002', NULL, 'and no other');
+RESET ROLE;
+SET ROLE t_app;
+SELECT lives_ok($$SELECT credits_balance('a1'), credits_balance('a2')$$,
+                'a role bound to nothing still reaches every account');
 RESET ROLE;
 SELECT throws_ok($$SET credits.now = '2030-01-01'$$, '42501', NULL, 'the clock setting is superuser-only')
   FROM (SELECT set_config('role', 't_app', true)) x;
