@@ -221,6 +221,17 @@ fn upgrade_from(version: &str) {
              UPDATE credits.accounts SET billing_anchor = '20000-01-15 10:00:00+00' WHERE account_id = 'far';",
         )
         .unwrap();
+    // A binding (since 0.2.0), whose column becomes a regrole in 0.3.5.
+    let binds = version != "0.1.0";
+    if binds {
+        client
+            .batch_execute(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_upgrade_app') THEN
+                     CREATE ROLE it_upgrade_app IN ROLE credits_app; END IF; END $$;
+                 SELECT credits_account_bind('a1', 'it_upgrade_app');",
+            )
+            .unwrap();
+    }
     let keyed = replay_of_keyed_reserve(&mut client);
     let before = rows(&mut client, STATE);
     let ledger_before = count(&mut client, "SELECT count(*) FROM credits.ledger");
@@ -275,6 +286,25 @@ fn upgrade_from(version: &str) {
         only_upgraded.is_empty() && only_fresh.is_empty(),
         "the upgrade script does not give the schema of a fresh install:\nonly after upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
     );
+
+    if binds {
+        assert_eq!(
+            rows(
+                &mut client,
+                "SELECT account_id || ' ' || role_id::text FROM credits.account_roles"
+            ),
+            ["a1 it_upgrade_app"]
+        );
+        client.batch_execute("SET ROLE it_upgrade_app").unwrap();
+        client
+            .query_one("SELECT credits_balance('a1')::text", &[])
+            .unwrap();
+        let refused = client
+            .query_one("SELECT credits_balance('a2')::text", &[])
+            .unwrap_err();
+        assert_eq!(common::sqlstate(&refused), "CR002", "the binding holds");
+        client.batch_execute("RESET ROLE").unwrap();
+    }
 
     // The upgrade repaired them (the expiry at the end of year 9999, the
     // anchor's day and time in year 9999), and both accounts roll forward
