@@ -15,7 +15,7 @@
 //! on-time runs would have given.
 
 use crate::period::{period_after, Reset};
-use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -107,21 +107,19 @@ pub struct Plan {
 pub struct PlanError(String);
 
 fn parse_time(text: &str) -> Result<NaiveDateTime, PlanError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc).naive_utc())
-        .ok()
-        .or_else(|| postgres_time(text))
-        .ok_or_else(|| PlanError(format!("bad timestamp {text:?}")))
+    postgres_time(text).ok_or_else(|| PlanError(format!("bad timestamp {text:?}")))
 }
 
 /// A timestamptz as Postgres writes it into JSON in the session's time
-/// zone, where RFC 3339 does not reach: a year of five or more digits, a
+/// zone (or as `format_time` writes it, with `Z`), as UTC. That is RFC 3339
+/// but where RFC 3339 does not reach: a year of five or more digits, a
 /// `BC` suffix, an offset with seconds (a zone's local mean time before it
 /// took a standard time, such as -10:29:20 in Pacific/Kiritimati before
 /// 1901). In Kiritimati the last instant of year 9999 UTC is
 /// "10000-01-01T13:59:59.999999+14:00", and an account anchored in year 1
 /// reads "0001-12-31T13:30:40-10:29:20 BC": either account could not be
-/// rolled forward in such a session before 0.3.5. As UTC.
+/// rolled forward in such a session before 0.3.5, when only RFC 3339 was
+/// read.
 fn postgres_time(text: &str) -> Option<NaiveDateTime> {
     let (text, bc) = match text.strip_suffix(" BC") {
         Some(rest) => (rest, true),

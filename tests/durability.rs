@@ -56,6 +56,42 @@ fn replay_of_keyed_reserve(client: &mut Client) -> String {
     replayed
 }
 
+/// Binds account a1 to `role`, a member of credits_app made if missing.
+fn bind_a1_to(client: &mut Client, role: &str) {
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+                 CREATE ROLE {role} IN ROLE credits_app; END IF; END $$;
+             SELECT credits_account_bind('a1', '{role}');"
+        ))
+        .unwrap();
+}
+
+/// The only binding names `role`, and confines it to a1: a2 is unknown to it.
+fn assert_a1_alone_bound_to(client: &mut Client, role: &str) {
+    assert_eq!(
+        rows(
+            client,
+            "SELECT account_id || ' ' || role_id::text FROM credits.account_roles"
+        ),
+        [format!("a1 {role}")],
+        "the binding names its role"
+    );
+    client.batch_execute(&format!("SET ROLE {role}")).unwrap();
+    client
+        .query_one("SELECT credits_balance('a1')::text", &[])
+        .unwrap();
+    let refused = client
+        .query_one("SELECT credits_balance('a2')::text", &[])
+        .unwrap_err();
+    assert_eq!(
+        common::sqlstate(&refused),
+        "CR002",
+        "{role} reaches a1 alone"
+    );
+    client.batch_execute("RESET ROLE").unwrap();
+}
+
 const STATE: &str = "SELECT concat_ws(' ', account_id, balance, held, overage_held, period_used, period_overage, debt) \
                      FROM credits.accounts ORDER BY account_id";
 
@@ -128,13 +164,7 @@ fn pg_dump_and_pg_restore_keep_every_balance_and_the_chain() {
     let url = fresh_db("it_dump");
     let mut client = connect(&url);
     populate(&mut client);
-    client
-        .batch_execute(
-            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_dump_app') THEN
-                 CREATE ROLE it_dump_app IN ROLE credits_app; END IF; END $$;
-             SELECT credits_account_bind('a1', 'it_dump_app');",
-        )
-        .unwrap();
+    bind_a1_to(&mut client, "it_dump_app");
     let before = rows(&mut client, STATE);
     let ledger_before = count(&mut client, "SELECT count(*) FROM credits.ledger");
     assert_verify_empty(&mut client);
@@ -170,25 +200,9 @@ fn pg_dump_and_pg_restore_keep_every_balance_and_the_chain() {
         count(&mut restored, "SELECT count(*) FROM credits.ledger"),
         ledger_before
     );
-    assert_eq!(
-        rows(
-            &mut restored,
-            "SELECT account_id || ' ' || role_id::text FROM credits.account_roles"
-        ),
-        ["a1 it_dump_app"],
-        "bindings are kept, by the role's name"
-    );
-    // The role bound to a1 reaches a1 alone (before 0.3.5 the binding named
-    // the old OID, and the role, bound to nothing, reached every account).
-    restored.batch_execute("SET ROLE it_dump_app").unwrap();
-    restored
-        .query_one("SELECT credits_balance('a1')::text", &[])
-        .unwrap();
-    let refused = restored
-        .query_one("SELECT credits_balance('a2')::text", &[])
-        .unwrap_err();
-    assert_eq!(common::sqlstate(&refused), "CR002");
-    restored.batch_execute("RESET ROLE").unwrap();
+    // Bindings are kept by the role's name: before 0.3.5 the binding named
+    // the old OID, and the role, bound to nothing, reached every account.
+    assert_a1_alone_bound_to(&mut restored, "it_dump_app");
     assert_verify_empty(&mut restored);
     // And it goes on working: the chain continues, no identity collides.
     restored
@@ -224,13 +238,7 @@ fn upgrade_from(version: &str) {
     // A binding (since 0.2.0), whose column becomes a regrole in 0.3.5.
     let binds = version != "0.1.0";
     if binds {
-        client
-            .batch_execute(
-                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_upgrade_app') THEN
-                     CREATE ROLE it_upgrade_app IN ROLE credits_app; END IF; END $$;
-                 SELECT credits_account_bind('a1', 'it_upgrade_app');",
-            )
-            .unwrap();
+        bind_a1_to(&mut client, "it_upgrade_app");
     }
     let keyed = replay_of_keyed_reserve(&mut client);
     let before = rows(&mut client, STATE);
@@ -288,22 +296,7 @@ fn upgrade_from(version: &str) {
     );
 
     if binds {
-        assert_eq!(
-            rows(
-                &mut client,
-                "SELECT account_id || ' ' || role_id::text FROM credits.account_roles"
-            ),
-            ["a1 it_upgrade_app"]
-        );
-        client.batch_execute("SET ROLE it_upgrade_app").unwrap();
-        client
-            .query_one("SELECT credits_balance('a1')::text", &[])
-            .unwrap();
-        let refused = client
-            .query_one("SELECT credits_balance('a2')::text", &[])
-            .unwrap_err();
-        assert_eq!(common::sqlstate(&refused), "CR002", "the binding holds");
-        client.batch_execute("RESET ROLE").unwrap();
+        assert_a1_alone_bound_to(&mut client, "it_upgrade_app");
     }
 
     // The upgrade repaired them (the expiry at the end of year 9999, the
