@@ -67,7 +67,8 @@ fn bind_a1_to(client: &mut Client, role: &str) {
         .unwrap();
 }
 
-/// The only binding names `role`, and confines it to a1: a2 is unknown to it.
+/// The only binding names `role`, and confines it to a1 (see
+/// [`assert_a1_alone_reached_by`]).
 fn assert_a1_alone_bound_to(client: &mut Client, role: &str) {
     assert_eq!(
         rows(
@@ -77,19 +78,54 @@ fn assert_a1_alone_bound_to(client: &mut Client, role: &str) {
         [format!("a1 {role}")],
         "the binding names its role"
     );
+    assert_a1_alone_reached_by(client, role);
+}
+
+/// `role` (bound to a1) reads, reserves and commits on a1, and a2 is
+/// unknown to it: its balance, a reserve, and the commit of a hold that
+/// another role made there. The reserve and the commit go through the
+/// library's fast paths where the SQL version has them, so this also checks
+/// their binding rule against each released version's SQL functions.
+fn assert_a1_alone_reached_by(client: &mut Client, role: &str) {
+    let foreign: String = client
+        .query_one(
+            "SELECT credits_reserve(account_id => 'a2', amount => 1, product => 'editor')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     client.batch_execute(&format!("SET ROLE {role}")).unwrap();
     client
         .query_one("SELECT credits_balance('a1')::text", &[])
         .unwrap();
-    let refused = client
-        .query_one("SELECT credits_balance('a2')::text", &[])
-        .unwrap_err();
-    assert_eq!(
-        common::sqlstate(&refused),
-        "CR002",
-        "{role} reaches a1 alone"
-    );
+    client
+        .query_one(
+            "SELECT credits_commit(credits_reserve(account_id => 'a1', amount => 1, product => 'editor'))",
+            &[],
+        )
+        .unwrap();
+    for (call, code) in [
+        ("SELECT credits_balance('a2')::text", "CR002"),
+        (
+            "SELECT credits_reserve(account_id => 'a2', amount => 1, product => 'editor')::text",
+            "CR002",
+        ),
+        (
+            &format!("SELECT credits_commit('{foreign}')::text") as &str,
+            "CR004",
+        ),
+    ] {
+        let refused = client.query_one(call, &[]).unwrap_err();
+        assert_eq!(
+            common::sqlstate(&refused),
+            code,
+            "{role} reaches a1 alone: {call}"
+        );
+    }
     client.batch_execute("RESET ROLE").unwrap();
+    client
+        .query_one(&format!("SELECT credits_refund('{foreign}')"), &[])
+        .unwrap();
 }
 
 const STATE: &str = "SELECT concat_ws(' ', account_id, balance, held, overage_held, period_used, period_overage, debt) \
@@ -239,6 +275,9 @@ fn upgrade_from(version: &str) {
     let binds = version != "0.1.0";
     if binds {
         bind_a1_to(&mut client, "it_upgrade_app");
+        // The library is the current one: its fast paths' binding rule
+        // must hold with the released version's SQL functions too.
+        assert_a1_alone_reached_by(&mut client, "it_upgrade_app");
     }
     let keyed = replay_of_keyed_reserve(&mut client);
     let before = rows(&mut client, STATE);
