@@ -90,7 +90,12 @@ RESET ROLE;
 -- The binding rule of every write path and of the fast paths,
 -- credits._may_touch, which probes one account's bindings (0.3.5), against
 -- the expected reach of each role and against the rule the row-level
--- security policies apply with the list of the caller's accounts.
+-- security policies apply with the list of the caller's accounts. Both are
+-- asked as the API functions ask them: as the owner, for the role the
+-- session acts as.
+CREATE FUNCTION pg_temp.rules(a text, OUT may_touch boolean, OUT policy_rule boolean)
+LANGUAGE sql SECURITY DEFINER
+AS $$SELECT credits._may_touch(a), credits._sees_all() OR a = ANY (credits._bound_accounts())$$;
 CREATE FUNCTION pg_temp.reach()
 RETURNS TABLE (who text, account text, may_touch boolean, policy_rule boolean)
 LANGUAGE plpgsql AS $$
@@ -99,13 +104,12 @@ DECLARE
 BEGIN
     FOREACH r IN ARRAY ARRAY['postgres', 't_app', 't_app_a1', 't_reader_a1', 't_group_a2', 't_team_a2', 't_app_deep'] LOOP
         PERFORM set_config('role', r, true);
-        RETURN QUERY SELECT r, a, credits._may_touch(a), credits._sees_all() OR a = ANY (credits._bound_accounts())
-                       FROM unnest(ARRAY['a1', 'a2', 'a9']) a;
+        RETURN QUERY SELECT r, a, x.may_touch, x.policy_rule
+                       FROM unnest(ARRAY['a1', 'a2', 'a9']) a, pg_temp.rules(a) x;
         PERFORM set_config('role', 'none', true);
     END LOOP;
 END
 $$;
-GRANT EXECUTE ON FUNCTION credits._may_touch(text), credits._sees_all(), credits._bound_accounts() TO PUBLIC;
 SELECT results_eq($$SELECT who, string_agg(account, ',' ORDER BY account) FILTER (WHERE may_touch)
                       FROM pg_temp.reach() GROUP BY who ORDER BY who$$,
                   $$VALUES ('postgres', 'a1,a2,a9'), ('t_app', 'a1,a2,a9'), ('t_app_a1', 'a1'), ('t_app_deep', 'a2'),
@@ -113,7 +117,6 @@ SELECT results_eq($$SELECT who, string_agg(account, ',' ORDER BY account) FILTER
                   'credits._may_touch: superusers and unbound roles reach every account, bound ones (through any membership) theirs');
 SELECT is_empty($$SELECT * FROM pg_temp.reach() WHERE may_touch IS DISTINCT FROM policy_rule$$,
                 'credits._may_touch agrees with the row-level security rule for every role and account');
-REVOKE EXECUTE ON FUNCTION credits._may_touch(text), credits._sees_all(), credits._bound_accounts() FROM PUBLIC;
 SELECT throws_ok($$SET credits.now = '2030-01-01'$$, '42501', NULL, 'the clock setting is superuser-only')
   FROM (SELECT set_config('role', 't_app', true)) x;
 RESET ROLE;
