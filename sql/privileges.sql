@@ -54,7 +54,8 @@ GRANT EXECUTE ON FUNCTION
     public.credits_events_purge(interval, boolean, text[]),
     public.credits_account_bind(text, regrole),
     public.credits_account_unbind(text, regrole),
-    credits._maintenance_batch(integer)
+    credits._maintenance_batch(integer, text[]),
+    credits._maintenance_one(text[])
 TO credits_admin;
 GRANT EXECUTE ON PROCEDURE public.credits_maintenance(integer) TO credits_admin;
 

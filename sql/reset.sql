@@ -45,9 +45,11 @@ END
 $$;
 
 -- One batch of the maintenance run: up to batch_size due accounts, oldest
--- due first, skipping accounts another session has locked. Returns how many
--- accounts it brought up to date.
-CREATE FUNCTION credits._maintenance_batch(batch_size integer) RETURNS integer
+-- due first, skipping accounts another session has locked and those in
+-- skip (the run set them aside). Returns how many accounts it brought up
+-- to date. One failing account fails the whole batch: the run then rolls
+-- them one at a time (credits._maintenance_one).
+CREATE FUNCTION credits._maintenance_batch(batch_size integer, skip text[] DEFAULT '{}') RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -57,9 +59,9 @@ DECLARE
     n integer := 0;
 BEGIN
     FOR a IN
-        SELECT account_id FROM credits.accounts
-         WHERE next_event <= credits._now()
-         ORDER BY next_event
+        SELECT c.account_id FROM credits.accounts c
+         WHERE c.next_event <= credits._now() AND c.account_id <> ALL (skip)
+         ORDER BY c.next_event
          LIMIT batch_size
            FOR NO KEY UPDATE SKIP LOCKED
     LOOP
@@ -70,22 +72,59 @@ BEGIN
 END
 $$;
 
+-- The maintenance run's way past an account that cannot be brought up to
+-- date: locks the first due account not in skip (SKIP LOCKED) and rolls
+-- it in a subtransaction. Returns the account (NULL: none is due) and, if
+-- rolling it failed, the error (the account is left as it was).
+CREATE FUNCTION credits._maintenance_one(skip text[], OUT account text, OUT failure text, OUT failure_state text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT c.account_id INTO account FROM credits.accounts c
+     WHERE c.next_event <= credits._now() AND c.account_id <> ALL (skip)
+     ORDER BY c.next_event
+     LIMIT 1
+       FOR NO KEY UPDATE SKIP LOCKED;
+    IF account IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        PERFORM credits._housekeep(account, credits._now());
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT, failure_state = RETURNED_SQLSTATE;
+    END;
+END
+$$;
+
 -- The pg_cron entry point: CALL credits_maintenance().
 -- Brings every due account up to date in batches, committing after each so
 -- that no lock is held long, while reservations go on. The accounts a batch
 -- has rolled stay locked until it commits, so a reserve on one of them waits
 -- for the rest of the batch: the default of 100 (1000 until 0.3.4) keeps
 -- that wait to tens of milliseconds for at most a few percent more time per
--- account (README, Scheduling with pg_cron). A session-level advisory lock
--- keeps two overlapping runs apart (the second one returns at once). An
--- invoker procedure: PostgreSQL forbids COMMIT in a SECURITY DEFINER
--- procedure or one with a SET clause, so every name is qualified.
+-- account (README, Scheduling with pg_cron). A batch runs without
+-- subtransactions (a hundred of them with writes would overflow each
+-- backend's cache of 64 and slow every other session's snapshots); when one
+-- fails, the run rolls its accounts one at a time, a transaction each, sets
+-- aside those that fail with a WARNING, goes on with the others, and at
+-- the end, with all the others committed, fails with CR018 naming them
+-- (until 0.3.5 one such account failed every run before any other account
+-- was rolled). A session-level advisory lock keeps two overlapping runs
+-- apart (the second one returns at once). An invoker procedure: PostgreSQL
+-- forbids COMMIT in a SECURITY DEFINER procedure or one with a SET clause,
+-- so every name is qualified.
 CREATE PROCEDURE public.credits_maintenance(batch_size integer DEFAULT 100)
 LANGUAGE plpgsql
 AS $$
 DECLARE
     n integer;
     total integer := 0;
+    v_failed boolean;
+    v_skip text[] := '{}';
+    v_reasons text[] := '{}';
+    r record;
 BEGIN
     IF batch_size IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'batch_size must not be NULL',
@@ -100,12 +139,46 @@ BEGIN
         RETURN;
     END IF;
     LOOP
-        n := credits._maintenance_batch(batch_size);
-        total := total + n;
-        COMMIT;
-        EXIT WHEN n < batch_size;
+        BEGIN
+            n := credits._maintenance_batch(batch_size, v_skip);
+            v_failed := false;
+        EXCEPTION WHEN OTHERS THEN
+            v_failed := true;
+        END;
+        IF NOT v_failed THEN
+            total := total + n;
+            COMMIT;
+            EXIT WHEN n < batch_size;
+        ELSE
+            FOR i IN 1 .. batch_size LOOP
+                r := credits._maintenance_one(v_skip);
+                EXIT WHEN r.account IS NULL;
+                IF r.failure IS NULL THEN
+                    total := total + 1;
+                ELSE
+                    v_skip := v_skip || r.account;
+                    v_reasons := v_reasons || pg_catalog.format('"%s": %s (%s)', r.account, r.failure, r.failure_state);
+                    RAISE WARNING USING
+                        MESSAGE = pg_catalog.format('credits_maintenance: account "%s" cannot be brought up to date', r.account),
+                        DETAIL = pg_catalog.format('%s (SQLSTATE %s). The run goes on with the other accounts.',
+                                                   r.failure, r.failure_state),
+                        HINT = pg_catalog.format('Every write path on "%s" rolls it forward first and fails the same way: '
+                                                 'SELECT credits_reset(%L) shows the error.', r.account, r.account);
+                END IF;
+                COMMIT;
+            END LOOP;
+        END IF;
     END LOOP;
     PERFORM pg_catalog.pg_advisory_unlock(7472616, 1);
     RAISE NOTICE 'credits_maintenance: % accounts brought up to date', total;
+    IF pg_catalog.cardinality(v_skip) > 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'CR018',
+            MESSAGE = pg_catalog.format('credits_maintenance: %s of the due accounts could not be brought up to date',
+                                        pg_catalog.cardinality(v_skip)),
+            DETAIL = pg_catalog.format('%s. The other %s due accounts were brought up to date and committed.',
+                                       pg_catalog.array_to_string(v_reasons, '; '), total),
+            HINT = 'Each of these accounts fails its write paths the same way until it is repaired: '
+                   'run credits_reset(account_id) on one to see the error.';
+    END IF;
 END
 $$;

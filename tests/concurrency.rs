@@ -880,18 +880,18 @@ fn due_accounts(client: &mut Client, prefix: &str, n: i32) {
         .unwrap();
 }
 
-/// Every account has one allocation per period it lived through, and is
-/// in the period that contains now.
-fn assert_rolled_to_now(client: &mut Client) {
+/// Every account but `except` has one allocation per period it lived
+/// through, and is in the period that contains now.
+fn assert_rolled_to_now(client: &mut Client, except: &str) {
     let wrong: i64 = client
         .query_one(
             "SELECT count(*) FROM credits.accounts a
-              WHERE a.period_end <= now() OR a.period_start > now()
+              WHERE a.account_id <> $1 AND (a.period_end <= now() OR a.period_start > now()
                  OR (SELECT count(*) FROM credits.ledger l WHERE l.account_id = a.account_id AND l.kind = 'allocation')
                     <> 1 + (extract(year FROM now() AT TIME ZONE 'UTC') * 12 + extract(month FROM now() AT TIME ZONE 'UTC'))
                          - (extract(year FROM a.created_at AT TIME ZONE 'UTC') * 12
-                            + extract(month FROM a.created_at AT TIME ZONE 'UTC'))",
-            &[],
+                            + extract(month FROM a.created_at AT TIME ZONE 'UTC')))",
+            &[&except],
         )
         .unwrap()
         .get(0);
@@ -936,7 +936,7 @@ fn maintenance_in_batches_racing_reserves_rolls_every_account_once() {
     client
         .batch_execute("CALL credits_maintenance(batch_size => 7)")
         .unwrap();
-    assert_rolled_to_now(&mut client);
+    assert_rolled_to_now(&mut client, "");
     let ledger_rows = |c: &mut Client| -> i64 {
         c.query_one("SELECT count(*) FROM credits.ledger", &[])
             .unwrap()
@@ -949,6 +949,103 @@ fn maintenance_in_batches_racing_reserves_rolls_every_account_once() {
         before,
         "a second run changes nothing"
     );
+    assert_verify_empty(&mut client);
+}
+
+#[test]
+fn maintenance_rolls_every_other_account_past_one_that_cannot_be_rolled_and_fails_with_cr018() {
+    let url = fresh_db("it_maint_bad");
+    let mut client = connect(&url);
+    due_accounts(&mut client, "m", 60);
+    // An account whose next reset would carry its balance past
+    // numeric(20,6): a pack of 4e13 and an allocation of 7e13. The API
+    // refuses to get there (credits_plan_upsert checks the room its
+    // accounts have), so the plan is raised behind its back: this stands
+    // for any account whose roll-forward fails.
+    client
+        .batch_execute(
+            "SELECT set_config('credits.now', (now() - interval '40 days')::text, false);
+             SELECT credits_plan_upsert(plan_id => 'big', allocation => 50000000000000, reset => 'calendar_month');
+             SELECT credits_account_upsert(account_id => 'bad', plan_id => 'big');
+             SELECT credits_commit(credits_reserve(account_id => 'bad', amount => 50000000000000, product => 'editor'));
+             SELECT credits_grant(account_id => 'bad', amount => 40000000000000, kind => 'pack');
+             RESET credits.now;
+             UPDATE credits.plans SET allocation = 70000000000000 WHERE plan_id = 'big';",
+        )
+        .unwrap();
+    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut config: postgres::Config = url.parse().unwrap();
+    let seen = warnings.clone();
+    config.notice_callback(move |n| {
+        if n.severity() == "WARNING" {
+            seen.lock()
+                .unwrap()
+                .push(format!("{} | {}", n.message(), n.detail().unwrap_or("")));
+        }
+    });
+    let mut runner = config.connect(postgres::NoTls).unwrap();
+    let ledger_rows = |c: &mut Client| -> i64 {
+        c.query_one("SELECT count(*) FROM credits.ledger", &[])
+            .unwrap()
+            .get(0)
+    };
+
+    for run in 1..=2 {
+        let before = ledger_rows(&mut client);
+        let err = runner
+            .batch_execute("CALL credits_maintenance(batch_size => 7)")
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "CR018", "run {run}: {err}");
+        let db = err.as_db_error().unwrap();
+        assert!(
+            db.message()
+                .contains("1 of the due accounts could not be brought up to date"),
+            "run {run}: {}",
+            db.message()
+        );
+        assert!(
+            db.detail()
+                .unwrap_or("")
+                .starts_with("\"bad\": numeric field overflow (22003)."),
+            "run {run}: {:?}",
+            db.detail()
+        );
+        assert!(db.hint().is_some_and(|h| h.contains("credits_reset")));
+        let warned = std::mem::take(&mut *warnings.lock().unwrap());
+        assert_eq!(warned.len(), 1, "run {run}: one warning: {warned:?}");
+        assert!(
+            warned[0].starts_with(
+                "credits_maintenance: account \"bad\" cannot be brought up to date | numeric field overflow (SQLSTATE 22003)"
+            ),
+            "run {run}: {warned:?}"
+        );
+        assert_eq!(
+            rows(
+                &mut client,
+                "SELECT account_id FROM credits.accounts WHERE period_end <= now() ORDER BY account_id"
+            ),
+            ["bad"],
+            "run {run}: every other account was brought up to date and committed"
+        );
+        if run == 2 {
+            assert_eq!(
+                ledger_rows(&mut client),
+                before,
+                "the second run tries the account again and changes nothing"
+            );
+        }
+        // The run released its advisory lock: another session can run.
+        let mut other = connect(&url);
+        assert_eq!(
+            sqlstate(
+                &other
+                    .batch_execute("CALL credits_maintenance()")
+                    .unwrap_err()
+            ),
+            "CR018"
+        );
+    }
+    assert_rolled_to_now(&mut client, "bad");
     assert_verify_empty(&mut client);
 }
 
@@ -1026,7 +1123,7 @@ fn pg_cron_runs_the_readme_jobs_rolls_a_due_account_and_purges_old_events() {
             .unwrap();
     }
     assert_eq!(statuses, ["succeeded", "succeeded"]);
-    assert_rolled_to_now(&mut client);
+    assert_rolled_to_now(&mut client, "");
     let rolled_by_cron: i64 = client
         .query_one(
             "SELECT count(DISTINCT account_id) FROM credits.ledger WHERE kind = 'allocation' AND created_at > now() - interval '35 days'",
