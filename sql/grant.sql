@@ -58,6 +58,7 @@ BEGIN
             'Pass an expiry before 10000-01-01, or grant kind => ''pack'' for credits that never expire.');
     END IF;
 
+    PERFORM credits._room_check(v_account, v_amount, v_kind IN ('pack', 'adjustment') OR v_expires > a.period_end);
     SELECT * INTO nb FROM credits._new_bucket(v_account, v_kind, v_amount, v_expires, v_now, a.debt, v_key, v_metadata);
     UPDATE credits.accounts
        SET balance = balance + v_amount - nb.settled, debt = debt - nb.settled,

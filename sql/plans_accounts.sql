@@ -24,8 +24,19 @@ DECLARE
     v_cap   numeric := credits._amount(credits_plan_upsert.rollover_cap, 'rollover_cap', true);
     v_rate  numeric := credits._amount(credits_plan_upsert.overage_rate, 'overage_rate', true);
     v_now   timestamptz := credits._now();
+    v_max   CONSTANT numeric := 99999999999999.999999;
+    v_account text;
 BEGIN
     PERFORM credits._required(credits_plan_upsert.purchases_allowed IS NULL, 'purchases_allowed');
+    -- A new account gets the allocation, and its first reset carries up to
+    -- the rollover cap of it and grants it again: both must fit in an
+    -- account (credits._room_check).
+    IF v_alloc + least(v_cap, v_alloc) > v_max THEN
+        PERFORM credits._raise('22003', format('plan "%s" grants more than an account holds', v_plan),
+            format('An allocation of %s with a rollover of up to %s would pass %s, the most an account holds.',
+                   trim_scale(v_alloc), trim_scale(least(v_cap, v_alloc)), v_max),
+            'Pass a smaller allocation or rollover cap.');
+    END IF;
     INSERT INTO credits.plans (plan_id, allocation, reset, limit_mode, soft_limit, rollover_cap,
                                overage_rate, purchases_allowed, created_at, updated_at)
     VALUES (v_plan, v_alloc, v_reset, v_mode, v_soft, v_cap, v_rate,
@@ -35,6 +46,17 @@ BEGIN
            limit_mode = EXCLUDED.limit_mode, soft_limit = EXCLUDED.soft_limit,
            rollover_cap = EXCLUDED.rollover_cap, overage_rate = EXCLUDED.overage_rate,
            purchases_allowed = EXCLUDED.purchases_allowed, updated_at = EXCLUDED.updated_at;
+    -- And each of the plan's accounts must still fit its next reset. What
+    -- an account keeps and carries is part of its balance, so only accounts
+    -- whose balance and the allocation pass the most an account holds need
+    -- the exact check (one pass over the accounts: there is no index by plan).
+    FOR v_account IN
+        SELECT a.account_id FROM credits.accounts a
+         WHERE a.plan_id = v_plan AND NOT a.byok AND a.balance + v_alloc > v_max
+         ORDER BY a.account_id
+    LOOP
+        PERFORM credits._room_check(v_account, 0, false);
+    END LOOP;
 END
 $$;
 
@@ -105,6 +127,7 @@ DECLARE
     p         credits.plans;
     a         credits.accounts;
     rt        record;
+    v_recheck boolean := false;
 BEGIN
     IF v_until IS NOT NULL AND NOT isfinite(v_until) THEN
         PERFORM credits._raise('22023', 'override_until must be a finite timestamp',
@@ -184,10 +207,13 @@ BEGIN
     IF p.plan_id <> a.plan_id OR coalesce(v_byok, a.byok) <> a.byok THEN
         a.plan_id := p.plan_id;
         a.byok := coalesce(v_byok, a.byok);
+        -- The new allocation must fit now (and its resets, checked below).
+        PERFORM credits._room_check(v_account, CASE WHEN a.byok THEN 0 ELSE p.allocation END, false);
         SELECT * INTO rt FROM credits._retarget_allocation(
             v_account, CASE WHEN a.byok THEN 0 ELSE p.allocation END, a.period_end, a.debt, v_now);
         a.balance := a.balance + rt.delta;
         a.debt := a.debt - rt.settled;
+        v_recheck := true;
     END IF;
 
     UPDATE credits.accounts
@@ -199,5 +225,8 @@ BEGIN
                                                   CASE WHEN a.byok THEN 0 ELSE p.allocation END),
            next_event = credits._next_event(v_account, a.period_end, v_now)
      WHERE account_id = v_account;
+    IF v_recheck THEN
+        PERFORM credits._room_check(v_account, 0, false);
+    END IF;
 END
 $$;

@@ -128,6 +128,7 @@ BEGIN
             'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.');
     END IF;
 
+    PERFORM credits._room_check(v_account, pk.credits, true);
     SELECT * INTO nb FROM credits._new_bucket(v_account, 'pack', pk.credits, NULL, v_now, a.debt, v_ref,
         jsonb_build_object('pack', v_pack, 'payment_ref', v_ref, 'price', pk.price, 'currency', pk.currency), 'purchase');
     UPDATE credits.accounts SET balance = balance + pk.credits - nb.settled, debt = debt - nb.settled

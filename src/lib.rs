@@ -52,7 +52,11 @@ extension_sql_file!(
     name = "errors",
     requires = ["bootstrap"]
 );
-extension_sql_file!("../sql/limits.sql", name = "limits", requires = ["tables"]);
+extension_sql_file!(
+    "../sql/limits.sql",
+    name = "limits",
+    requires = ["tables", "errors"]
+);
 extension_sql_file!(
     "../sql/events.sql",
     name = "events",

@@ -7,6 +7,12 @@
 -- time per account (README, Scheduling with pg_cron). Jobs that pass
 -- batch_size keep their value. The procedure keeps its owner, privileges and
 -- comment.
+-- Credits an account could not hold through its next reset are refused
+-- (22003): credits_grant, credits_purchase, credits_plan_upsert and
+-- credits_account_upsert ask the new credits._room_check. Until now a pack
+-- or a plan that carried an account's balance past numeric(20,6) at its
+-- next reset left it unable to roll forward: every write path on it failed.
+--
 -- A batch that fails (an account that cannot be rolled forward) no longer
 -- fails the run before any other account is rolled: the run rolls that
 -- batch's accounts one at a time, sets aside those that fail with a
@@ -839,6 +845,7 @@ BEGIN
             'Pass an expiry before 10000-01-01, or grant kind => ''pack'' for credits that never expire.');
     END IF;
 
+    PERFORM credits._room_check(v_account, v_amount, v_kind IN ('pack', 'adjustment') OR v_expires > a.period_end);
     SELECT * INTO nb FROM credits._new_bucket(v_account, v_kind, v_amount, v_expires, v_now, a.debt, v_key, v_metadata);
     UPDATE credits.accounts
        SET balance = balance + v_amount - nb.settled, debt = debt - nb.settled,
@@ -979,5 +986,315 @@ BEGIN
     PERFORM credits._required(credits_account_unbind.role IS NULL, 'role');
     PERFORM credits._lock_account(v_account);
     DELETE FROM credits.account_roles WHERE account_id = v_account AND role_id = credits_account_unbind.role;
+END
+$$;
+
+-- The most an account holds: its stored figures are numeric(20,6). A write
+-- that adds credits (a grant, a purchase) or raises what a reset grants (a
+-- plan's allocation or rollover cap, a change of plan) is refused (22003)
+-- when the account could then not be rolled forward: its next reset keeps
+-- the buckets that outlive the period, carries up to the rollover cap of
+-- what is left of the allocation and rollover, and grants the allocation,
+-- and the sum must fit. Until 0.3.5 nothing checked it: the reset failed
+-- with 22003, and so did every write path on the account, each of which
+-- rolls it forward first (and, until credits_maintenance learned to set
+-- such accounts aside, every maintenance run). p_add: the credits the write
+-- adds; p_outlives: whether they outlive the current period. The plan row
+-- is read FOR SHARE, so that a credits_plan_upsert raising it waits for
+-- this write, and then finds its buckets.
+CREATE FUNCTION credits._room_check(p_account text, p_add numeric, p_outlives boolean)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_max CONSTANT numeric := 99999999999999.999999;
+    a credits.accounts;
+    p credits.plans;
+    v_outliving numeric;
+    v_unused numeric;
+BEGIN
+    SELECT * INTO a FROM credits.accounts WHERE account_id = p_account;
+    SELECT * INTO p FROM credits.plans WHERE plan_id = a.plan_id FOR SHARE;
+    IF a.balance + p_add > v_max THEN
+        PERFORM credits._raise('22003', format('account "%s" cannot hold more credits', p_account),
+            format('Its balance of %s and the %s added would pass %s, the most an account holds.',
+                   trim_scale(a.balance), trim_scale(p_add), v_max),
+            'Add fewer credits.');
+    END IF;
+    IF a.byok THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(sum(b.balance) FILTER (WHERE b.expires_at IS NULL OR b.expires_at > a.period_end), 0),
+           coalesce(sum(b.balance) FILTER (WHERE b.kind IN ('allocation', 'rollover') AND b.expires_at <= a.period_end), 0)
+      INTO v_outliving, v_unused
+      FROM credits.buckets b
+     WHERE b.account_id = p_account;
+    IF p_outlives THEN
+        v_outliving := v_outliving + p_add;
+    END IF;
+    IF v_outliving + least(p.rollover_cap, v_unused) + p.allocation > v_max THEN
+        PERFORM credits._raise('22003', format('account "%s" would not fit its next reset', p_account),
+            format('At the reset on %s it would keep %s that outlive the period, carry up to %s and get the %s of plan "%s": '
+                   'more than %s, the most an account holds.',
+                   to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'), trim_scale(v_outliving),
+                   trim_scale(least(p.rollover_cap, v_unused)), trim_scale(p.allocation), p.plan_id, v_max),
+            'Add fewer credits, or put the account on a plan with a smaller allocation or rollover cap.');
+    END IF;
+END
+$$;
+
+REVOKE ALL ON FUNCTION credits._room_check(text, numeric, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION public.credits_purchase(account_id text, pack text, payment_ref text) RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_purchase.account_id, 'account_id', 255);
+    v_pack    text := credits._ident(credits_purchase.pack, 'pack', 255);
+    v_ref     text := credits._ident(credits_purchase.payment_ref, 'payment_ref', 255);
+    v_now     timestamptz;
+    v_auto    boolean;
+    a         credits.accounts;
+    pk        credits.packs;
+    pu        credits.purchases;
+    nb        record;
+BEGIN
+    a := credits._lock_account(v_account);
+    v_now := credits._now();
+    SELECT * INTO pu FROM credits.purchases WHERE account_id = v_account AND payment_ref = v_ref;
+    IF FOUND THEN
+        IF pu.pack_id <> v_pack THEN
+            PERFORM credits._raise('CR006', format('payment_ref "%s" was already used for pack "%s"', v_ref, pu.pack_id),
+                format('Account "%s" bought pack "%s" with it; this call asks for pack "%s".', v_account, pu.pack_id, v_pack),
+                'Each payment buys one pack: use the payment''s own reference.');
+        END IF;
+        RETURN pu.bucket_id;
+    END IF;
+    SELECT * INTO pk FROM credits.packs WHERE pack_id = v_pack AND active;
+    IF NOT FOUND THEN
+        PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
+            'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
+    END IF;
+    IF NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
+        PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
+            format('Account "%s" is on a plan without purchases.', v_account),
+            'Upgrade the account to a plan that allows purchases.');
+    END IF;
+    IF a.byok THEN
+        PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
+            'BYOK accounts bring their own keys: they have no allocation and no buckets.',
+            'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.');
+    END IF;
+
+    PERFORM credits._room_check(v_account, pk.credits, true);
+    SELECT * INTO nb FROM credits._new_bucket(v_account, 'pack', pk.credits, NULL, v_now, a.debt, v_ref,
+        jsonb_build_object('pack', v_pack, 'payment_ref', v_ref, 'price', pk.price, 'currency', pk.currency), 'purchase');
+    UPDATE credits.accounts SET balance = balance + pk.credits - nb.settled, debt = debt - nb.settled
+     WHERE account_id = v_account;
+    UPDATE credits.recharge_requests SET status = 'completed', resolved_at = v_now
+     WHERE account_id = v_account AND request_id::text = v_ref AND status IN ('pending', 'failed');
+    v_auto := FOUND;
+    INSERT INTO credits.purchases (account_id, pack_id, credits, price, currency, payment_ref, bucket_id, auto_recharge, created_at)
+    VALUES (v_account, v_pack, pk.credits, pk.price, pk.currency, v_ref, nb.bucket_id, v_auto, v_now);
+    RETURN nb.bucket_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.credits_plan_upsert(
+    plan_id           text,
+    allocation        numeric,
+    reset             text DEFAULT 'billing_date',
+    limit_mode        text DEFAULT 'hard',
+    soft_limit        numeric DEFAULT 0,
+    rollover_cap      numeric DEFAULT 0,
+    overage_rate      numeric DEFAULT 1,
+    purchases_allowed boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_plan  text    := credits._ident(credits_plan_upsert.plan_id, 'plan_id', 255);
+    v_alloc numeric := credits._amount(credits_plan_upsert.allocation, 'allocation', true);
+    v_reset text    := credits._choice(credits_plan_upsert.reset, 'reset', '{billing_date,calendar_month}');
+    v_mode  text    := credits._choice(credits_plan_upsert.limit_mode, 'limit_mode', '{hard,soft}');
+    v_soft  numeric := credits._amount(credits_plan_upsert.soft_limit, 'soft_limit', true);
+    v_cap   numeric := credits._amount(credits_plan_upsert.rollover_cap, 'rollover_cap', true);
+    v_rate  numeric := credits._amount(credits_plan_upsert.overage_rate, 'overage_rate', true);
+    v_now   timestamptz := credits._now();
+    v_max   CONSTANT numeric := 99999999999999.999999;
+    v_account text;
+BEGIN
+    PERFORM credits._required(credits_plan_upsert.purchases_allowed IS NULL, 'purchases_allowed');
+    -- A new account gets the allocation, and its first reset carries up to
+    -- the rollover cap of it and grants it again: both must fit in an
+    -- account (credits._room_check).
+    IF v_alloc + least(v_cap, v_alloc) > v_max THEN
+        PERFORM credits._raise('22003', format('plan "%s" grants more than an account holds', v_plan),
+            format('An allocation of %s with a rollover of up to %s would pass %s, the most an account holds.',
+                   trim_scale(v_alloc), trim_scale(least(v_cap, v_alloc)), v_max),
+            'Pass a smaller allocation or rollover cap.');
+    END IF;
+    INSERT INTO credits.plans (plan_id, allocation, reset, limit_mode, soft_limit, rollover_cap,
+                               overage_rate, purchases_allowed, created_at, updated_at)
+    VALUES (v_plan, v_alloc, v_reset, v_mode, v_soft, v_cap, v_rate,
+            credits_plan_upsert.purchases_allowed, v_now, v_now)
+    ON CONFLICT (plan_id) DO UPDATE
+       SET allocation = EXCLUDED.allocation, reset = EXCLUDED.reset,
+           limit_mode = EXCLUDED.limit_mode, soft_limit = EXCLUDED.soft_limit,
+           rollover_cap = EXCLUDED.rollover_cap, overage_rate = EXCLUDED.overage_rate,
+           purchases_allowed = EXCLUDED.purchases_allowed, updated_at = EXCLUDED.updated_at;
+    -- And each of the plan's accounts must still fit its next reset. What
+    -- an account keeps and carries is part of its balance, so only accounts
+    -- whose balance and the allocation pass the most an account holds need
+    -- the exact check (one pass over the accounts: there is no index by plan).
+    FOR v_account IN
+        SELECT a.account_id FROM credits.accounts a
+         WHERE a.plan_id = v_plan AND NOT a.byok AND a.balance + v_alloc > v_max
+         ORDER BY a.account_id
+    LOOP
+        PERFORM credits._room_check(v_account, 0, false);
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.credits_account_upsert(
+    account_id     text,
+    plan_id        text DEFAULT NULL,
+    billing_anchor timestamptz DEFAULT NULL,
+    byok           boolean DEFAULT NULL,
+    limit_mode     text DEFAULT NULL,
+    soft_limit     numeric DEFAULT NULL,
+    override_until timestamptz DEFAULT NULL,
+    alert_percents numeric[] DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_account_upsert.account_id, 'account_id', 255);
+    v_plan    text := CASE WHEN credits_account_upsert.plan_id IS NULL THEN NULL
+                           ELSE credits._ident(credits_account_upsert.plan_id, 'plan_id', 255) END;
+    v_anchor  timestamptz := credits_account_upsert.billing_anchor;
+    v_byok    boolean := credits_account_upsert.byok;
+    v_mode    text := CASE WHEN credits_account_upsert.limit_mode IS NULL THEN NULL
+                           ELSE credits._choice(credits_account_upsert.limit_mode, 'limit_mode', '{hard,soft,plan}') END;
+    v_soft    numeric := CASE WHEN credits_account_upsert.soft_limit IS NULL THEN NULL
+                              ELSE credits._amount(credits_account_upsert.soft_limit, 'soft_limit', true) END;
+    v_until   timestamptz := credits_account_upsert.override_until;
+    v_alerts  numeric[] := credits_account_upsert.alert_percents;
+    v_now     timestamptz;
+    v_end     timestamptz;
+    p         credits.plans;
+    a         credits.accounts;
+    rt        record;
+    v_recheck boolean := false;
+BEGIN
+    IF v_until IS NOT NULL AND NOT isfinite(v_until) THEN
+        PERFORM credits._raise('22023', 'override_until must be a finite timestamp',
+            format('override_until is %s.', v_until), 'Leave it out for an override without end.');
+    END IF;
+    IF v_alerts IS NOT NULL AND EXISTS (SELECT 1 FROM unnest(v_alerts) x WHERE x IS NULL OR x <= 0 OR x > 1000) THEN
+        PERFORM credits._raise('22023', 'alert_percents must be percentages above 0',
+            format('alert_percents is %s.', v_alerts), 'Pass percentages of the period allocation, such as {50,80,100}.');
+    END IF;
+    IF v_anchor IS NOT NULL AND NOT isfinite(v_anchor) THEN
+        PERFORM credits._raise('22023', 'billing_anchor must be a finite timestamp',
+            format('billing_anchor is %s.', v_anchor), 'Pass the date the account''s billing started.');
+    END IF;
+    IF v_plan IS NOT NULL THEN
+        SELECT * INTO p FROM credits.plans WHERE plan_id = v_plan;
+        IF NOT FOUND THEN
+            PERFORM credits._raise('CR003', format('unknown plan "%s"', v_plan),
+                'No plan has this plan_id.', 'Create it first with credits_plan_upsert().');
+        END IF;
+    END IF;
+
+    IF NOT EXISTS (SELECT 1 FROM credits.accounts WHERE account_id = v_account) THEN
+        IF v_plan IS NULL THEN
+            PERFORM credits._raise('22004', 'plan_id must not be NULL for a new account',
+                format('Account "%s" does not exist yet.', v_account),
+                'Pass plan_id to create the account.');
+        END IF;
+        v_now := credits._now();
+        v_anchor := coalesce(v_anchor, v_now);
+        v_byok := coalesce(v_byok, false);
+        v_end := credits._period_after(v_anchor, p.reset, v_now);
+        v_alerts := coalesce(v_alerts, '{80,100}');
+        INSERT INTO credits.accounts (account_id, plan_id, billing_anchor, byok, limit_mode, soft_limit, override_until,
+                                      period_start, period_end, balance, next_event, alert_percents, next_alert_at,
+                                      created_at)
+        VALUES (v_account, v_plan, v_anchor, v_byok, nullif(v_mode, 'plan'), v_soft, v_until,
+                credits._period_start(v_anchor, p.reset, v_now), v_end,
+                CASE WHEN v_byok THEN 0 ELSE p.allocation END, v_end, v_alerts,
+                credits._next_alert_at(v_alerts, '{}', CASE WHEN v_byok THEN 0 ELSE p.allocation END), v_now)
+        ON CONFLICT (account_id) DO NOTHING;
+        IF FOUND THEN
+            -- The full allocation for the first period, even a partial one.
+            IF NOT v_byok AND p.allocation > 0 THEN
+                PERFORM credits._new_bucket(v_account, 'allocation', p.allocation, v_end, v_now, 0);
+            END IF;
+            RETURN;
+        END IF;
+    END IF;
+
+    a := credits._lock_account(v_account);
+    v_now := credits._now();
+    IF v_plan IS NULL THEN
+        SELECT * INTO p FROM credits.plans WHERE plan_id = a.plan_id;
+    END IF;
+    IF v_mode = 'plan' THEN
+        a.limit_mode := NULL;
+        a.soft_limit := NULL;
+        a.override_until := NULL;
+    ELSIF v_mode IS NOT NULL THEN
+        a.limit_mode := v_mode;
+    END IF;
+    a.soft_limit := coalesce(v_soft, a.soft_limit);
+    a.override_until := coalesce(v_until, a.override_until);
+    a.alert_percents := coalesce(v_alerts, a.alert_percents);
+    a.billing_anchor := coalesce(v_anchor, a.billing_anchor);
+
+    -- A new plan, anchor or reset rule moves the end of the current period
+    -- (and the expiry of what was due to expire with it).
+    v_end := credits._period_after(a.billing_anchor, p.reset, v_now);
+    IF v_end <> a.period_end THEN
+        UPDATE credits.buckets SET expires_at = v_end
+         WHERE account_id = v_account AND expires_at = a.period_end;
+        a.period_end := v_end;
+    END IF;
+
+    -- Plan and BYOK changes take effect at once on the current allocation.
+    IF p.plan_id <> a.plan_id OR coalesce(v_byok, a.byok) <> a.byok THEN
+        a.plan_id := p.plan_id;
+        a.byok := coalesce(v_byok, a.byok);
+        -- The new allocation must fit now (and its resets, checked below).
+        PERFORM credits._room_check(v_account, CASE WHEN a.byok THEN 0 ELSE p.allocation END, false);
+        SELECT * INTO rt FROM credits._retarget_allocation(
+            v_account, CASE WHEN a.byok THEN 0 ELSE p.allocation END, a.period_end, a.debt, v_now);
+        a.balance := a.balance + rt.delta;
+        a.debt := a.debt - rt.settled;
+        v_recheck := true;
+    END IF;
+
+    UPDATE credits.accounts
+       SET plan_id = a.plan_id, billing_anchor = a.billing_anchor, byok = a.byok,
+           limit_mode = a.limit_mode, soft_limit = a.soft_limit, override_until = a.override_until,
+           period_end = a.period_end, balance = a.balance, debt = a.debt,
+           alert_percents = a.alert_percents,
+           next_alert_at = credits._next_alert_at(a.alert_percents, a.alerts_raised,
+                                                  CASE WHEN a.byok THEN 0 ELSE p.allocation END),
+           next_event = credits._next_event(v_account, a.period_end, v_now)
+     WHERE account_id = v_account;
+    IF v_recheck THEN
+        PERFORM credits._room_check(v_account, 0, false);
+    END IF;
 END
 $$;
