@@ -7,7 +7,7 @@ mod common;
 use common::{assert_verify_empty, base_url, connect, count, fresh_db, rows, sqlstate, Rng};
 use postgres::Client;
 use std::collections::HashSet;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -937,15 +937,10 @@ fn maintenance_in_batches_racing_reserves_rolls_every_account_once() {
         .batch_execute("CALL credits_maintenance(batch_size => 7)")
         .unwrap();
     assert_rolled_to_now(&mut client, "");
-    let ledger_rows = |c: &mut Client| -> i64 {
-        c.query_one("SELECT count(*) FROM credits.ledger", &[])
-            .unwrap()
-            .get(0)
-    };
-    let before = ledger_rows(&mut client);
+    let before = count(&mut client, "SELECT count(*) FROM credits.ledger");
     client.batch_execute("CALL credits_maintenance()").unwrap();
     assert_eq!(
-        ledger_rows(&mut client),
+        count(&mut client, "SELECT count(*) FROM credits.ledger"),
         before,
         "a second run changes nothing"
     );
@@ -973,7 +968,7 @@ fn maintenance_rolls_every_other_account_past_one_that_cannot_be_rolled_and_fail
              UPDATE credits.plans SET allocation = 70000000000000 WHERE plan_id = 'big';",
         )
         .unwrap();
-    let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let warnings = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut config: postgres::Config = url.parse().unwrap();
     let seen = warnings.clone();
     config.notice_callback(move |n| {
@@ -984,14 +979,9 @@ fn maintenance_rolls_every_other_account_past_one_that_cannot_be_rolled_and_fail
         }
     });
     let mut runner = config.connect(postgres::NoTls).unwrap();
-    let ledger_rows = |c: &mut Client| -> i64 {
-        c.query_one("SELECT count(*) FROM credits.ledger", &[])
-            .unwrap()
-            .get(0)
-    };
 
     for run in 1..=2 {
-        let before = ledger_rows(&mut client);
+        let before = count(&mut client, "SELECT count(*) FROM credits.ledger");
         let err = runner
             .batch_execute("CALL credits_maintenance(batch_size => 7)")
             .unwrap_err();
@@ -1029,7 +1019,7 @@ fn maintenance_rolls_every_other_account_past_one_that_cannot_be_rolled_and_fail
         );
         if run == 2 {
             assert_eq!(
-                ledger_rows(&mut client),
+                count(&mut client, "SELECT count(*) FROM credits.ledger"),
                 before,
                 "the second run tries the account again and changes nothing"
             );

@@ -938,9 +938,10 @@ END
 $$;
 
 -- Whether the caller of an API function may touch p_account: no account is
--- bound at all (one probe of an empty table), or the caller sees every
--- account (credits._sees_all(): a superuser, a role bound to nothing), or
--- p_account is bound to one of the caller's roles. Every write path and
+-- bound at all (one probe of an empty table), or p_account is bound to one
+-- of the caller's roles (asked first: a bound application's usual case,
+-- which then finds the caller's roles once), or the caller sees every
+-- account (credits._sees_all(): a superuser, a role bound to nothing). Every write path and
 -- the fast paths ask it (src/fast_path.rs, may_touch!) about one account,
 -- so it probes that account's bindings by key instead of listing the
 -- caller's accounts (until 0.3.5 it did, with credits._bound_accounts(): a
@@ -951,9 +952,9 @@ LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
     RETURN NOT EXISTS (SELECT 1 FROM credits.account_roles)
-        OR credits._sees_all()
         OR EXISTS (SELECT 1 FROM credits.account_roles ar
-                    WHERE ar.account_id = p_account AND ar.role_id = ANY (credits._roles_of(credits._actor())));
+                    WHERE ar.account_id = p_account AND ar.role_id = ANY (credits._roles_of(credits._actor())))
+        OR credits._sees_all();
 END
 $$;
 
