@@ -66,6 +66,13 @@ BEGIN
             format('max_events is %s, visibility is %s.', max_events, visibility),
             'Claim at least one event for a positive time, such as 10 events for ''30 seconds''.');
     END IF;
+    -- As every time the API stores: before the year 10000 (and now +
+    -- visibility must not overflow timestamptz).
+    IF visibility >= interval '10000 years' OR extract(year FROM (v_now + visibility) AT TIME ZONE 'UTC') >= 10000 THEN
+        PERFORM credits._raise('22023', 'visibility must end before the year 10000',
+            format('visibility is %s, now is %s.', visibility, v_now),
+            'Claim the events for as long as handling them may take, such as ''30 seconds''.');
+    END IF;
     RETURN QUERY
     WITH claimable AS (
         SELECT e.event_id, e.account_id FROM credits.events e
@@ -130,7 +137,12 @@ BEGIN
             format('older_than is %s.', credits_events_purge.older_than),
             'Pass how old a handled event must be to go, such as ''30 days''; ''0'' purges every acknowledged event.');
     END IF;
-    v_cutoff := credits._now() - credits_events_purge.older_than;
+    BEGIN
+        v_cutoff := credits._now() - credits_events_purge.older_than;
+    EXCEPTION WHEN datetime_field_overflow THEN
+        -- Before the first day timestamptz knows: no event is that old.
+        RETURN 0;
+    END;
     WITH doomed AS (
         SELECT e.event_id, e.account_id FROM credits.events e
          WHERE (e.acked_at <= v_cutoff

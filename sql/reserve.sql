@@ -93,6 +93,13 @@ BEGIN
         PERFORM credits._raise('22023', 'ttl must be positive',
             format('ttl is %s.', v_ttl), 'Pass how long the hold may stay pending, such as ''15 minutes''.');
     END IF;
+    -- A hold must end before the year 10000, as a promo grant must (and
+    -- now + ttl must not overflow timestamptz: 22008 without a word of why).
+    IF v_ttl >= interval '10000 years' OR extract(year FROM (v_now + v_ttl) AT TIME ZONE 'UTC') >= 10000 THEN
+        PERFORM credits._raise('22023', 'ttl must end before the year 10000',
+            format('ttl is %s, now is %s.', v_ttl, v_now),
+            'Pass how long the hold may stay pending, such as ''15 minutes''.');
+    END IF;
     IF v_metadata IS NULL OR jsonb_typeof(v_metadata) <> 'object' THEN
         v_metadata := credits._metadata(v_metadata);
     END IF;

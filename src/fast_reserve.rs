@@ -30,12 +30,15 @@ use pgrx::prelude::*;
 /// The common case on the account row, all but its `next_event`: valid
 /// input, enough free credits, no debt, not BYOK, an account the caller may
 /// touch, an enabled product. Parameters: $1 account, $2 amount, $3
-/// product, $4 ttl, $5 metadata.
+/// product, $4 ttl, $5 metadata. A ttl of 1,000 years or more goes to the
+/// general path, which refuses one that ends in the year 10000 or later
+/// (so that `now + ttl` never overflows here).
 macro_rules! common_case {
     () => {
         concat!(
             "account_id = $1
-   AND $2 > 0 AND $2 < 1e14 AND scale($2) <= 6 AND $4 > interval '0' AND jsonb_typeof($5) = 'object'
+   AND $2 > 0 AND $2 < 1e14 AND scale($2) <= 6 AND $4 > interval '0' AND $4 < interval '1000 years'
+   AND jsonb_typeof($5) = 'object'
    AND balance - held >= $2 AND debt = 0 AND NOT byok
    AND ",
             may_touch!("account_id"),

@@ -548,7 +548,12 @@ BEGIN
             format('older_than is %s.', credits_events_purge.older_than),
             'Pass how old a handled event must be to go, such as ''30 days''; ''0'' purges every acknowledged event.');
     END IF;
-    v_cutoff := credits._now() - credits_events_purge.older_than;
+    BEGIN
+        v_cutoff := credits._now() - credits_events_purge.older_than;
+    EXCEPTION WHEN datetime_field_overflow THEN
+        -- Before the first day timestamptz knows: no event is that old.
+        RETURN 0;
+    END;
     WITH doomed AS (
         SELECT e.event_id, e.account_id FROM credits.events e
          WHERE (e.acked_at <= v_cutoff
@@ -1297,5 +1302,187 @@ BEGIN
     IF v_recheck THEN
         PERFORM credits._room_check(v_account, 0, false);
     END IF;
+END
+$$;
+
+-- A hold's ttl and a claim's visibility must end before the year 10000, as
+-- a promo grant's expiry must: 22023 with the times. Before, a hold ending
+-- in the years 10000 to 294276 was stored, and a longer ttl or visibility
+-- failed with timestamptz's bare 22008. The library's reserve fast path
+-- leaves a ttl of 1,000 years or more to this general path.
+CREATE OR REPLACE FUNCTION credits._reserve(
+    account_id      text,
+    amount          numeric,
+    product         text,
+    action          text,
+    idempotency_key text,
+    ttl             interval,
+    metadata        jsonb)
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account  text     := _reserve.account_id;
+    v_amount   numeric  := _reserve.amount;
+    v_product  text     := _reserve.product;
+    v_action   text     := _reserve.action;
+    v_key      text     := _reserve.idempotency_key;
+    v_ttl      interval := _reserve.ttl;
+    v_metadata jsonb    := _reserve.metadata;
+    v_id       uuid     := gen_random_uuid();
+    v_now      timestamptz := credits._now();
+    v_request  jsonb;
+    v_result   text;
+    v_mode     text;
+    v_soft     numeric;
+    v_free     numeric;
+    v_overage  numeric := 0;
+    v_allowed  boolean;
+    a          credits.accounts;
+    d          record;
+BEGIN
+    -- Cheap checks first; the validators raise the precise error.
+    IF v_account IS NULL OR length(v_account) NOT BETWEEN 1 AND 255 OR btrim(v_account) = '' THEN
+        PERFORM credits._ident(v_account, 'account_id', 255);
+    END IF;
+    IF v_amount IS NULL OR NOT (v_amount > 0 AND v_amount < 1e14 AND scale(v_amount) <= 6) THEN
+        v_amount := credits._amount(v_amount, 'amount', false);
+    END IF;
+    IF v_product IS NULL OR length(v_product) NOT BETWEEN 1 AND 255 OR btrim(v_product) = '' THEN
+        PERFORM credits._ident(v_product, 'product', 255);
+    END IF;
+    IF v_action IS NOT NULL AND (length(v_action) NOT BETWEEN 1 AND 255 OR btrim(v_action) = '') THEN
+        PERFORM credits._ident(v_action, 'action', 255);
+    END IF;
+    IF v_key IS NOT NULL AND (length(v_key) NOT BETWEEN 1 AND 255 OR btrim(v_key) = '') THEN
+        PERFORM credits._ident(v_key, 'idempotency_key', 255);
+    END IF;
+    IF v_ttl IS NULL OR v_ttl <= interval '0' THEN
+        PERFORM credits._required(v_ttl IS NULL, 'ttl');
+        PERFORM credits._raise('22023', 'ttl must be positive',
+            format('ttl is %s.', v_ttl), 'Pass how long the hold may stay pending, such as ''15 minutes''.');
+    END IF;
+    -- A hold must end before the year 10000, as a promo grant must (and
+    -- now + ttl must not overflow timestamptz: 22008 without a word of why).
+    IF v_ttl >= interval '10000 years' OR extract(year FROM (v_now + v_ttl) AT TIME ZONE 'UTC') >= 10000 THEN
+        PERFORM credits._raise('22023', 'ttl must end before the year 10000',
+            format('ttl is %s, now is %s.', v_ttl, v_now),
+            'Pass how long the hold may stay pending, such as ''15 minutes''.');
+    END IF;
+    IF v_metadata IS NULL OR jsonb_typeof(v_metadata) <> 'object' THEN
+        v_metadata := credits._metadata(v_metadata);
+    END IF;
+
+    IF NOT credits._may_touch(v_account) THEN
+        PERFORM credits._unknown_account(v_account);
+    END IF;
+    -- Products are registered on first use and may be disabled.
+    SELECT p.enabled AND coalesce(ap.enabled, true) INTO v_allowed
+      FROM credits.products p
+      LEFT JOIN credits.account_products ap ON ap.account_id = v_account AND ap.product = p.product
+     WHERE p.product = v_product;
+    IF v_allowed IS NOT TRUE THEN
+        PERFORM credits._product_allowed(v_account, v_product, v_now);
+    END IF;
+
+    a := credits._lock_account(v_account);
+    v_now := credits._now();
+    v_request := jsonb_build_object('amount', v_amount, 'product', v_product, 'action', v_action,
+                                    'ttl', extract(epoch FROM v_ttl), 'metadata', v_metadata);
+    v_result := credits._idempotent_result(v_account, 'reserve', v_key, v_request);
+    IF v_result IS NOT NULL THEN
+        RETURN v_result::uuid;
+    END IF;
+
+    IF a.byok THEN
+        -- Logged, never blocked, no balance effect.
+        INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
+                                          draw_buckets, draw_amounts, byok, period_start, expires_at, created_at, metadata)
+        VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
+                '{}', '{}', true, a.period_start, v_now + v_ttl, v_now, v_metadata);
+        PERFORM credits._idempotent_store(v_account, 'reserve', v_key, v_request, v_id::text, v_now);
+        RETURN v_id;
+    END IF;
+    IF a.debt > 0 THEN
+        PERFORM credits._raise('CR008', format('account "%s" is in debt', v_account),
+            format('The account owes %s credits from a forced commit.', trim_scale(a.debt)),
+            'Grant credits to pay the debt off (credits_grant), or wait for the next allocation.');
+    END IF;
+
+    v_free := a.balance - a.held;
+    IF v_free < v_amount THEN
+        SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, v_now) l;
+        v_overage := v_amount - v_free;
+        IF v_mode <> 'soft' OR a.period_overage + a.overage_held + v_overage > v_soft THEN
+            PERFORM credits._raise('CR001',
+                format('insufficient credits for account "%s"', v_account),
+                format('needs %s, available %s', trim_scale(v_amount),
+                       trim_scale(v_free + CASE WHEN v_mode = 'soft'
+                                     THEN greatest(v_soft - a.period_overage - a.overage_held, 0) ELSE 0 END)),
+                format('top up, or wait for the reset on %s', to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD')));
+        END IF;
+    END IF;
+
+    SELECT * INTO d FROM credits._draw(v_account, v_amount - v_overage, v_now, true);
+    UPDATE credits.accounts
+       SET held = held + d.total, overage_held = overage_held + v_overage,
+           next_event = least(next_event, v_now + v_ttl)
+     WHERE account_id = v_account;
+    INSERT INTO credits.reservations (reservation_id, account_id, status, product, action, amount,
+                                      draw_buckets, draw_amounts, overage, period_start, expires_at, created_at, metadata)
+    VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
+            d.buckets, d.amounts, v_overage, a.period_start, v_now + v_ttl, v_now, v_metadata);
+    PERFORM credits._idempotent_store(v_account, 'reserve', v_key, v_request, v_id::text, v_now);
+    RETURN v_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.credits_events_claim(
+    consumer   text,
+    max_events integer DEFAULT 10,
+    visibility interval DEFAULT '30 seconds',
+    kinds      text[] DEFAULT NULL)
+RETURNS TABLE (event_id bigint, account_id text, kind text, payload jsonb, created_at timestamptz, deliveries integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_consumer text := credits._ident(credits_events_claim.consumer, 'consumer', 255);
+    v_now      timestamptz := credits._now();
+BEGIN
+    PERFORM credits._required(max_events IS NULL, 'max_events');
+    PERFORM credits._required(visibility IS NULL, 'visibility');
+    IF max_events < 1 OR visibility <= interval '0' THEN
+        PERFORM credits._raise('22023', 'max_events and visibility must be positive',
+            format('max_events is %s, visibility is %s.', max_events, visibility),
+            'Claim at least one event for a positive time, such as 10 events for ''30 seconds''.');
+    END IF;
+    -- As every time the API stores: before the year 10000 (and now +
+    -- visibility must not overflow timestamptz).
+    IF visibility >= interval '10000 years' OR extract(year FROM (v_now + visibility) AT TIME ZONE 'UTC') >= 10000 THEN
+        PERFORM credits._raise('22023', 'visibility must end before the year 10000',
+            format('visibility is %s, now is %s.', visibility, v_now),
+            'Claim the events for as long as handling them may take, such as ''30 seconds''.');
+    END IF;
+    RETURN QUERY
+    WITH claimable AS (
+        SELECT e.event_id, e.account_id FROM credits.events e
+         WHERE e.acked_at IS NULL AND e.visible_at <= v_now
+           AND (credits_events_claim.kinds IS NULL OR e.kind = ANY (credits_events_claim.kinds))
+           AND credits._may_touch(e.account_id)
+         ORDER BY e.visible_at, e.event_id
+         LIMIT credits_events_claim.max_events
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE credits.events e
+       SET visible_at = v_now + credits_events_claim.visibility, deliveries = e.deliveries + 1, claimed_by = v_consumer
+      FROM claimable c
+     WHERE e.event_id = c.event_id AND e.account_id = c.account_id
+    RETURNING e.event_id, e.account_id, e.kind, e.payload, e.created_at, e.deliveries;
 END
 $$;

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(50);
+SELECT plan(57);
 
 CREATE FUNCTION pg_temp.explain_lines(q text) RETURNS SETOF text LANGUAGE plpgsql AS $$
 BEGIN
@@ -131,6 +131,27 @@ SELECT results_eq(format($$SELECT draw_amounts FROM credits.reservations WHERE r
                   $$VALUES (ARRAY[64, 6]::numeric[])$$, 'the fast path draws across buckets in order (64 + 6)');
 SELECT is(credits._commit_fast(:'r4', 70, false, NULL), NULL, 'not a hold drawn from two buckets');
 SELECT is(credits_commit(:'r4', 70), 70::numeric, 'which the general path commits');
+SELECT is((SELECT count(*) FROM credits_verify()), 0::bigint, 'and everything verifies');
+
+-- A ttl of 1,000 years or more is left to the general path, which takes a
+-- hold ending before the year 10000 and refuses any other with 22023 (the
+-- clock is pinned at 2026-03-10 12:00 UTC); a ttl beyond what timestamptz
+-- holds once failed in the fast path with a bare 22008.
+SELECT credits_account_upsert(account_id => 'far', plan_id => 'pro');
+SELECT is(credits._reserve_fast('far', 1, 'editor', NULL, NULL, '1000 years', '{}'), NULL,
+          'a ttl of 1000 years is left to the general path');
+SELECT credits_reserve(account_id => 'far', amount => 1, product => 'editor',
+                       ttl => '9999-12-31 23:59:59.999999+00'::timestamptz - '2026-03-10 12:00:00+00')::text AS r5 \gset
+SELECT is((SELECT expires_at FROM credits.reservations WHERE reservation_id = :'r5'),
+          '9999-12-31 23:59:59.999999+00'::timestamptz, 'which holds until the last microsecond of the year 9999');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'far', amount => 1, product => 'editor',
+                       ttl => '10000-01-01 00:00:00+00'::timestamptz - '2026-03-10 12:00:00+00')$$,
+                 '22023', 'ttl must end before the year 10000', 'and refuses a hold ending at the start of the year 10000');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'far', amount => 1, product => 'editor', ttl => '300000 years')$$,
+                 '22023', 'ttl must end before the year 10000', 'or a ttl past what timestamptz holds');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'far', amount => 1, product => 'editor', ttl => '178000000 years')$$,
+                 '22023', 'ttl must end before the year 10000', 'or the longest interval');
+SELECT is(credits_commit(:'r5', 1), 1::numeric, 'the long hold commits');
 SELECT is((SELECT count(*) FROM credits_verify()), 0::bigint, 'and everything verifies');
 
 SELECT * FROM finish();

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(22);
+SELECT plan(26);
 
 -- credits_events_purge(): the events outbox's retention.
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
@@ -51,6 +51,8 @@ SELECT throws_ok($$SELECT credits_events_purge(unacknowledged => NULL)$$, '22004
                  'unacknowledged NULL');
 SELECT throws_ok($$SELECT credits_events_purge(older_than => '-1 day')$$, '22023', 'older_than must not be negative',
                  'a negative age');
+SELECT is(credits_events_purge(older_than => '300000 years', unacknowledged => true), 0::bigint,
+          'an age reaching before the first day timestamptz knows purges nothing (no 22008)');
 SELECT is(pg_temp.left_over(), '{beta_old,mid_acked,new_unacked,old_acked,old_recharge,old_unacked}',
           'refused purges delete nothing');
 
@@ -76,6 +78,16 @@ SELECT is(pg_temp.left_over(), '{new_unacked}', 'an unacknowledged event is left
 
 -- Events are not balance data: the ledger and every balance are untouched.
 SELECT is(pg_temp.state(), :'before', 'purging events changes no balance, reservation, ledger row or key');
+
+-- A claim's visibility ends before the year 10000, as every time the API
+-- stores must (the clock is pinned at 2026-03-10 12:00 UTC).
+SELECT throws_ok($$SELECT * FROM credits_events_claim('c', 10, '300000 years')$$, '22023',
+                 'visibility must end before the year 10000', 'a visibility past what timestamptz holds');
+SELECT throws_ok($$SELECT * FROM credits_events_claim('c', 10, '10000-01-01 00:00:00+00'::timestamptz - '2026-03-10 12:00:00+00')$$,
+                 '22023', 'visibility must end before the year 10000', 'a visibility ending at the start of the year 10000');
+SELECT event_id AS claimed FROM credits_events_claim('c', 10, '9999-12-31 23:59:59.999999+00'::timestamptz - '2026-03-10 12:00:00+00') \gset
+SELECT is((SELECT visible_at FROM credits.events WHERE event_id = :claimed), '9999-12-31 23:59:59.999999+00'::timestamptz,
+          'one ending at the last microsecond of the year 9999 claims the event until then');
 
 SELECT * FROM finish();
 ROLLBACK;
