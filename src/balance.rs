@@ -164,6 +164,8 @@ pub fn _balance_json(account_id: &str) -> JsonB {
             format!("credits_balance failed: {e}"),
             "credits_balance",
         )
+        .set_detail("The account's summary, buckets or transactions could not be read.")
+        .set_hint("Run SELECT * FROM credits_verify() and report the output.")
         .report(PgLogLevel::ERROR);
         unreachable!("ERROR does not return")
     })

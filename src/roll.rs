@@ -383,6 +383,10 @@ pub fn _roll_plan(input: JsonB) -> JsonB {
                 format!("cannot bring the account up to date: {message}"),
                 "credits._roll_plan",
             )
+            .set_detail(
+                "The account's stored rows are not a state it can be rolled forward from \
+                 (a row changed by hand?); nothing was written.",
+            )
             .set_hint("Run SELECT * FROM credits_verify() and report the output.")
             .report(PgLogLevel::ERROR);
             unreachable!("ERROR does not return")

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(51);
+SELECT plan(53);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -64,6 +64,26 @@ SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'far', plan_id =>
 SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'bc', plan_id => 'pro',
                                                  billing_anchor => make_timestamptz(-1, 6, 1, 0, 0, 0, 'UTC'))$$,
                  '22008', 'billing_anchor is out of range', 'account: anchor in 1 BC');
+
+-- The roll-forward planner's refusal of a state it cannot start from (only
+-- rows changed by hand reach it now) carries a DETAIL and a HINT too.
+CREATE FUNCTION pg_temp.error_fields(q text) RETURNS text[] LANGUAGE plpgsql AS $f$
+DECLARE
+    v_state text; v_message text; v_detail text; v_hint text;
+BEGIN
+    EXECUTE q;
+    RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
+    RETURN ARRAY[v_state, split_part(v_message, ':', 1), v_detail, v_hint];
+END
+$f$;
+SELECT is((pg_temp.error_fields($$SELECT credits._roll_plan('{}')$$))[1:2],
+          ARRAY['XX001', 'cannot bring the account up to date'], 'roll plan: a state it cannot read is XX001');
+SELECT ok((SELECT coalesce(f[3], '') <> '' AND coalesce(f[4], '') <> ''
+             FROM pg_temp.error_fields($$SELECT credits._roll_plan('{}')$$) f),
+          'with a DETAIL and a HINT');
 
 -- Unknown things.
 SELECT throws_ok($$SELECT credits_reserve(account_id => 'nobody', amount => 1, product => 'editor')$$, 'CR002', NULL, 'reserve: unknown account');
