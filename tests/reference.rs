@@ -1,0 +1,467 @@
+//! The README is the user's manual: its API reference must say what the
+//! extension installs. These tests read README.md and compare it with a
+//! fresh install of the current version:
+//!
+//! - every SQL function and procedure of the extension in schema `public`
+//!   has its signature in a code block of the README, with the same
+//!   parameters in the same order, the same types, the same defaults
+//!   (compared by value, by Postgres) and the same return type;
+//! - each usage view's documented column list is its columns, in order,
+//!   and every view of the extension is documented;
+//! - every SQLSTATE the extension raises (SQL files and the library) has a
+//!   row in the Errors table, and every row there is a code it raises or
+//!   one of the few that Postgres raises for it (a CHECK constraint, a
+//!   privilege);
+//! - every setting the library defines is in the Settings table.
+//!
+//! A function whose parameters change, a view that gains a column, a new
+//! error code or setting thus fails CI until the README says so.
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use std::collections::BTreeSet;
+
+const README: &str = include_str!("../README.md");
+
+/// The README's fenced code blocks, one string, with `--` comments cut off
+/// (outside quotes) so that a signature reads as SQL.
+fn code_text() -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in README.lines() {
+        if line.trim_start().starts_with("```") {
+            inside = !inside;
+            continue;
+        }
+        if inside {
+            out.push_str(strip_comment(line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn strip_comment(line: &str) -> &str {
+    let mut quoted = false;
+    let bytes = line.as_bytes();
+    for i in 0..bytes.len() {
+        match bytes[i] {
+            b'\'' => quoted = !quoted,
+            b'-' if !quoted && bytes.get(i + 1) == Some(&b'-') => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+/// `s[open..]` starts with `(`: the index of the matching `)`.
+fn closing(s: &str, open: usize) -> usize {
+    let mut depth = 0;
+    let mut quoted = false;
+    for (i, c) in s[open..].char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => {
+                depth -= 1;
+                if depth == 0 {
+                    return open + i;
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced parentheses in {:?}", &s[open..]);
+}
+
+/// Splits on the commas that are outside parentheses and quotes.
+fn split_top(s: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0, false, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            '(' | '[' if !quoted => depth += 1,
+            ')' | ']' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                parts.push(s[start..i].to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(s[start..].to_string());
+    parts
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// One words-only form of a type or a return type, as both sides write it.
+fn normal(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+        .replace("timestamp with time zone", "timestamptz")
+        .replace("table (", "table(")
+}
+
+#[derive(Debug, PartialEq)]
+struct Param {
+    name: String,
+    ty: String,
+    default: Option<String>,
+}
+
+/// A parameter as `name type [DEFAULT expr]` (a leading `IN` dropped);
+/// `None` for anything else (an argument of an example call).
+fn param(text: &str) -> Option<Param> {
+    let text = text.trim().strip_prefix("IN ").unwrap_or(text.trim());
+    if text.contains("=>") {
+        return None;
+    }
+    let (decl, default) = match text.find(" DEFAULT ") {
+        Some(i) => (&text[..i], Some(text[i + 9..].trim().to_string())),
+        None => (text, None),
+    };
+    let (name, ty) = decl.trim().split_once(char::is_whitespace)?;
+    let plain = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    name.chars().all(plain).then(|| Param {
+        name: name.to_string(),
+        ty: normal(ty),
+        default,
+    })
+}
+
+/// The README's signature of `name`: its parameters and what follows
+/// `RETURNS` (empty for a procedure). A signature starts a line of a code
+/// block (after `CALL ` for a procedure) and declares its parameters with
+/// types; example calls are passed over.
+fn documented(code: &str, name: &str) -> Option<(Vec<Param>, String)> {
+    code.match_indices(&format!("{name}(")).find_map(|(i, _)| {
+        let line_start = code[..i].rfind('\n').map_or(0, |n| n + 1);
+        let lead = code[line_start..i].trim_start();
+        if !(lead.is_empty() || lead == "CALL ") {
+            return None;
+        }
+        let open = i + name.len();
+        let close = closing(code, open);
+        let params: Option<Vec<Param>> = split_top(&code[open + 1..close])
+            .iter()
+            .map(|p| param(p))
+            .collect();
+        let params = params?;
+        let rest = code[close + 1..].trim_start();
+        let returns = match rest.strip_prefix("RETURNS") {
+            None if params.is_empty() && lead.is_empty() => return None,
+            None => String::new(),
+            Some(r) => {
+                let r = r.trim_start();
+                if r.starts_with("TABLE") {
+                    let open = r.find('(').unwrap();
+                    r[..=closing(r, open)].to_string()
+                } else {
+                    r.lines().next().unwrap().trim().to_string()
+                }
+            }
+        };
+        Some((params, normal(&returns)))
+    })
+}
+
+fn ext_db() -> Client {
+    connect(&fresh_db("it_reference"))
+}
+
+#[test]
+fn every_function_has_its_signature_in_the_readme() {
+    let mut client = ext_db();
+    let code = code_text();
+    let rows = client
+        .query(
+            "SELECT p.proname::text, pg_get_function_arguments(p.oid), coalesce(pg_get_function_result(p.oid), '')
+               FROM pg_proc p
+               JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+               JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'credits'
+              WHERE p.pronamespace = 'public'::regnamespace
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap();
+    assert!(rows.len() >= 20, "the extension's functions were not found");
+    let mut problems = Vec::new();
+    for row in &rows {
+        let name: String = row.get(0);
+        let installed: Vec<Param> = split_top(&row.get::<_, String>(1))
+            .iter()
+            .map(|p| param(p).unwrap_or_else(|| panic!("{name}: cannot read the argument {p:?}")))
+            .collect();
+        let returns = normal(&row.get::<_, String>(2));
+        let Some((readme, readme_returns)) = documented(&code, &name) else {
+            problems.push(format!(
+                "{name}: no signature in a code block of the README"
+            ));
+            continue;
+        };
+        let names = |ps: &[Param]| ps.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        if names(&readme) != names(&installed) {
+            problems.push(format!(
+                "{name}: the README lists the parameters {:?}, the extension has {:?}",
+                names(&readme),
+                names(&installed)
+            ));
+            continue;
+        }
+        for (doc, real) in readme.iter().zip(&installed) {
+            if doc.ty != real.ty {
+                problems.push(format!(
+                    "{name}({}): the README says {}, the extension has {}",
+                    real.name, doc.ty, real.ty
+                ));
+            }
+            match (&doc.default, &real.default) {
+                (None, None) => {}
+                (Some(d), Some(r)) => {
+                    let same: bool = client
+                        .query_one(
+                            &format!("SELECT ({d})::{} IS NOT DISTINCT FROM ({r})", real.ty),
+                            &[],
+                        )
+                        .unwrap()
+                        .get(0);
+                    if !same {
+                        problems.push(format!(
+                            "{name}({}): the README's default is {d}, the extension's {r}",
+                            real.name
+                        ));
+                    }
+                }
+                _ => problems.push(format!(
+                    "{name}({}): the README's default is {:?}, the extension's {:?}",
+                    real.name, doc.default, real.default
+                )),
+            }
+        }
+        if readme_returns != returns {
+            problems.push(format!(
+                "{name}: the README says RETURNS {readme_returns:?}, the extension returns {returns:?}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn the_usage_views_columns_are_those_the_readme_lists() {
+    let mut client = ext_db();
+    let section = &README[README.find("\n## Usage views").unwrap()..];
+    let section = &section[..section[1..].find("\n## ").unwrap()];
+    let mut documented = BTreeSet::new();
+    let mut problems = Vec::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let view = cells[1].trim_matches('`');
+        let listed = cells[3].split('`').nth(1).unwrap();
+        documented.insert(view.to_string());
+        let real: String = client
+            .query_one(
+                "SELECT string_agg(attname, ', ' ORDER BY attnum) FROM pg_attribute
+                  WHERE attrelid = to_regclass('credits.' || $1) AND attnum > 0 AND NOT attisdropped",
+                &[&view],
+            )
+            .unwrap()
+            .get::<_, Option<String>>(0)
+            .unwrap_or_default();
+        if real != listed {
+            problems.push(format!(
+                "credits.{view}: the README lists {listed:?}, the view has {real:?}"
+            ));
+        }
+    }
+    let views: BTreeSet<String> = rows(
+        &mut client,
+        "SELECT c.relname::text FROM pg_class c
+           JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+           JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'credits'
+          WHERE c.relkind = 'v'",
+    )
+    .into_iter()
+    .collect();
+    assert!(views.len() >= 6, "the extension's views were not found");
+    if views != documented {
+        problems.push(format!(
+            "the README documents the views {documented:?}, the extension has {views:?}"
+        ));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// The SQLSTATE of a `PgSqlErrorCode` the library raises. A new one fails
+/// the test until it is added here (and to the README).
+fn errcode(name: &str) -> &'static str {
+    match name {
+        "ERRCODE_INVALID_PARAMETER_VALUE" => "22023",
+        "ERRCODE_NULL_VALUE_NOT_ALLOWED" => "22004",
+        "ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE" => "22003",
+        "ERRCODE_DATETIME_FIELD_OVERFLOW" => "22008",
+        "ERRCODE_DATA_CORRUPTED" => "XX001",
+        "ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE" => "55000",
+        other => panic!("tests/reference.rs does not know the SQLSTATE of {other}: add it"),
+    }
+}
+
+/// The five-character code at the start of `s` (after a quote), if any.
+fn code_at(s: &str) -> Option<String> {
+    let code: String = s.chars().take(5).collect();
+    (code.len() == 5
+        && code
+            .chars()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        && s[5..].starts_with('\''))
+    .then_some(code)
+}
+
+/// Every SQLSTATE the extension's SQL files and library raise.
+fn raised() -> BTreeSet<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut codes = BTreeSet::new();
+    let files = |dir: &str, ext: &str| {
+        let mut paths: Vec<_> = std::fs::read_dir(format!("{root}/{dir}"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect();
+        paths.sort();
+        paths
+    };
+    for path in files("sql", "sql") {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for marker in ["_raise('", "ERRCODE = '"] {
+            for (i, _) in text.match_indices(marker) {
+                let at = &text[i + marker.len()..];
+                match code_at(at) {
+                    Some(code) => {
+                        codes.insert(code);
+                    }
+                    None => panic!(
+                        "{}: a raise whose SQLSTATE is not a literal code: {:?}",
+                        path.display(),
+                        &at[..at.len().min(40)]
+                    ),
+                }
+            }
+        }
+    }
+    for path in files("src", "rs") {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, _) in text.match_indices("PgSqlErrorCode::ERRCODE_") {
+            let name: String = text[i + 16..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            codes.insert(errcode(&name).to_string());
+        }
+    }
+    codes
+}
+
+#[test]
+fn every_sqlstate_raised_is_in_the_errors_table_and_only_those() {
+    let section = &README[README.find("\n## Errors").unwrap()..];
+    let section = &section[..section[1..].find("\n## ").unwrap()];
+    let documented: BTreeSet<String> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect();
+    let raised = raised();
+    assert!(
+        raised.contains("CR001") && raised.contains("22023"),
+        "no raise found: {raised:?}"
+    );
+    let undocumented: Vec<_> = raised.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "raised by the extension, missing from the README's Errors table: {undocumented:?}"
+    );
+    // Postgres raises these for the extension: a direct write that breaks a
+    // CHECK constraint, a call without the privilege.
+    let by_postgres: BTreeSet<String> = ["23514", "42501"].map(String::from).into();
+    let stale: Vec<_> = documented
+        .difference(&raised)
+        .filter(|c| !by_postgres.contains(*c))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "in the README's Errors table, raised by nothing: {stale:?}"
+    );
+}
+
+#[test]
+fn every_setting_of_the_library_is_in_the_settings_table() {
+    let mut client = ext_db();
+    // Any call of the library loads it, and with it its settings.
+    client.batch_execute("SELECT credits._now()").unwrap();
+    let settings = rows(
+        &mut client,
+        "SELECT name FROM pg_settings WHERE name LIKE 'credits.%' ORDER BY 1",
+    );
+    assert!(!settings.is_empty(), "the library defines no setting");
+    let section = &README[README.find("\n## Settings").unwrap()..];
+    let section = &section[..section[1..].find("\n## ").unwrap()];
+    let missing: Vec<_> = settings
+        .iter()
+        .filter(|s| !section.contains(&format!("| `{s}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "settings missing from the README's Settings table: {missing:?}"
+    );
+}
+
+#[cfg(test)]
+mod parser {
+    use super::*;
+
+    #[test]
+    fn a_signature_reads_its_parameters_defaults_and_return_type() {
+        let code = "x\ncredits_f(a text, b numeric DEFAULT 1,  \n  c text[] DEFAULT '{x,y}')   RETURNS TABLE (v text,\n w int)\n";
+        let (params, returns) = documented(code, "credits_f").unwrap();
+        assert_eq!(
+            params,
+            vec![
+                Param {
+                    name: "a".into(),
+                    ty: "text".into(),
+                    default: None
+                },
+                Param {
+                    name: "b".into(),
+                    ty: "numeric".into(),
+                    default: Some("1".into())
+                },
+                Param {
+                    name: "c".into(),
+                    ty: "text[]".into(),
+                    default: Some("'{x,y}'".into())
+                },
+            ]
+        );
+        assert_eq!(returns, "table(v text, w int)");
+        assert!(documented(code, "credits").is_none());
+        let examples =
+            "SELECT credits_f(a => 1);\ncredits_f(a => 1)\ncredits_g()\ncredits_g() RETURNS void\n";
+        assert!(documented(examples, "credits_f").is_none());
+        assert_eq!(
+            documented(examples, "credits_g"),
+            Some((vec![], "void".to_string()))
+        );
+        assert_eq!(strip_comment("a -- b"), "a ");
+        assert_eq!(strip_comment("'--' -- b"), "'--' ");
+    }
+}
