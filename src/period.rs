@@ -98,6 +98,7 @@ fn to_naive(t: TimestampWithTimeZone, name: &str) -> NaiveDateTime {
             format!("{name} must be a finite timestamp"),
             "credits",
         )
+        .set_detail(format!("{name} is infinite."))
         .set_hint("Billing periods need a real date.")
         .report(PgLogLevel::ERROR);
     }
@@ -136,6 +137,7 @@ fn reset_arg(reset: &str) -> Reset {
             format!("unknown reset \"{reset}\""),
             "credits",
         )
+        .set_detail("reset must be one of: billing_date, calendar_month.")
         .set_hint("Use 'billing_date' or 'calendar_month'.")
         .report(PgLogLevel::ERROR);
         unreachable!("ERROR does not return")

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(53);
+SELECT plan(55);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -84,6 +84,13 @@ SELECT is((pg_temp.error_fields($$SELECT credits._roll_plan('{}')$$))[1:2],
 SELECT ok((SELECT coalesce(f[3], '') <> '' AND coalesce(f[4], '') <> ''
              FROM pg_temp.error_fields($$SELECT credits._roll_plan('{}')$$) f),
           'with a DETAIL and a HINT');
+-- So do the period functions' own refusals, behind the API's checks.
+SELECT is((SELECT ARRAY[f[1], (coalesce(f[3], '') <> '' AND coalesce(f[4], '') <> '')::text]
+             FROM pg_temp.error_fields($$SELECT credits._period_start('infinity', 'calendar_month', now())$$) f),
+          ARRAY['22023', 'true'], 'period start of an infinite anchor: 22023 with a DETAIL and a HINT');
+SELECT is((SELECT ARRAY[f[1], (coalesce(f[3], '') <> '' AND coalesce(f[4], '') <> '')::text]
+             FROM pg_temp.error_fields($$SELECT credits._period_after(now(), 'weekly', now())$$) f),
+          ARRAY['22023', 'true'], 'period of an unknown reset: 22023 with a DETAIL and a HINT');
 
 -- Unknown things.
 SELECT throws_ok($$SELECT credits_reserve(account_id => 'nobody', amount => 1, product => 'editor')$$, 'CR002', NULL, 'reserve: unknown account');
