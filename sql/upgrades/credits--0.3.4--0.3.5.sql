@@ -1486,3 +1486,83 @@ BEGIN
     RETURNING e.event_id, e.account_id, e.kind, e.payload, e.created_at, e.deliveries;
 END
 $$;
+
+-- credits_usage_daily and credits_usage_by_tag refuse NULL arguments
+-- (22004; they returned nothing, or one row of untagged usage), and
+-- credits_usage_daily a range that is not finite or longer than 3,660 days
+-- (22023): an open range ('infinity') made a row per day until the
+-- statement was cancelled, spilling them to temporary files.
+-- credits_usage_by_tag reads its days as UTC days, as every other figure
+-- (they were the session's days). Both become PL/pgSQL.
+CREATE OR REPLACE FUNCTION public.credits_usage_daily(account_id text, from_day date, to_day date)
+RETURNS TABLE (day date, product text, used numeric, overage numeric, refunded numeric, net_used numeric,
+               actions integer)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits_usage_daily.account_id;
+    v_missing text := CASE WHEN v_account IS NULL THEN 'account_id'
+                           WHEN from_day IS NULL THEN 'from_day'
+                           WHEN to_day IS NULL THEN 'to_day' END;
+BEGIN
+    IF v_missing IS NOT NULL THEN
+        PERFORM credits._raise('22004', format('%s must not be NULL', v_missing),
+            format('%s is required.', v_missing), 'Pass the account and the first and last day to show.');
+    END IF;
+    IF NOT (isfinite(from_day) AND isfinite(to_day)) OR to_day - from_day >= 3660 THEN
+        PERFORM credits._raise('22023', 'the range of days must be finite and at most 3660 days',
+            format('from_day is %s, to_day is %s.', from_day, to_day),
+            'Ask for at most 3660 days (about ten years) at a time, or read months from credits.usage_monthly.');
+    END IF;
+    RETURN QUERY
+    WITH products AS (
+        SELECT DISTINCT u.product FROM credits.usage_rollup u
+         WHERE u.account_id = v_account AND u.day BETWEEN from_day AND to_day
+    )
+    SELECT d.d::date, p.product, trim_scale(coalesce(u.used, 0)), trim_scale(coalesce(u.overage, 0)),
+           trim_scale(coalesce(u.refunded, 0)), trim_scale(coalesce(u.used + u.overage - u.refunded, 0)),
+           coalesce(u.actions, 0)
+      FROM generate_series(from_day, to_day, interval '1 day') d(d)
+     CROSS JOIN products p
+      LEFT JOIN credits.usage_rollup u
+             ON u.account_id = v_account AND u.day = d.d::date AND u.product = p.product
+     ORDER BY 1, 2;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.credits_usage_by_tag(account_id text, tag text, from_day date DEFAULT NULL,
+                                            to_day date DEFAULT NULL)
+RETURNS TABLE (tag_value text, product text, actions bigint, charged numeric, refunded numeric, net numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits_usage_by_tag.account_id;
+    v_tag     text := credits_usage_by_tag.tag;
+    v_missing text := CASE WHEN v_account IS NULL THEN 'account_id' WHEN v_tag IS NULL THEN 'tag' END;
+    -- The range as instants: a day's UTC midnight; days past what a
+    -- timestamptz holds (dates reach further) are the infinities.
+    v_from timestamptz := CASE WHEN from_day IS NULL OR from_day = '-infinity' THEN '-infinity'
+                               WHEN from_day > '294276-12-30' THEN 'infinity'
+                               ELSE from_day::timestamp AT TIME ZONE 'UTC' END;
+    v_to   timestamptz := CASE WHEN to_day IS NULL OR to_day > '294276-12-30' THEN 'infinity'
+                               WHEN to_day = '-infinity' THEN '-infinity'
+                               ELSE (to_day + 1)::timestamp AT TIME ZONE 'UTC' END;
+BEGIN
+    IF v_missing IS NOT NULL THEN
+        PERFORM credits._raise('22004', format('%s must not be NULL', v_missing),
+            format('%s is required.', v_missing), 'Pass the account and the metadata key to break usage down by.');
+    END IF;
+    RETURN QUERY
+    SELECT r.metadata->>v_tag, r.product, count(*), trim_scale(sum(r.charged)), trim_scale(sum(r.refunded)),
+           trim_scale(sum(r.charged - r.refunded))
+      FROM credits.reservations r
+     WHERE r.account_id = v_account AND r.status = 'committed'
+       AND r.created_at >= v_from AND r.created_at < v_to
+     GROUP BY 1, 2
+     ORDER BY 1, 2;
+END
+$$;

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(22);
+SELECT plan(32);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -42,6 +42,34 @@ SELECT results_eq($$SELECT tag_value, product, actions, net FROM credits_usage_b
                   $$VALUES ('design', 'editor', 1::bigint, 25::numeric), ('research', 'editor', 1, 6),
                            (NULL, 'images', 1, 75)$$,
                   'credits_usage_by_tag: usage by a metadata tag');
+-- Its days are UTC days, whatever the session's time zone: at UTC+14 the
+-- editor actions of 2026-03-10 12:00 UTC fall on the local 11th.
+SET LOCAL TimeZone = 'Pacific/Kiritimati';
+SELECT results_eq($$SELECT tag_value, product, actions, net FROM credits_usage_by_tag('v', 'subject', '2026-03-11', '2026-03-11')$$,
+                  $$VALUES (NULL::text, 'images', 1::bigint, 75::numeric)$$,
+                  'credits_usage_by_tag: a UTC day, at UTC+14 too');
+SELECT results_eq($$SELECT tag_value, product, actions, net FROM credits_usage_by_tag('v', 'subject', to_day => '2026-03-10')$$,
+                  $$VALUES ('design'::text, 'editor', 1::bigint, 25::numeric), ('research', 'editor', 1, 6)$$,
+                  'credits_usage_by_tag: up to the end of a UTC day, at UTC+14 too');
+RESET TimeZone;
+SELECT is((SELECT count(*) FROM credits_usage_by_tag('v', 'subject', to_day => '5874897-12-31')), 3::bigint,
+          'credits_usage_by_tag: the last date there is, open-ended');
+SELECT is((SELECT count(*) FROM credits_usage_by_tag('v', 'subject', from_day => 'infinity')), 0::bigint,
+          'credits_usage_by_tag: from infinity, nothing');
+-- Bad arguments: NULLs (which returned nothing before 0.3.5) and ranges
+-- that would make a row per day without end.
+SELECT throws_ok($$SELECT * FROM credits_usage_daily(NULL, '2026-03-09', '2026-03-12')$$, '22004',
+                 'account_id must not be NULL', 'credits_usage_daily: NULL account');
+SELECT throws_ok($$SELECT * FROM credits_usage_daily('v', NULL, '2026-03-12')$$, '22004',
+                 'from_day must not be NULL', 'credits_usage_daily: NULL first day');
+SELECT throws_ok($$SELECT * FROM credits_usage_daily('v', '2026-03-09', 'infinity')$$, '22023',
+                 'the range of days must be finite and at most 3660 days', 'credits_usage_daily: an open range');
+SELECT throws_ok($$SELECT * FROM credits_usage_daily('v', '2026-03-12'::date - 3660, '2026-03-12')$$, '22023',
+                 'the range of days must be finite and at most 3660 days', 'credits_usage_daily: 3661 days');
+SELECT is((SELECT count(*) FROM credits_usage_daily('v', '2026-03-10'::date - 3659, '2026-03-10')), 3660::bigint,
+          'credits_usage_daily: 3660 days, a row each for the one product used in them');
+SELECT throws_ok($$SELECT * FROM credits_usage_by_tag('v', NULL)$$, '22004',
+                 'tag must not be NULL', 'credits_usage_by_tag: NULL tag');
 SELECT results_eq($$SELECT product, status, reserved, charged, refunded, net FROM credits.actions
                      WHERE account_id = 'v' ORDER BY created_at$$,
                   $$VALUES ('editor', 'committed', 30::numeric, 25::numeric, 0::numeric, 25::numeric),
