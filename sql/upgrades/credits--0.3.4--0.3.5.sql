@@ -973,6 +973,14 @@ DECLARE
     v_account text := credits._ident(credits_account_bind.account_id, 'account_id', 255);
 BEGIN
     PERFORM credits._required(credits_account_bind.role IS NULL, 'role');
+    -- A regrole can hold an OID that names no role ('-' is 0, and any
+    -- number casts): such a binding would bind nothing, and credits_verify()
+    -- reports it. (Unbinding takes any OID, to remove what a dropped role
+    -- left behind.)
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = credits_account_bind.role::oid) THEN
+        PERFORM credits._raise('42704', format('role with OID %s does not exist', credits_account_bind.role::oid),
+            'Only an existing role can be bound to an account.', 'Pass the role''s name, such as ''app_acme''.');
+    END IF;
     PERFORM credits._lock_account(v_account);
     INSERT INTO credits.account_roles (account_id, role_id, created_at)
     VALUES (v_account, credits_account_bind.role, credits._now())

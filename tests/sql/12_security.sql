@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(42);
+SELECT plan(45);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => a, plan_id => 'pro') FROM unnest(ARRAY['a1', 'a2']) a;
@@ -87,6 +87,15 @@ SET ROLE t_app;
 SELECT lives_ok($$SELECT credits_balance('a1'), credits_balance('a2')$$,
                 'a role bound to nothing still reaches every account');
 RESET ROLE;
+-- Only an existing role is bound: a regrole can hold an OID that names no
+-- role ('-' is 0), which would bind nothing (credits_verify() reports such
+-- a binding). Before 0.3.5 such a binding was stored.
+SELECT throws_ok($$SELECT credits_account_bind(account_id => 'a2', role => '-')$$, '42704',
+                 'role with OID 0 does not exist', 'binding role ''-'' (OID 0) is refused');
+SELECT throws_ok($$SELECT credits_account_bind(account_id => 'a2', role => 4000000000::oid::regrole)$$, '42704',
+                 'role with OID 4000000000 does not exist', 'and an OID that names no role');
+SELECT is((SELECT count(*) FROM credits.account_roles WHERE role_id::oid IN (0, 4000000000)), 0::bigint,
+          'neither left a binding');
 -- The binding rule of every write path and of the fast paths,
 -- credits._may_touch, which probes one account's bindings (0.3.5), against
 -- the expected reach of each role and against the rule the row-level
