@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(42);
+SELECT plan(46);
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
@@ -152,6 +152,20 @@ SELECT is(credits_balance('edge') #>> '{summary,period_start}', '2027-05-31T10:0
           'its period starts on the anchor''s day and time');
 SELECT is((SELECT expires_at FROM credits.buckets WHERE account_id = 'edge' AND kind = 'promo'),
           make_timestamptz(9999, 12, 31, 23, 59, 59.999999, 'UTC'), 'the promo keeps its expiry at the end of 9999');
+
+-- Editing a plan's reset rule applies from each account's next reset: the
+-- current period keeps its end, and the next one ends at the new rule's
+-- first reset, with the full allocation (periods are never prorated).
+SELECT credits_plan_upsert(plan_id => 'rule', allocation => 10, reset => 'billing_date');
+SELECT credits_account_upsert(account_id => 'rule1', plan_id => 'rule', billing_anchor => '2027-04-12 08:00:00+00');
+SELECT credits_plan_upsert(plan_id => 'rule', allocation => 10, reset => 'calendar_month');
+SELECT is(credits_balance('rule1') #>> '{summary,period_end}', '2027-06-12T08:00:00.000000Z',
+          'a plan''s new reset rule leaves the current period''s end');
+SET LOCAL credits.now = '2027-06-13 00:00:00+00';
+SELECT is(credits_reset(account_id => 'rule1'), 1, 'the account rolls at that end');
+SELECT is(credits_balance('rule1') #>> '{summary,period_end}', '2027-07-01T00:00:00.000000Z',
+          'and its next period ends on the 1st, by the new rule');
+SELECT is((credits_balance('rule1') #>> '{summary,available}')::numeric, 10::numeric, 'with the full allocation');
 
 SET LOCAL transaction_read_only = on;
 SET LOCAL credits.now = '2027-06-15 00:00:00+00';
