@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(46);
+SELECT plan(48);
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
@@ -85,7 +85,9 @@ SELECT is(pg_temp.fig('span', 'available'), 100::numeric, 'next to the new alloc
 SELECT is(credits_commit(reservation_id => :'span', amount => 40), 40::numeric, 'committed after the reset');
 SELECT ok(EXISTS (SELECT 1 FROM credits.ledger WHERE reservation_id = :'span' AND kind = 'expire' AND amount = -10),
           'the unused 10 of the expired bucket are written off');
+SELECT is(pg_temp.fig('span', 'used'), 40::numeric, 'the charge counts as usage of the period it was committed in');
 SELECT is(credits_refund(reservation_id => :'span'), 40::numeric, 'refunded later');
+SELECT is(pg_temp.fig('span', 'used'), 0::numeric, 'which lowers that period''s usage again');
 SELECT is(pg_temp.fig('span', 'available'), 100::numeric, 'the refund does not resurrect expired credits');
 
 -- Billing-date periods on the 31st, and bad input.
