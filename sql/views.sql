@@ -104,14 +104,10 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_account text := credits_usage_daily.account_id;
-    v_missing text := CASE WHEN v_account IS NULL THEN 'account_id'
-                           WHEN from_day IS NULL THEN 'from_day'
-                           WHEN to_day IS NULL THEN 'to_day' END;
 BEGIN
-    IF v_missing IS NOT NULL THEN
-        PERFORM credits._raise('22004', format('%s must not be NULL', v_missing),
-            format('%s is required.', v_missing), 'Pass the account and the first and last day to show.');
-    END IF;
+    PERFORM credits._required(v_account IS NULL, 'account_id');
+    PERFORM credits._required(from_day IS NULL, 'from_day');
+    PERFORM credits._required(to_day IS NULL, 'to_day');
     IF NOT (isfinite(from_day) AND isfinite(to_day)) OR to_day - from_day >= 3660 THEN
         PERFORM credits._raise('22023', 'the range of days must be finite and at most 3660 days',
             format('from_day is %s, to_day is %s.', from_day, to_day),
@@ -149,7 +145,6 @@ AS $$
 DECLARE
     v_account text := credits_usage_by_tag.account_id;
     v_tag     text := credits_usage_by_tag.tag;
-    v_missing text := CASE WHEN v_account IS NULL THEN 'account_id' WHEN v_tag IS NULL THEN 'tag' END;
     -- The range as instants: a day's UTC midnight; days past what a
     -- timestamptz holds (dates reach further) are the infinities.
     v_from timestamptz := CASE WHEN from_day IS NULL OR from_day = '-infinity' THEN '-infinity'
@@ -159,10 +154,8 @@ DECLARE
                                WHEN to_day = '-infinity' THEN '-infinity'
                                ELSE (to_day + 1)::timestamp AT TIME ZONE 'UTC' END;
 BEGIN
-    IF v_missing IS NOT NULL THEN
-        PERFORM credits._raise('22004', format('%s must not be NULL', v_missing),
-            format('%s is required.', v_missing), 'Pass the account and the metadata key to break usage down by.');
-    END IF;
+    PERFORM credits._required(v_account IS NULL, 'account_id');
+    PERFORM credits._required(v_tag IS NULL, 'tag');
     RETURN QUERY
     SELECT r.metadata->>v_tag, r.product, count(*), trim_scale(sum(r.charged)), trim_scale(sum(r.refunded)),
            trim_scale(sum(r.charged - r.refunded))
