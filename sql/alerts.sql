@@ -2,7 +2,9 @@
 -- (credits_commit compares cheap stored figures first): usage alerts at
 -- the account's percentages of its period allocation, once per period
 -- each, and an auto-recharge request when the available balance fell below
--- the threshold, once per crossing and within the monthly cap. The balance
+-- the threshold, once per crossing and within the monthly cap (in the
+-- pack's currency: what auto-recharge requested or bought this calendar
+-- month in that currency counts against it). The balance
 -- compared is what the live buckets hold (pending holds included): what
 -- a commit takes away. Both are
 -- events in the outbox, written in the commit's own transaction.
@@ -47,6 +49,7 @@ BEGIN
             SELECT coalesce(sum(r.price), 0) INTO v_spent
               FROM credits.recharge_requests r
              WHERE r.account_id = p_account AND r.status IN ('pending', 'completed')
+               AND r.currency = cfg.currency
                AND r.created_at >= date_trunc('month', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
             IF v_spent + cfg.price <= cfg.monthly_cap THEN
                 INSERT INTO credits.recharge_requests (account_id, pack_id, credits, price, currency, status, created_at)

@@ -133,8 +133,9 @@ BEGIN
         PERFORM credits._raise('22023', 'override_until must be a finite timestamp',
             format('override_until is %s.', v_until), 'Leave it out for an override without end.');
     END IF;
-    IF v_alerts IS NOT NULL AND EXISTS (SELECT 1 FROM unnest(v_alerts) x WHERE x IS NULL OR x <= 0 OR x > 1000) THEN
-        PERFORM credits._raise('22023', 'alert_percents must be percentages above 0',
+    IF v_alerts IS NOT NULL AND (array_ndims(v_alerts) > 1
+                                 OR EXISTS (SELECT 1 FROM unnest(v_alerts) x WHERE x IS NULL OR x <= 0 OR x > 1000)) THEN
+        PERFORM credits._raise('22023', 'alert_percents must be a list of percentages above 0 and at most 1000',
             format('alert_percents is %s.', v_alerts), 'Pass percentages of the period allocation, such as {50,80,100}.');
     END IF;
     IF v_anchor IS NOT NULL AND NOT isfinite(v_anchor) THEN

@@ -99,6 +99,7 @@ DECLARE
     a         credits.accounts;
     pk        credits.packs;
     pu        credits.purchases;
+    rq        credits.recharge_requests;
     nb        record;
 BEGIN
     a := credits._lock_account(v_account);
@@ -111,6 +112,14 @@ BEGIN
                 'Each payment buys one pack: use the payment''s own reference.');
         END IF;
         RETURN pu.bucket_id;
+    END IF;
+    SELECT * INTO rq FROM credits.recharge_requests r
+     WHERE r.account_id = v_account AND r.request_id::text = v_ref AND r.pack_id <> v_pack;
+    IF FOUND THEN
+        PERFORM credits._raise('CR006', format('payment_ref "%s" is a recharge request for pack "%s"', v_ref, rq.pack_id),
+            format('The request asks for pack "%s" (%s credits for %s %s); this call buys pack "%s".',
+                   rq.pack_id, trim_scale(rq.credits), trim_scale(rq.price), rq.currency, v_pack),
+            'Complete the request with its own pack, or buy another pack with the payment''s own reference.');
     END IF;
     SELECT * INTO pk FROM credits.packs WHERE pack_id = v_pack AND active;
     IF NOT FOUND THEN

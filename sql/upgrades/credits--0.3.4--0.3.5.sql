@@ -100,6 +100,17 @@
 -- probes that account's bindings by key (SECURITY DEFINER, since it reads
 -- account_roles itself) instead of listing the caller's accounts: a role
 -- bound to 10,000 accounts took 13 ms per reserve + commit.
+--
+-- Auto-recharge's monthly cap counts what was requested or bought this
+-- month in the pack's currency only (credits._after_usage): a cap is an
+-- amount of one currency, and after the account's recharge pack changed to
+-- one priced in another, the sum had added euros to dollars.
+-- credits_account_upsert refuses alert_percents with more than one
+-- dimension (22023), and its message names the upper bound of 1000.
+-- credits_purchase refuses to complete a recharge request with another
+-- pack than the one it asks for (CR006): it completed the request and
+-- granted the other pack, although the request's event had told the
+-- payment worker what to charge.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -1074,6 +1085,7 @@ DECLARE
     a         credits.accounts;
     pk        credits.packs;
     pu        credits.purchases;
+    rq        credits.recharge_requests;
     nb        record;
 BEGIN
     a := credits._lock_account(v_account);
@@ -1086,6 +1098,14 @@ BEGIN
                 'Each payment buys one pack: use the payment''s own reference.');
         END IF;
         RETURN pu.bucket_id;
+    END IF;
+    SELECT * INTO rq FROM credits.recharge_requests r
+     WHERE r.account_id = v_account AND r.request_id::text = v_ref AND r.pack_id <> v_pack;
+    IF FOUND THEN
+        PERFORM credits._raise('CR006', format('payment_ref "%s" is a recharge request for pack "%s"', v_ref, rq.pack_id),
+            format('The request asks for pack "%s" (%s credits for %s %s); this call buys pack "%s".',
+                   rq.pack_id, trim_scale(rq.credits), trim_scale(rq.price), rq.currency, v_pack),
+            'Complete the request with its own pack, or buy another pack with the payment''s own reference.');
     END IF;
     SELECT * INTO pk FROM credits.packs WHERE pack_id = v_pack AND active;
     IF NOT FOUND THEN
@@ -1215,8 +1235,9 @@ BEGIN
         PERFORM credits._raise('22023', 'override_until must be a finite timestamp',
             format('override_until is %s.', v_until), 'Leave it out for an override without end.');
     END IF;
-    IF v_alerts IS NOT NULL AND EXISTS (SELECT 1 FROM unnest(v_alerts) x WHERE x IS NULL OR x <= 0 OR x > 1000) THEN
-        PERFORM credits._raise('22023', 'alert_percents must be percentages above 0',
+    IF v_alerts IS NOT NULL AND (array_ndims(v_alerts) > 1
+                                 OR EXISTS (SELECT 1 FROM unnest(v_alerts) x WHERE x IS NULL OR x <= 0 OR x > 1000)) THEN
+        PERFORM credits._raise('22023', 'alert_percents must be a list of percentages above 0 and at most 1000',
             format('alert_percents is %s.', v_alerts), 'Pass percentages of the period allocation, such as {50,80,100}.');
     END IF;
     IF v_anchor IS NOT NULL AND NOT isfinite(v_anchor) THEN
@@ -1569,3 +1590,60 @@ END
 $$;
 -- The usage functions run as their caller and ask credits._required.
 GRANT EXECUTE ON FUNCTION credits._required(boolean, text) TO credits_reader, credits_app, credits_admin;
+
+-- The monthly cap in the pack's currency.
+CREATE OR REPLACE FUNCTION credits._after_usage(p_account text, p_balance_before numeric, p_now timestamptz) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    a        credits.accounts;
+    v_alloc  numeric;
+    v_usage  numeric;
+    v_raised numeric[];
+    v_pct    numeric;
+    v_spent  numeric;
+    cfg      record;
+    v_req    uuid;
+BEGIN
+    SELECT * INTO a FROM credits.accounts WHERE account_id = p_account;
+    v_usage := a.period_used + a.period_overage;
+    IF a.next_alert_at IS NOT NULL AND v_usage >= a.next_alert_at THEN
+        SELECT CASE WHEN a.byok THEN 0 ELSE p.allocation END INTO v_alloc FROM credits.plans p WHERE p.plan_id = a.plan_id;
+        v_raised := a.alerts_raised;
+        FOR v_pct IN
+            SELECT x FROM unnest(a.alert_percents) x
+             WHERE NOT x = ANY (v_raised) AND v_usage >= x * v_alloc / 100
+             ORDER BY x
+        LOOP
+            PERFORM credits._emit(p_account, 'usage_alert', jsonb_build_object(
+                'account_id', p_account, 'percent', v_pct, 'used', v_usage, 'allocation', v_alloc,
+                'period_end', a.period_end), p_now);
+            v_raised := v_raised || v_pct;
+        END LOOP;
+        UPDATE credits.accounts
+           SET alerts_raised = v_raised, next_alert_at = credits._next_alert_at(alert_percents, v_raised, v_alloc)
+         WHERE account_id = p_account;
+    END IF;
+
+    IF a.recharge_below IS NOT NULL AND a.balance < a.recharge_below AND p_balance_before >= a.recharge_below THEN
+        SELECT ar.*, pk.credits, pk.price, pk.currency INTO cfg
+          FROM credits.auto_recharge ar JOIN credits.packs pk ON pk.pack_id = ar.pack_id
+         WHERE ar.account_id = p_account AND ar.enabled AND pk.active;
+        IF FOUND THEN
+            SELECT coalesce(sum(r.price), 0) INTO v_spent
+              FROM credits.recharge_requests r
+             WHERE r.account_id = p_account AND r.status IN ('pending', 'completed')
+               AND r.currency = cfg.currency
+               AND r.created_at >= date_trunc('month', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+            IF v_spent + cfg.price <= cfg.monthly_cap THEN
+                INSERT INTO credits.recharge_requests (account_id, pack_id, credits, price, currency, status, created_at)
+                VALUES (p_account, cfg.pack_id, cfg.credits, cfg.price, cfg.currency, 'pending', p_now)
+                RETURNING request_id INTO v_req;
+                PERFORM credits._emit(p_account, 'recharge_requested', jsonb_build_object(
+                    'account_id', p_account, 'request_id', v_req, 'pack', cfg.pack_id, 'credits', cfg.credits,
+                    'price', cfg.price, 'currency', cfg.currency, 'payment_ref', v_req), p_now);
+            END IF;
+        END IF;
+    END IF;
+END
+$$;

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(38);
+SELECT plan(47);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -64,6 +64,20 @@ SET LOCAL credits.notify = on;
 
 -- Auto-recharge: once per crossing, within the monthly cap.
 SELECT credits_account_upsert(account_id => 'ar', plan_id => 'pro', alert_percents => '{}');
+
+-- Alert percentages: above 0, at most 1000, a flat list.
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'ar', alert_percents => '{80,0}')$$, '22023',
+                 'alert_percents must be a list of percentages above 0 and at most 1000', 'an alert at 0% is refused');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'ar', alert_percents => '{80,NULL}')$$, '22023',
+                 NULL, 'an alert at NULL% is refused');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'ar', alert_percents => '{1000.000001}')$$, '22023',
+                 NULL, 'an alert above 1000% is refused');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'ar', alert_percents => '{{50},{80}}')$$, '22023',
+                 NULL, 'alert percentages in two dimensions are refused');
+SELECT lives_ok($$SELECT credits_account_upsert(account_id => 'ar', alert_percents => '{1000}')$$, '1000% is allowed');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'ar', limit_mode => 'soft', override_until => 'infinity')$$,
+                 '22023', 'override_until must be a finite timestamp', 'an override without end leaves override_until out');
+SELECT credits_account_upsert(account_id => 'ar', alert_percents => '{}');
 SELECT throws_ok($$SELECT credits_auto_recharge_set(account_id => 'freebie', enabled => true, pack => 'p20', threshold => 5)$$,
                  'CR010', NULL, 'no auto-recharge where purchases are not allowed');
 SELECT credits_auto_recharge_set(account_id => 'ar', enabled => true, pack => 'p20', threshold => 30, monthly_cap => 50);
@@ -77,6 +91,9 @@ SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'ar' AND kind 
 SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 5, product => 'editor'));
 SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar'), 1::bigint, 'once per crossing');
 SELECT request_id::text AS req FROM credits.recharge_requests WHERE account_id = 'ar' \gset
+SELECT throws_ok(format('SELECT credits_purchase(account_id => %L, pack => %L, payment_ref => %L)', 'ar', 'p50', :'req'),
+                 'CR006', format('payment_ref "%s" is a recharge request for pack "p20"', :'req'),
+                 'a recharge request is completed with its own pack only');
 SELECT credits_purchase(account_id => 'ar', pack => 'p20', payment_ref => :'req');
 SELECT is((SELECT status FROM credits.recharge_requests WHERE request_id = :'req'), 'completed',
           'the payment worker completes it with credits_purchase');
@@ -98,6 +115,20 @@ SELECT credits_purchase(account_id => 'ar', pack => 'p20', payment_ref => (SELEC
 SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 200, product => 'editor'));
 SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar'), 3::bigint,
           'a third 20 would pass the monthly cap of 50: no request');
+-- The cap is in the pack's currency: a pack in another currency starts
+-- from what was spent in that one.
+SELECT credits_pack_upsert(pack_id => 'usd20', credits => 200, price => 20, currency => 'USD');
+SELECT credits_auto_recharge_set(account_id => 'ar', enabled => true, pack => 'usd20', monthly_cap => 30);
+SELECT credits_grant(account_id => 'ar', amount => 100, kind => 'adjustment');
+SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 100, product => 'editor'));
+SELECT is((SELECT currency || ' ' || price FROM credits.recharge_requests WHERE account_id = 'ar' AND status = 'pending'),
+          'USD 20.000000', 'the EUR already spent does not count against a cap in USD');
+SELECT credits_recharge_fail(request_id => (SELECT request_id FROM credits.recharge_requests WHERE account_id = 'ar' AND status = 'pending'));
+SELECT credits_auto_recharge_set(account_id => 'ar', enabled => true, pack => 'p20', monthly_cap => 50);
+SELECT credits_grant(account_id => 'ar', amount => 100, kind => 'adjustment');
+SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 100, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar' AND status = 'pending'), 0::bigint,
+          'back on the EUR pack, the EUR spent counts again');
 
 -- BYOK accounts raise no alerts or recharges.
 SELECT credits_account_upsert(account_id => 'own', plan_id => 'pro', byok => true);
@@ -110,8 +141,8 @@ SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w1', max_event
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w2')), 0::bigint, 'no one else holds them meanwhile');
 SET LOCAL credits.now = '2026-03-10 12:01:00+00';
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w2', max_events => 100, kinds => '{recharge_requested}')),
-          3::bigint, 'unacknowledged events come back after their visibility timeout, filtered by kind');
-SELECT is(credits_events_ack((SELECT array_agg(event_id) FROM credits.events WHERE kind = 'recharge_requested')), 3,
+          4::bigint, 'unacknowledged events come back after their visibility timeout, filtered by kind');
+SELECT is(credits_events_ack((SELECT array_agg(event_id) FROM credits.events WHERE kind = 'recharge_requested')), 4,
           'acknowledged');
 SET LOCAL credits.now = '2026-03-10 12:05:00+00';
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w3', max_events => 100, kinds => '{recharge_requested}')),
