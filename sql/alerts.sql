@@ -49,7 +49,7 @@ BEGIN
             SELECT coalesce(sum(r.price), 0) INTO v_spent
               FROM credits.recharge_requests r
              WHERE r.account_id = p_account AND r.status IN ('pending', 'completed')
-               AND r.currency = cfg.currency
+               AND upper(r.currency) = upper(cfg.currency)
                AND r.created_at >= date_trunc('month', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
             IF v_spent + cfg.price <= cfg.monthly_cap THEN
                 INSERT INTO credits.recharge_requests (account_id, pack_id, credits, price, currency, status, created_at)

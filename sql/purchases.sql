@@ -73,7 +73,7 @@ DECLARE
     v_pack     text    := credits._ident(credits_pack_upsert.pack_id, 'pack_id', 255);
     v_credits  numeric := credits._amount(credits_pack_upsert.credits, 'credits', false);
     v_price    numeric := credits._amount(credits_pack_upsert.price, 'price', true);
-    v_currency text    := credits._ident(credits_pack_upsert.currency, 'currency', 16);
+    v_currency text    := upper(credits._ident(credits_pack_upsert.currency, 'currency', 16));
 BEGIN
     PERFORM credits._required(credits_pack_upsert.active IS NULL, 'active');
     INSERT INTO credits.packs (pack_id, credits, price, currency, active, updated_at)

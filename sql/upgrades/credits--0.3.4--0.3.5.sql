@@ -110,7 +110,9 @@
 -- credits_purchase refuses to complete a recharge request with another
 -- pack than the one it asks for (CR006): it completed the request and
 -- granted the other pack, although the request's event had told the
--- payment worker what to charge.
+-- payment worker what to charge. credits_pack_upsert stores the currency
+-- in upper case, and the cap compares currencies without regard to case:
+-- 'usd' (as Stripe writes it) and 'USD' are one currency.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -1633,7 +1635,7 @@ BEGIN
             SELECT coalesce(sum(r.price), 0) INTO v_spent
               FROM credits.recharge_requests r
              WHERE r.account_id = p_account AND r.status IN ('pending', 'completed')
-               AND r.currency = cfg.currency
+               AND upper(r.currency) = upper(cfg.currency)
                AND r.created_at >= date_trunc('month', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
             IF v_spent + cfg.price <= cfg.monthly_cap THEN
                 INSERT INTO credits.recharge_requests (account_id, pack_id, credits, price, currency, status, created_at)
@@ -1645,5 +1647,29 @@ BEGIN
             END IF;
         END IF;
     END IF;
+END
+$$;
+
+-- Currencies in upper case.
+CREATE OR REPLACE FUNCTION public.credits_pack_upsert(pack_id text, credits numeric, price numeric,
+                                           currency text DEFAULT 'USD', active boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_pack     text    := credits._ident(credits_pack_upsert.pack_id, 'pack_id', 255);
+    v_credits  numeric := credits._amount(credits_pack_upsert.credits, 'credits', false);
+    v_price    numeric := credits._amount(credits_pack_upsert.price, 'price', true);
+    v_currency text    := upper(credits._ident(credits_pack_upsert.currency, 'currency', 16));
+BEGIN
+    PERFORM credits._required(credits_pack_upsert.active IS NULL, 'active');
+    INSERT INTO credits.packs (pack_id, credits, price, currency, active, updated_at)
+    VALUES (v_pack, v_credits, v_price, v_currency, credits_pack_upsert.active, credits._now())
+    ON CONFLICT (pack_id) DO UPDATE
+       SET credits = EXCLUDED.credits, price = EXCLUDED.price, currency = EXCLUDED.currency,
+           active = EXCLUDED.active, updated_at = EXCLUDED.updated_at;
 END
 $$;

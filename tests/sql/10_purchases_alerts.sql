@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(47);
+SELECT plan(48);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -117,7 +117,8 @@ SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar
           'a third 20 would pass the monthly cap of 50: no request');
 -- The cap is in the pack's currency: a pack in another currency starts
 -- from what was spent in that one.
-SELECT credits_pack_upsert(pack_id => 'usd20', credits => 200, price => 20, currency => 'USD');
+SELECT credits_pack_upsert(pack_id => 'usd20', credits => 200, price => 20, currency => 'usd');
+SELECT is((SELECT currency FROM credits.packs WHERE pack_id = 'usd20'), 'USD', 'a currency is stored in upper case');
 SELECT credits_auto_recharge_set(account_id => 'ar', enabled => true, pack => 'usd20', monthly_cap => 30);
 SELECT credits_grant(account_id => 'ar', amount => 100, kind => 'adjustment');
 SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 100, product => 'editor'));
