@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(22);
+SELECT plan(23);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -19,6 +19,10 @@ SELECT throws_ok($$SELECT credits_reserve(account_id => 'beta', amount => 1, pro
                  'a product disabled for everyone cannot be reserved for');
 SELECT throws_ok($$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'translations', idempotency_key => 'k')$$,
                  'CR009', NULL, 'also on the general path');
+SELECT credits_account_product_set(account_id => 'beta', product => 'translations', enabled => true);
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'beta', amount => 1, product => 'translations')$$, 'CR009', NULL,
+                 'an account''s switch on does not override a product disabled for everyone');
+SELECT credits_account_product_set(account_id => 'beta', product => 'translations', enabled => NULL);
 SELECT credits_product_upsert(product => 'translations', enabled => true);
 SELECT credits_account_product_set(account_id => 'acme', product => 'seo', enabled => NULL);
 SELECT lives_ok($$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'seo')$$, 're-enabled products work again');
