@@ -113,6 +113,8 @@
 -- payment worker what to charge. credits_pack_upsert stores the currency
 -- in upper case, and the cap compares currencies without regard to case:
 -- 'usd' (as Stripe writes it) and 'USD' are one currency.
+-- credits_reset with an infinite as_of says so (22023, as before) instead
+-- of "as_of may not be later than the clock", which '-infinity' is not.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -1671,5 +1673,47 @@ BEGIN
     ON CONFLICT (pack_id) DO UPDATE
        SET credits = EXCLUDED.credits, price = EXCLUDED.price, currency = EXCLUDED.currency,
            active = EXCLUDED.active, updated_at = EXCLUDED.updated_at;
+END
+$$;
+
+-- An infinite as_of has its own message.
+CREATE OR REPLACE FUNCTION public.credits_reset(account_id text DEFAULT NULL, as_of timestamptz DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_now     timestamptz := credits._now();
+    v_as_of   timestamptz := coalesce(credits_reset.as_of, v_now);
+    v_account text := CASE WHEN credits_reset.account_id IS NULL THEN NULL
+                           ELSE credits._ident(credits_reset.account_id, 'account_id', 255) END;
+    v_rolled  integer := 0;
+    a         record;
+BEGIN
+    IF NOT isfinite(v_as_of) THEN
+        PERFORM credits._raise('22023', 'as_of must be a finite timestamp',
+            format('as_of is %s.', v_as_of), 'Leave as_of out to reset up to now.');
+    END IF;
+    IF v_as_of > v_now THEN
+        PERFORM credits._raise('22023', 'as_of may not be later than the clock',
+            format('as_of is %s, the clock says %s.', v_as_of, v_now),
+            'Leave as_of out to reset up to now.');
+    END IF;
+    FOR a IN
+        SELECT c.account_id FROM credits.accounts c
+         WHERE (v_account IS NULL OR c.account_id = v_account) AND c.next_event <= v_as_of
+           AND credits._may_touch(c.account_id)
+         ORDER BY c.account_id
+    LOOP
+        PERFORM 1 FROM credits.accounts c WHERE c.account_id = a.account_id FOR NO KEY UPDATE;
+        v_rolled := v_rolled + credits._housekeep(a.account_id, v_as_of);
+    END LOOP;
+    IF v_account IS NOT NULL AND (NOT EXISTS (SELECT 1 FROM credits.accounts c WHERE c.account_id = v_account)
+                                  OR NOT credits._may_touch(v_account)) THEN
+        PERFORM credits._unknown_account(v_account);
+    END IF;
+    RETURN v_rolled;
 END
 $$;

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(48);
+SELECT plan(49);
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
@@ -99,6 +99,8 @@ SELECT is(credits_reset(account_id => 'bd'), 2, 'Jan 31 -> Feb 28 -> Mar 31');
 SELECT is(credits_balance('bd') #>> '{summary,period_end}', '2027-04-30T10:00:00.000000Z', 'then Apr 30');
 SELECT throws_ok($$SELECT credits_reset(as_of => '2099-01-01')$$, '22023', 'as_of may not be later than the clock',
                  'as_of may not be later than the clock');
+SELECT throws_ok($$SELECT credits_reset(as_of => '-infinity')$$, '22023', 'as_of must be a finite timestamp',
+                 'as_of must be finite');
 SELECT throws_ok($$SELECT credits_reset(account_id => 'nobody')$$, 'CR002', NULL, 'unknown account');
 -- credits_maintenance: its input errors (raised before its first batch, so
 -- they can be tested inside a transaction) and its default batch size.
