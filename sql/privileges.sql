@@ -55,7 +55,8 @@ GRANT EXECUTE ON FUNCTION
     public.credits_account_bind(text, regrole),
     public.credits_account_unbind(text, regrole),
     credits._maintenance_batch(integer, text[]),
-    credits._maintenance_one(text[])
+    credits._maintenance_one(text[]),
+    credits._in_transaction_block()
 TO credits_admin;
 GRANT EXECUTE ON PROCEDURE public.credits_maintenance(integer) TO credits_admin;
 

@@ -115,8 +115,13 @@ $$;
 -- aside those that fail with a WARNING, goes on with the others, and at
 -- the end, with all the others committed, fails with CR018 naming them
 -- (until 0.3.5 one such account failed every run before any other account
--- was rolled). A session-level advisory lock keeps two overlapping runs
--- apart (the second one returns at once). An invoker procedure: PostgreSQL
+-- was rolled). An advisory lock keeps two overlapping runs apart (the
+-- second one returns at once); it is a transaction's lock, taken again
+-- after each COMMIT, so that a run cancelled or failed leaves it to no one
+-- (until 0.3.5 a session's lock stayed with the session of such a run, and
+-- every later run elsewhere did nothing until that session ended). Inside
+-- a transaction block it refuses to start (25001): Postgres would refuse
+-- its first COMMIT only after a batch's work. An invoker procedure: PostgreSQL
 -- forbids COMMIT in a SECURITY DEFINER procedure or one with a SET clause,
 -- so every name is qualified.
 CREATE PROCEDURE public.credits_maintenance(batch_size integer DEFAULT 100)
@@ -128,6 +133,7 @@ DECLARE
     v_failed boolean;
     v_skip text[] := '{}';
     v_reasons text[] := '{}';
+    v_lock CONSTANT integer := 7472616;
     r record;
 BEGIN
     IF batch_size IS NULL THEN
@@ -138,10 +144,19 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'batch_size must be positive',
             DETAIL = pg_catalog.format('batch_size is %s.', batch_size), HINT = 'Pass a positive batch size such as 100.';
     END IF;
-    IF NOT pg_catalog.pg_try_advisory_lock(7472616, 1) THEN
+    IF credits._in_transaction_block() THEN
+        RAISE EXCEPTION USING ERRCODE = '25001',
+            MESSAGE = 'credits_maintenance() cannot run inside a transaction block',
+            DETAIL = 'It commits after each batch of accounts, and Postgres allows no COMMIT in a procedure called inside a transaction block.',
+            HINT = 'Run CALL credits_maintenance() as a statement of its own, outside BEGIN ... COMMIT, as pg_cron does.';
+    END IF;
+    -- A transaction's lock, taken again after each COMMIT: an error or a
+    -- cancel releases it with the transaction.
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(v_lock, 1) THEN
         RAISE NOTICE 'credits_maintenance: another run is in progress, nothing to do';
         RETURN;
     END IF;
+    <<batches>>
     LOOP
         BEGIN
             n := credits._maintenance_batch(batch_size, v_skip);
@@ -152,7 +167,11 @@ BEGIN
         IF NOT v_failed THEN
             total := total + n;
             COMMIT;
-            EXIT WHEN n < batch_size;
+            EXIT batches WHEN n < batch_size;
+            IF NOT pg_catalog.pg_try_advisory_xact_lock(v_lock, 1) THEN
+                RAISE NOTICE 'credits_maintenance: another run took over between two batches';
+                EXIT batches;
+            END IF;
         ELSE
             FOR i IN 1 .. batch_size LOOP
                 r := credits._maintenance_one(v_skip);
@@ -170,10 +189,13 @@ BEGIN
                                                  'SELECT credits_reset(%L) shows the error.', r.account, r.account);
                 END IF;
                 COMMIT;
+                IF NOT pg_catalog.pg_try_advisory_xact_lock(v_lock, 1) THEN
+                    RAISE NOTICE 'credits_maintenance: another run took over between two batches';
+                    EXIT batches;
+                END IF;
             END LOOP;
         END IF;
     END LOOP;
-    PERFORM pg_catalog.pg_advisory_unlock(7472616, 1);
     RAISE NOTICE 'credits_maintenance: % accounts brought up to date', total;
     IF pg_catalog.cardinality(v_skip) > 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'CR018',

@@ -5,7 +5,8 @@
 //! what it does better: exact input validation (`input`), the pinned clock
 //! (`clock`), the events' NOTIFY setting (`notify`), billing-period
 //! arithmetic (`period`), the reset planner (`roll`), JSON assembly
-//! (`balance`), the ledger's hash (`chain`) and the
+//! (`balance`), the ledger's hash (`chain`), whether the caller is in a
+//! transaction block (`session`) and the
 //! hot path: the reserve and commit fast paths (`fast_reserve`,
 //! `fast_commit`, with their shared plumbing in `fast_path`), which handle
 //! the common case through kept SPI plans and leave every other case to the
@@ -23,6 +24,7 @@ mod input;
 mod notify;
 mod period;
 mod roll;
+mod session;
 
 pgrx::pg_module_magic!(name, version);
 
@@ -150,7 +152,11 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/reset.sql",
     name = "reset",
-    requires = ["housekeeping", input::_ident]
+    requires = [
+        "housekeeping",
+        input::_ident,
+        session::_in_transaction_block
+    ]
 );
 extension_sql_file!(
     "../sql/balance.sql",

@@ -1040,6 +1040,72 @@ fn maintenance_rolls_every_other_account_past_one_that_cannot_be_rolled_and_fail
 }
 
 #[test]
+fn a_failed_maintenance_run_leaves_its_lock_to_no_one_and_a_transaction_block_is_refused() {
+    let url = fresh_db("it_maint_lock");
+    let mut client = connect(&url);
+    due_accounts(&mut client, "m", 5);
+    let notices = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut config: postgres::Config = url.parse().unwrap();
+    let seen = notices.clone();
+    config.notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()));
+    let mut runner = config.connect(postgres::NoTls).unwrap();
+    let run = |runner: &mut Client| {
+        runner.batch_execute("CALL credits_maintenance()").unwrap();
+        std::mem::take(&mut *notices.lock().unwrap())
+    };
+
+    // A session whose run fails after it has started (called from a
+    // function, Postgres refuses its first COMMIT), and that lives on, as
+    // a psql session or a pooled connection does.
+    let mut failed = connect(&url);
+    failed
+        .batch_execute(
+            "CREATE FUNCTION pg_temp.run_maintenance() RETURNS void LANGUAGE plpgsql
+               AS $$ BEGIN CALL credits_maintenance(); END $$",
+        )
+        .unwrap();
+    let err = failed
+        .batch_execute("SELECT pg_temp.run_maintenance()")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "2D000", "{err}");
+    // Inside a transaction block the run refuses to start.
+    let err = failed
+        .batch_execute("BEGIN; CALL credits_maintenance();")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "25001", "{err}");
+    let db = err.as_db_error().unwrap();
+    assert_eq!(
+        db.message(),
+        "credits_maintenance() cannot run inside a transaction block"
+    );
+    assert!(db.detail().is_some() && db.hint().is_some_and(|h| h.contains("pg_cron")));
+    failed.batch_execute("ROLLBACK").unwrap();
+
+    // Neither left the lock behind: another session's run does its work.
+    assert_eq!(
+        run(&mut runner),
+        ["credits_maintenance: 5 accounts brought up to date"]
+    );
+    assert_rolled_to_now(&mut client, "");
+
+    // A run in progress (its lock held in an open transaction) keeps the
+    // next one out, and only while it lasts.
+    failed
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7472616, 1);")
+        .unwrap();
+    assert_eq!(
+        run(&mut runner),
+        ["credits_maintenance: another run is in progress, nothing to do"]
+    );
+    failed.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(
+        run(&mut runner),
+        ["credits_maintenance: 0 accounts brought up to date"]
+    );
+    assert_verify_empty(&mut client);
+}
+
+#[test]
 fn pg_cron_runs_the_readme_jobs_rolls_a_due_account_and_purges_old_events() {
     // pg_cron runs its jobs in the database named by cron.database_name,
     // `credits` in the clusters of scripts/cluster.sh.

@@ -115,6 +115,13 @@
 -- 'usd' (as Stripe writes it) and 'USD' are one currency.
 -- credits_reset with an infinite as_of says so (22023, as before) instead
 -- of "as_of may not be later than the clock", which '-infinity' is not.
+-- credits_maintenance() keeps overlapping runs apart with a transaction's
+-- advisory lock, taken again after each COMMIT, instead of a session's:
+-- a run that was cancelled or failed (inside a transaction block, or on a
+-- statement timeout) kept the session's lock, and every later run in other
+-- sessions, pg_cron's included, did nothing ("another run is in progress",
+-- a NOTICE) until that session ended. Inside a transaction block it now
+-- refuses to start (25001), asking the new credits._in_transaction_block().
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -168,6 +175,14 @@ BEGIN
 END
 $$;
 
+-- Whether the caller is inside a transaction block (src/session.rs).
+CREATE FUNCTION credits._in_transaction_block() RETURNS bool
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_in_transaction_block_wrapper';
+REVOKE ALL ON FUNCTION credits._in_transaction_block() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION credits._in_transaction_block() TO credits_admin;
+
 -- The pg_cron entry point: CALL credits_maintenance().
 -- Brings every due account up to date in batches, committing after each so
 -- that no lock is held long, while reservations go on. The accounts a batch
@@ -194,6 +209,7 @@ DECLARE
     v_failed boolean;
     v_skip text[] := '{}';
     v_reasons text[] := '{}';
+    v_lock CONSTANT integer := 7472616;
     r record;
 BEGIN
     IF batch_size IS NULL THEN
@@ -204,10 +220,19 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'batch_size must be positive',
             DETAIL = pg_catalog.format('batch_size is %s.', batch_size), HINT = 'Pass a positive batch size such as 100.';
     END IF;
-    IF NOT pg_catalog.pg_try_advisory_lock(7472616, 1) THEN
+    IF credits._in_transaction_block() THEN
+        RAISE EXCEPTION USING ERRCODE = '25001',
+            MESSAGE = 'credits_maintenance() cannot run inside a transaction block',
+            DETAIL = 'It commits after each batch of accounts, and Postgres allows no COMMIT in a procedure called inside a transaction block.',
+            HINT = 'Run CALL credits_maintenance() as a statement of its own, outside BEGIN ... COMMIT, as pg_cron does.';
+    END IF;
+    -- A transaction's lock, taken again after each COMMIT: an error or a
+    -- cancel releases it with the transaction.
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(v_lock, 1) THEN
         RAISE NOTICE 'credits_maintenance: another run is in progress, nothing to do';
         RETURN;
     END IF;
+    <<batches>>
     LOOP
         BEGIN
             n := credits._maintenance_batch(batch_size, v_skip);
@@ -218,7 +243,11 @@ BEGIN
         IF NOT v_failed THEN
             total := total + n;
             COMMIT;
-            EXIT WHEN n < batch_size;
+            EXIT batches WHEN n < batch_size;
+            IF NOT pg_catalog.pg_try_advisory_xact_lock(v_lock, 1) THEN
+                RAISE NOTICE 'credits_maintenance: another run took over between two batches';
+                EXIT batches;
+            END IF;
         ELSE
             FOR i IN 1 .. batch_size LOOP
                 r := credits._maintenance_one(v_skip);
@@ -236,10 +265,13 @@ BEGIN
                                                  'SELECT credits_reset(%L) shows the error.', r.account, r.account);
                 END IF;
                 COMMIT;
+                IF NOT pg_catalog.pg_try_advisory_xact_lock(v_lock, 1) THEN
+                    RAISE NOTICE 'credits_maintenance: another run took over between two batches';
+                    EXIT batches;
+                END IF;
             END LOOP;
         END IF;
     END LOOP;
-    PERFORM pg_catalog.pg_advisory_unlock(7472616, 1);
     RAISE NOTICE 'credits_maintenance: % accounts brought up to date', total;
     IF pg_catalog.cardinality(v_skip) > 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'CR018',
