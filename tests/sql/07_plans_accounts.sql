@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(18);
+SELECT plan(21);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'billing_date');
 SELECT credits_plan_upsert(plan_id => 'team', allocation => 50);
@@ -28,6 +28,15 @@ SELECT credits_account_upsert(account_id => 'acme', plan_id => 'cal');
 SELECT is(credits_balance('acme') #>> '{summary,period_end}', '2026-04-01T00:00:00.000000Z',
           'moving to a calendar plan ends the period on the 1st');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
+
+-- A downgrade never takes away what a pending hold keeps: the hold was
+-- made under the old plan and may still be committed in full.
+SELECT credits_account_upsert(account_id => 'holder', plan_id => 'pro');
+SELECT credits_reserve(account_id => 'holder', amount => 70, product => 'editor')::text AS h1 \gset
+SELECT credits_account_upsert(account_id => 'holder', plan_id => 'team');
+SELECT is(pg_temp.fig('holder', 'allocation'), 70::numeric, 'a downgrade keeps the allocation a pending hold keeps');
+SELECT is(pg_temp.fig('holder', 'available'), 0::numeric, 'and leaves nothing else');
+SELECT is(credits_commit(reservation_id => :'h1'), 70::numeric, 'the hold is committed in full');
 
 -- NULL keeps what is there.
 SELECT credits_account_upsert(account_id => 'acme');
