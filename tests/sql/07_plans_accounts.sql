@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(21);
+SELECT plan(24);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'billing_date');
 SELECT credits_plan_upsert(plan_id => 'team', allocation => 50);
@@ -37,6 +37,16 @@ SELECT credits_account_upsert(account_id => 'holder', plan_id => 'team');
 SELECT is(pg_temp.fig('holder', 'allocation'), 70::numeric, 'a downgrade keeps the allocation a pending hold keeps');
 SELECT is(pg_temp.fig('holder', 'available'), 0::numeric, 'and leaves nothing else');
 SELECT is(credits_commit(reservation_id => :'h1'), 70::numeric, 'the hold is committed in full');
+
+-- A hold made before a switch to BYOK stays metered.
+SELECT credits_account_upsert(account_id => 'switcher', plan_id => 'pro');
+SELECT credits_reserve(account_id => 'switcher', amount => 30, product => 'editor')::text AS s1 \gset
+SELECT credits_reserve(account_id => 'switcher', amount => 30, product => 'editor')::text AS s2 \gset
+SELECT credits_account_upsert(account_id => 'switcher', byok => true);
+SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L, amount => 40)', :'s1'), 'CR001', NULL,
+                 'after a switch to BYOK, more than a metered hold holds is judged as metered usage');
+SELECT is(credits_commit(reservation_id => :'s2'), 30::numeric, 'what it holds is committed');
+SELECT is((SELECT byok FROM credits.reservations WHERE reservation_id = :'s2'), false, 'as metered usage');
 
 -- NULL keeps what is there.
 SELECT credits_account_upsert(account_id => 'acme');
