@@ -1040,6 +1040,33 @@ fn maintenance_rolls_every_other_account_past_one_that_cannot_be_rolled_and_fail
 }
 
 #[test]
+fn overlapping_maintenance_runs_in_batches_of_one_roll_every_account_once() {
+    // Each run takes its lock again after every commit, so runs started
+    // together take turns between batches: each either finds the lock
+    // taken and stops, or rolls accounts; none fails, and every account is
+    // rolled once.
+    let url = fresh_db("it_maint_overlap");
+    let mut client = connect(&url);
+    due_accounts(&mut client, "m", 60);
+    let results = race(&url, 6, |_, c| {
+        (0..5)
+            .map(|_| {
+                c.batch_execute("CALL credits_maintenance(batch_size => 1)")
+                    .map_err(|e| sqlstate(&e))
+            })
+            .collect::<Result<Vec<()>, String>>()
+    });
+    for r in results {
+        assert!(r.is_ok(), "a run failed: {r:?}");
+    }
+    client
+        .batch_execute("CALL credits_maintenance(batch_size => 1)")
+        .unwrap();
+    assert_rolled_to_now(&mut client, "");
+    assert_verify_empty(&mut client);
+}
+
+#[test]
 fn a_failed_maintenance_run_leaves_its_lock_to_no_one_and_a_transaction_block_is_refused() {
     let url = fresh_db("it_maint_lock");
     let mut client = connect(&url);
