@@ -152,7 +152,7 @@ END
 $$;
 
 CREATE FUNCTION public.credits_auto_recharge_set(account_id text, enabled boolean, pack text DEFAULT NULL,
-                                                 threshold numeric DEFAULT NULL, monthly_cap numeric DEFAULT 50)
+                                                 threshold numeric DEFAULT NULL, monthly_cap numeric DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -165,7 +165,8 @@ DECLARE
                            ELSE credits._ident(credits_auto_recharge_set.pack, 'pack', 255) END;
     v_threshold numeric := CASE WHEN credits_auto_recharge_set.threshold IS NULL THEN NULL
                                 ELSE credits._amount(credits_auto_recharge_set.threshold, 'threshold', true) END;
-    v_cap     numeric := credits._amount(credits_auto_recharge_set.monthly_cap, 'monthly_cap', true);
+    v_cap     numeric := CASE WHEN credits_auto_recharge_set.monthly_cap IS NULL THEN NULL
+                              ELSE credits._amount(credits_auto_recharge_set.monthly_cap, 'monthly_cap', true) END;
     a         credits.accounts;
     cur       credits.auto_recharge;
 BEGIN
@@ -174,6 +175,7 @@ BEGIN
     SELECT * INTO cur FROM credits.auto_recharge WHERE account_id = v_account;
     v_pack := coalesce(v_pack, cur.pack_id);
     v_threshold := coalesce(v_threshold, cur.threshold);
+    v_cap := coalesce(v_cap, cur.monthly_cap, 50);
     PERFORM credits._required(v_pack IS NULL, 'pack');
     PERFORM credits._required(v_threshold IS NULL, 'threshold');
     IF NOT EXISTS (SELECT 1 FROM credits.packs WHERE pack_id = v_pack AND active) THEN

@@ -122,6 +122,10 @@
 -- sessions, pg_cron's included, did nothing ("another run is in progress",
 -- a NOTICE) until that session ended. Inside a transaction block it now
 -- refuses to start (25001), asking the new credits._in_transaction_block().
+-- credits_auto_recharge_set's monthly_cap defaults to NULL, which keeps the
+-- account's cap (50 for a new configuration), as pack and threshold do: a
+-- call that only turned auto-recharge off or on again set the cap back to
+-- 50.
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -1747,5 +1751,58 @@ BEGIN
         PERFORM credits._unknown_account(v_account);
     END IF;
     RETURN v_rolled;
+END
+$$;
+
+-- monthly_cap NULL keeps the cap.
+CREATE OR REPLACE FUNCTION public.credits_auto_recharge_set(account_id text, enabled boolean, pack text DEFAULT NULL,
+                                                 threshold numeric DEFAULT NULL, monthly_cap numeric DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_auto_recharge_set.account_id, 'account_id', 255);
+    v_pack    text := CASE WHEN credits_auto_recharge_set.pack IS NULL THEN NULL
+                           ELSE credits._ident(credits_auto_recharge_set.pack, 'pack', 255) END;
+    v_threshold numeric := CASE WHEN credits_auto_recharge_set.threshold IS NULL THEN NULL
+                                ELSE credits._amount(credits_auto_recharge_set.threshold, 'threshold', true) END;
+    v_cap     numeric := CASE WHEN credits_auto_recharge_set.monthly_cap IS NULL THEN NULL
+                              ELSE credits._amount(credits_auto_recharge_set.monthly_cap, 'monthly_cap', true) END;
+    a         credits.accounts;
+    cur       credits.auto_recharge;
+BEGIN
+    PERFORM credits._required(credits_auto_recharge_set.enabled IS NULL, 'enabled');
+    a := credits._lock_account(v_account);
+    SELECT * INTO cur FROM credits.auto_recharge WHERE account_id = v_account;
+    v_pack := coalesce(v_pack, cur.pack_id);
+    v_threshold := coalesce(v_threshold, cur.threshold);
+    v_cap := coalesce(v_cap, cur.monthly_cap, 50);
+    PERFORM credits._required(v_pack IS NULL, 'pack');
+    PERFORM credits._required(v_threshold IS NULL, 'threshold');
+    IF NOT EXISTS (SELECT 1 FROM credits.packs WHERE pack_id = v_pack AND active) THEN
+        PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
+            'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
+    END IF;
+    IF credits_auto_recharge_set.enabled AND a.byok THEN
+        PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
+            'BYOK accounts have no balance to recharge.', 'Leave auto-recharge off for BYOK accounts.');
+    END IF;
+    IF credits_auto_recharge_set.enabled
+       AND NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
+        PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
+            'Auto-recharge buys packs, and this plan allows no purchases.',
+            'Upgrade the account to a plan that allows purchases.');
+    END IF;
+    INSERT INTO credits.auto_recharge (account_id, enabled, pack_id, threshold, monthly_cap, updated_at)
+    VALUES (v_account, credits_auto_recharge_set.enabled, v_pack, v_threshold, v_cap, credits._now())
+    ON CONFLICT (account_id) DO UPDATE
+       SET enabled = EXCLUDED.enabled, pack_id = EXCLUDED.pack_id, threshold = EXCLUDED.threshold,
+           monthly_cap = EXCLUDED.monthly_cap, updated_at = EXCLUDED.updated_at;
+    UPDATE credits.accounts
+       SET recharge_below = CASE WHEN credits_auto_recharge_set.enabled THEN v_threshold END
+     WHERE account_id = v_account;
 END
 $$;

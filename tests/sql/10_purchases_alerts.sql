@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(48);
+SELECT plan(51);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -130,6 +130,18 @@ SELECT credits_grant(account_id => 'ar', amount => 100, kind => 'adjustment');
 SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 100, product => 'editor'));
 SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar' AND status = 'pending'), 0::bigint,
           'back on the EUR pack, the EUR spent counts again');
+-- NULL keeps the pack, the threshold and the cap; a new configuration's cap is 50.
+SELECT credits_auto_recharge_set(account_id => 'ar', enabled => true, monthly_cap => 200);
+SELECT credits_auto_recharge_set(account_id => 'ar', enabled => false);
+SELECT credits_auto_recharge_set(account_id => 'ar', enabled => true);
+SELECT is((SELECT pack_id || ' ' || trim_scale(threshold) || ' ' || trim_scale(monthly_cap) FROM credits.auto_recharge
+            WHERE account_id = 'ar'), 'p20 30 200', 'turning auto-recharge off and on keeps its pack, threshold and cap');
+SELECT credits_account_upsert(account_id => 'ar2', plan_id => 'pro');
+SELECT throws_ok($$SELECT credits_auto_recharge_set(account_id => 'ar2', enabled => true, pack => 'p20')$$, '22004',
+                 'threshold must not be NULL', 'a first configuration needs a threshold');
+SELECT credits_auto_recharge_set(account_id => 'ar2', enabled => true, pack => 'p20', threshold => 10);
+SELECT is((SELECT trim_scale(monthly_cap) FROM credits.auto_recharge WHERE account_id = 'ar2'), 50::numeric,
+          'a new configuration''s cap is 50');
 
 -- BYOK accounts raise no alerts or recharges.
 SELECT credits_account_upsert(account_id => 'own', plan_id => 'pro', byok => true);
