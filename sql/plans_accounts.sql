@@ -183,11 +183,14 @@ BEGIN
     IF v_plan IS NULL THEN
         SELECT * INTO p FROM credits.plans WHERE plan_id = a.plan_id;
     END IF;
-    IF v_mode = 'plan' THEN
+    -- An override that has ended is forgotten, so that the values given
+    -- now start a new one (without end unless override_until is given).
+    IF v_mode = 'plan' OR a.override_until <= v_now THEN
         a.limit_mode := NULL;
         a.soft_limit := NULL;
         a.override_until := NULL;
-    ELSIF v_mode IS NOT NULL THEN
+    END IF;
+    IF v_mode IS NOT NULL AND v_mode <> 'plan' THEN
         a.limit_mode := v_mode;
     END IF;
     a.soft_limit := coalesce(v_soft, a.soft_limit);

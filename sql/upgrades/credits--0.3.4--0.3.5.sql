@@ -122,6 +122,10 @@
 -- sessions, pg_cron's included, did nothing ("another run is in progress",
 -- a NOTICE) until that session ended. Inside a transaction block it now
 -- refuses to start (25001), asking the new credits._in_transaction_block().
+-- credits_account_upsert forgets an override that has ended before it
+-- applies the values given: a new limit_mode or soft_limit given without
+-- override_until after an override had ended took that end too, and so
+-- had no effect at all.
 -- credits_auto_recharge_set's monthly_cap defaults to NULL, which keeps the
 -- account's cap (50 for a new configuration), as pack and threshold do: a
 -- call that only turned auto-recharge off or on again set the cap back to
@@ -1325,11 +1329,14 @@ BEGIN
     IF v_plan IS NULL THEN
         SELECT * INTO p FROM credits.plans WHERE plan_id = a.plan_id;
     END IF;
-    IF v_mode = 'plan' THEN
+    -- An override that has ended is forgotten, so that the values given
+    -- now start a new one (without end unless override_until is given).
+    IF v_mode = 'plan' OR a.override_until <= v_now THEN
         a.limit_mode := NULL;
         a.soft_limit := NULL;
         a.override_until := NULL;
-    ELSIF v_mode IS NOT NULL THEN
+    END IF;
+    IF v_mode IS NOT NULL AND v_mode <> 'plan' THEN
         a.limit_mode := v_mode;
     END IF;
     a.soft_limit := coalesce(v_soft, a.soft_limit);

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(23);
+SELECT plan(27);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -63,6 +63,14 @@ SELECT throws_ok($$SELECT credits_reserve(account_id => 'beta', amount => 2, pro
                  'and enforced');
 SELECT credits_grant(account_id => 'beta', amount => 30, kind => 'promo', expires_at => '2026-03-20 00:00+00');
 SELECT lives_ok($$SELECT credits_reserve(account_id => 'beta', amount => 30, product => 'editor')$$, 'a trial credit is usable');
+-- An override that has ended is forgotten: a new one given without an end
+-- has none, and takes nothing from the old one.
+SELECT credits_account_upsert(account_id => 'beta', soft_limit => 40);
+SELECT is(credits_balance('beta') #>> '{summary,limit_mode}', 'hard', 'a soft_limit alone does not bring the ended soft mode back');
+SELECT credits_account_upsert(account_id => 'beta', limit_mode => 'soft');
+SELECT is(credits_balance('beta') #>> '{summary,limit_mode}', 'soft', 'a new override after the old one ended is in force');
+SELECT is(credits_balance('beta') #>> '{summary,override_until}', NULL, 'without end');
+SELECT is(credits_balance('beta') #>> '{summary,soft_limit}', '40', 'with the soft_limit given since');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
