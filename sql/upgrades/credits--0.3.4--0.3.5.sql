@@ -105,16 +105,29 @@
 -- month in the pack's currency only (credits._after_usage): a cap is an
 -- amount of one currency, and after the account's recharge pack changed to
 -- one priced in another, the sum had added euros to dollars.
--- credits_account_upsert refuses alert_percents with more than one
--- dimension (22023), and its message names the upper bound of 1000.
+-- credits_pack_upsert stores the currency in upper case, and the cap
+-- compares currencies without regard to case: 'usd' (as Stripe writes it)
+-- and 'USD' are one currency.
+--
 -- credits_purchase refuses to complete a recharge request with another
 -- pack than the one it asks for (CR006): it completed the request and
 -- granted the other pack, although the request's event had told the
--- payment worker what to charge. credits_pack_upsert stores the currency
--- in upper case, and the cap compares currencies without regard to case:
--- 'usd' (as Stripe writes it) and 'USD' are one currency.
+-- payment worker what to charge.
+--
+-- credits_auto_recharge_set's monthly_cap defaults to NULL, which keeps the
+-- account's cap (50 for a new configuration), as pack and threshold do: a
+-- call that only turned auto-recharge off or on again set the cap back to
+-- 50.
+--
+-- credits_account_upsert refuses alert_percents with more than one
+-- dimension (22023), and its message names the upper bound of 1000. It
+-- forgets an override that has ended before it applies the values given:
+-- a new limit_mode or soft_limit given without override_until after an
+-- override had ended took that end too, and so had no effect at all.
+--
 -- credits_reset with an infinite as_of says so (22023, as before) instead
 -- of "as_of may not be later than the clock", which '-infinity' is not.
+--
 -- credits_maintenance() keeps overlapping runs apart with a transaction's
 -- advisory lock, taken again after each COMMIT, instead of a session's:
 -- a run that was cancelled or failed (inside a transaction block, or on a
@@ -122,14 +135,7 @@
 -- sessions, pg_cron's included, did nothing ("another run is in progress",
 -- a NOTICE) until that session ended. Inside a transaction block it now
 -- refuses to start (25001), asking the new credits._in_transaction_block().
--- credits_account_upsert forgets an override that has ended before it
--- applies the values given: a new limit_mode or soft_limit given without
--- override_until after an override had ended took that end too, and so
--- had no effect at all.
--- credits_auto_recharge_set's monthly_cap defaults to NULL, which keeps the
--- account's cap (50 for a new configuration), as pack and threshold do: a
--- call that only turned auto-recharge off or on again set the cap back to
--- 50.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
