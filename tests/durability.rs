@@ -3,7 +3,8 @@
 //! a logical replication subscriber reads what its publisher reads and
 //! takes over from it;
 //! an install of each released version upgrades to the current version with its
-//! data and behaviour intact, into the same schema as a fresh install.
+//! data and behaviour intact, into the same schema as a fresh install;
+//! DROP EXTENSION removes the schema and its data, and installs again.
 
 mod common;
 
@@ -248,6 +249,47 @@ fn pg_dump_and_pg_restore_keep_every_balance_and_the_chain() {
         )
         .unwrap();
     assert_verify_empty(&mut restored);
+}
+
+#[test]
+fn drop_extension_removes_the_schema_and_its_data_keeps_the_roles_and_installs_again() {
+    let url = fresh_db("it_drop");
+    let mut client = connect(&url);
+    populate(&mut client);
+    bind_a1_to(&mut client, "it_drop_app");
+    client.batch_execute("DROP EXTENSION credits").unwrap();
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'credits'"
+        ),
+        0,
+        "the schema and every table in it are gone"
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM pg_proc WHERE proname LIKE 'credits%'"
+        ),
+        0,
+        "and the API functions"
+    );
+    assert_eq!(
+        rows(
+            &mut client,
+            "SELECT rolname FROM pg_roles WHERE rolname IN ('credits_admin', 'credits_app', 'credits_reader')
+              ORDER BY rolname"
+        ),
+        ["credits_admin", "credits_app", "credits_reader"],
+        "the roles are the cluster's: they stay for other databases"
+    );
+    client.batch_execute("CREATE EXTENSION credits").unwrap();
+    assert_eq!(
+        count(&mut client, "SELECT count(*) FROM credits.accounts"),
+        0
+    );
+    populate(&mut client);
+    assert_verify_empty(&mut client);
 }
 
 /// Installs the released `version`, fills it, upgrades it to the current
