@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(51);
+SELECT plan(52);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -142,6 +142,11 @@ SELECT throws_ok($$SELECT credits_auto_recharge_set(account_id => 'ar2', enabled
 SELECT credits_auto_recharge_set(account_id => 'ar2', enabled => true, pack => 'p20', threshold => 10);
 SELECT is((SELECT trim_scale(monthly_cap) FROM credits.auto_recharge WHERE account_id = 'ar2'), 50::numeric,
           'a new configuration''s cap is 50');
+SELECT credits_pack_upsert(pack_id => 'p20', credits => 200, price => 20, currency => 'EUR', active => false);
+SELECT credits_commit(credits_reserve(account_id => 'ar2', amount => 95, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar2'), 0::bigint,
+          'a pack switched off is not requested');
+SELECT credits_pack_upsert(pack_id => 'p20', credits => 200, price => 20, currency => 'EUR');
 
 -- BYOK accounts raise no alerts or recharges.
 SELECT credits_account_upsert(account_id => 'own', plan_id => 'pro', byok => true);
