@@ -44,7 +44,8 @@ BEGIN
     IF a.recharge_below IS NOT NULL AND a.balance < a.recharge_below AND p_balance_before >= a.recharge_below THEN
         SELECT ar.*, pk.credits, pk.price, pk.currency INTO cfg
           FROM credits.auto_recharge ar JOIN credits.packs pk ON pk.pack_id = ar.pack_id
-         WHERE ar.account_id = p_account AND ar.enabled AND pk.active;
+         WHERE ar.account_id = p_account AND ar.enabled AND pk.active
+           AND (SELECT pl.purchases_allowed FROM credits.plans pl WHERE pl.plan_id = a.plan_id);
         IF FOUND THEN
             SELECT coalesce(sum(r.price), 0) INTO v_spent
               FROM credits.recharge_requests r

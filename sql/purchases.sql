@@ -1,7 +1,8 @@
 -- Credit packs, purchases and auto-recharge. A purchase is a pack bucket
 -- (never expires, used after the allocation, top-ups and promos),
 -- idempotent on the payment reference, refused (CR010) when the account's
--- plan does not allow purchases. Auto-recharge writes a recharge request
+-- plan does not allow purchases, unless it completes a recharge request
+-- made while it did. Auto-recharge writes a recharge request
 -- (and a recharge_requested event) when a commit takes the available
 -- balance below the account's threshold, once per crossing, within a
 -- monthly spending cap; the application's payment worker completes it with
@@ -126,7 +127,12 @@ BEGIN
         PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
             'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
     END IF;
-    IF NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
+    -- A recharge request made while the plan allowed purchases is honoured:
+    -- its payment may already have been taken.
+    IF NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id)
+       AND NOT EXISTS (SELECT 1 FROM credits.recharge_requests r
+                        WHERE r.account_id = v_account AND r.request_id::text = v_ref
+                          AND r.status IN ('pending', 'failed')) THEN
         PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
             format('Account "%s" is on a plan without purchases.', v_account),
             'Upgrade the account to a plan that allows purchases.');

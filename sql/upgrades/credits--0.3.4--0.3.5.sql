@@ -114,6 +114,12 @@
 -- granted the other pack, although the request's event had told the
 -- payment worker what to charge.
 --
+-- Auto-recharge requests nothing while the account's plan allows no
+-- purchases (the plan was edited, or the account moved to another): the
+-- request's event went to the payment worker, which took the payment, and
+-- credits_purchase then refused it with CR010. A request made while the
+-- plan allowed purchases is honoured by credits_purchase after a change.
+--
 -- credits_auto_recharge_set's monthly_cap defaults to NULL, which keeps the
 -- account's cap (50 for a new configuration), as pack and threshold do: a
 -- call that only turned auto-recharge off or on again set the cap back to
@@ -1162,7 +1168,12 @@ BEGIN
         PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
             'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
     END IF;
-    IF NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
+    -- A recharge request made while the plan allowed purchases is honoured:
+    -- its payment may already have been taken.
+    IF NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id)
+       AND NOT EXISTS (SELECT 1 FROM credits.recharge_requests r
+                        WHERE r.account_id = v_account AND r.request_id::text = v_ref
+                          AND r.status IN ('pending', 'failed')) THEN
         PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
             format('Account "%s" is on a plan without purchases.', v_account),
             'Upgrade the account to a plan that allows purchases.');
@@ -1681,7 +1692,8 @@ BEGIN
     IF a.recharge_below IS NOT NULL AND a.balance < a.recharge_below AND p_balance_before >= a.recharge_below THEN
         SELECT ar.*, pk.credits, pk.price, pk.currency INTO cfg
           FROM credits.auto_recharge ar JOIN credits.packs pk ON pk.pack_id = ar.pack_id
-         WHERE ar.account_id = p_account AND ar.enabled AND pk.active;
+         WHERE ar.account_id = p_account AND ar.enabled AND pk.active
+           AND (SELECT pl.purchases_allowed FROM credits.plans pl WHERE pl.plan_id = a.plan_id);
         IF FOUND THEN
             SELECT coalesce(sum(r.price), 0) INTO v_spent
               FROM credits.recharge_requests r

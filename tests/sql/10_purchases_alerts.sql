@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(52);
+SELECT plan(56);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -147,6 +147,27 @@ SELECT credits_commit(credits_reserve(account_id => 'ar2', amount => 95, product
 SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar2'), 0::bigint,
           'a pack switched off is not requested');
 SELECT credits_pack_upsert(pack_id => 'p20', credits => 200, price => 20, currency => 'EUR');
+-- No requests while the plan allows no purchases; one made before is honoured.
+SELECT credits_plan_upsert(plan_id => 'pro2', allocation => 100, reset => 'calendar_month');
+SELECT credits_plan_upsert(plan_id => 'nobuy', allocation => 100, reset => 'calendar_month', purchases_allowed => false);
+SELECT credits_account_upsert(account_id => 'ar3', plan_id => 'pro2');
+SELECT credits_auto_recharge_set(account_id => 'ar3', enabled => true, pack => 'p20', threshold => 50);
+SELECT credits_commit(credits_reserve(account_id => 'ar3', amount => 60, product => 'editor'));
+SELECT request_id::text AS req3 FROM credits.recharge_requests WHERE account_id = 'ar3' \gset
+SELECT credits_plan_upsert(plan_id => 'pro2', allocation => 100, reset => 'calendar_month', purchases_allowed => false);
+SELECT credits_grant(account_id => 'ar3', amount => 100, kind => 'adjustment');
+SELECT credits_commit(credits_reserve(account_id => 'ar3', amount => 100, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar3'), 1::bigint,
+          'no request while the plan allows no purchases');
+SELECT throws_ok($$SELECT credits_purchase(account_id => 'ar3', pack => 'p20', payment_ref => 'pi_x')$$, 'CR010', NULL,
+                 'nor a purchase');
+SELECT isnt(credits_purchase(account_id => 'ar3', pack => 'p20', payment_ref => :'req3'), NULL,
+            'but a request made while it allowed them is completed');
+SELECT credits_account_upsert(account_id => 'ar2', plan_id => 'nobuy');
+SELECT credits_grant(account_id => 'ar2', amount => 100, kind => 'adjustment');
+SELECT credits_commit(credits_reserve(account_id => 'ar2', amount => 100, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar2'), 0::bigint,
+          'nor after a move to a plan without purchases');
 
 -- BYOK accounts raise no alerts or recharges.
 SELECT credits_account_upsert(account_id => 'own', plan_id => 'pro', byok => true);
@@ -159,8 +180,8 @@ SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w1', max_event
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w2')), 0::bigint, 'no one else holds them meanwhile');
 SET LOCAL credits.now = '2026-03-10 12:01:00+00';
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w2', max_events => 100, kinds => '{recharge_requested}')),
-          4::bigint, 'unacknowledged events come back after their visibility timeout, filtered by kind');
-SELECT is(credits_events_ack((SELECT array_agg(event_id) FROM credits.events WHERE kind = 'recharge_requested')), 4,
+          5::bigint, 'unacknowledged events come back after their visibility timeout, filtered by kind');
+SELECT is(credits_events_ack((SELECT array_agg(event_id) FROM credits.events WHERE kind = 'recharge_requested')), 5,
           'acknowledged');
 SET LOCAL credits.now = '2026-03-10 12:05:00+00';
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w3', max_events => 100, kinds => '{recharge_requested}')),
