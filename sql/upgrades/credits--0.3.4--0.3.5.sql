@@ -118,7 +118,10 @@
 -- purchases (the plan was edited, or the account moved to another): the
 -- request's event went to the payment worker, which took the payment, and
 -- credits_purchase then refused it with CR010. A request made while the
--- plan allowed purchases is honoured by credits_purchase after a change.
+-- plan allowed purchases is completed by credits_purchase after a change,
+-- with the credits and price that its event asked for, also when its pack
+-- was switched off or repriced since (until now CR016, or the pack's new
+-- credits).
 --
 -- credits_auto_recharge_set's monthly_cap defaults to NULL, which keeps the
 -- account's cap (50 for a new configuration), as pack and threshold do: a
@@ -1155,28 +1158,34 @@ BEGIN
         END IF;
         RETURN pu.bucket_id;
     END IF;
+    -- A payment_ref equal to a recharge request's id completes it (also a
+    -- failed one: the payment went through after all), with the pack, the
+    -- credits and the price that its event asked the payment worker for,
+    -- whatever became of the pack or the plan since: the payment may already
+    -- have been taken.
     SELECT * INTO rq FROM credits.recharge_requests r
-     WHERE r.account_id = v_account AND r.request_id::text = v_ref AND r.pack_id <> v_pack;
-    IF FOUND THEN
+     WHERE r.account_id = v_account AND r.request_id::text = v_ref AND r.status IN ('pending', 'failed');
+    IF FOUND AND rq.pack_id <> v_pack THEN
         PERFORM credits._raise('CR006', format('payment_ref "%s" is a recharge request for pack "%s"', v_ref, rq.pack_id),
             format('The request asks for pack "%s" (%s credits for %s %s); this call buys pack "%s".',
                    rq.pack_id, trim_scale(rq.credits), trim_scale(rq.price), rq.currency, v_pack),
             'Complete the request with its own pack, or buy another pack with the payment''s own reference.');
-    END IF;
-    SELECT * INTO pk FROM credits.packs WHERE pack_id = v_pack AND active;
-    IF NOT FOUND THEN
-        PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
-            'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
-    END IF;
-    -- A recharge request made while the plan allowed purchases is honoured:
-    -- its payment may already have been taken.
-    IF NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id)
-       AND NOT EXISTS (SELECT 1 FROM credits.recharge_requests r
-                        WHERE r.account_id = v_account AND r.request_id::text = v_ref
-                          AND r.status IN ('pending', 'failed')) THEN
-        PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
-            format('Account "%s" is on a plan without purchases.', v_account),
-            'Upgrade the account to a plan that allows purchases.');
+    ELSIF FOUND THEN
+        pk.pack_id := rq.pack_id;
+        pk.credits := rq.credits;
+        pk.price := rq.price;
+        pk.currency := rq.currency;
+    ELSE
+        SELECT * INTO pk FROM credits.packs WHERE pack_id = v_pack AND active;
+        IF NOT FOUND THEN
+            PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
+                'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
+        END IF;
+        IF NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
+            PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
+                format('Account "%s" is on a plan without purchases.', v_account),
+                'Upgrade the account to a plan that allows purchases.');
+        END IF;
     END IF;
     IF a.byok THEN
         PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(56);
+SELECT plan(58);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -168,6 +168,17 @@ SELECT credits_grant(account_id => 'ar2', amount => 100, kind => 'adjustment');
 SELECT credits_commit(credits_reserve(account_id => 'ar2', amount => 100, product => 'editor'));
 SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar2'), 0::bigint,
           'nor after a move to a plan without purchases');
+-- A request is completed with what its event asked for, whatever became of its pack.
+SELECT credits_account_upsert(account_id => 'ar4', plan_id => 'pro', alert_percents => '{}');
+SELECT credits_auto_recharge_set(account_id => 'ar4', enabled => true, pack => 'p50', threshold => 50, monthly_cap => 100);
+SELECT credits_commit(credits_reserve(account_id => 'ar4', amount => 60, product => 'editor'));
+SELECT request_id::text AS req4 FROM credits.recharge_requests WHERE account_id = 'ar4' \gset
+SELECT credits_pack_upsert(pack_id => 'p50', credits => 500, price => 60, currency => 'EUR', active => false);
+SELECT credits_purchase(account_id => 'ar4', pack => 'p50', payment_ref => :'req4')::text AS b4 \gset
+SELECT is((SELECT amount FROM credits.buckets WHERE bucket_id = :'b4'), 600::numeric, 'a request whose pack was repriced and switched off since is completed with what it asked for');
+SELECT is((SELECT credits || ' ' || price FROM credits.purchases WHERE payment_ref = :'req4'), '600.000000 50.000000',
+          'and recorded at its price');
+SELECT credits_pack_upsert(pack_id => 'p50', credits => 600, price => 50, currency => 'EUR');
 
 -- BYOK accounts raise no alerts or recharges.
 SELECT credits_account_upsert(account_id => 'own', plan_id => 'pro', byok => true);
@@ -180,8 +191,8 @@ SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w1', max_event
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w2')), 0::bigint, 'no one else holds them meanwhile');
 SET LOCAL credits.now = '2026-03-10 12:01:00+00';
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w2', max_events => 100, kinds => '{recharge_requested}')),
-          5::bigint, 'unacknowledged events come back after their visibility timeout, filtered by kind');
-SELECT is(credits_events_ack((SELECT array_agg(event_id) FROM credits.events WHERE kind = 'recharge_requested')), 5,
+          6::bigint, 'unacknowledged events come back after their visibility timeout, filtered by kind');
+SELECT is(credits_events_ack((SELECT array_agg(event_id) FROM credits.events WHERE kind = 'recharge_requested')), 6,
           'acknowledged');
 SET LOCAL credits.now = '2026-03-10 12:05:00+00';
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w3', max_events => 100, kinds => '{recharge_requested}')),
