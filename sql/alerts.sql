@@ -24,7 +24,8 @@ BEGIN
     SELECT * INTO a FROM credits.accounts WHERE account_id = p_account;
     v_usage := a.period_used + a.period_overage;
     IF a.next_alert_at IS NOT NULL AND v_usage >= a.next_alert_at THEN
-        SELECT CASE WHEN a.byok THEN 0 ELSE p.allocation END INTO v_alloc FROM credits.plans p WHERE p.plan_id = a.plan_id;
+        v_alloc := credits._period_allocation(p_account, a.period_end, a.byok,
+                                              (SELECT p.allocation FROM credits.plans p WHERE p.plan_id = a.plan_id));
         v_raised := a.alerts_raised;
         FOR v_pct IN
             SELECT x FROM unnest(a.alert_percents) x

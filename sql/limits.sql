@@ -29,6 +29,26 @@ BEGIN
 END
 $$;
 
+-- The allocation of an account's current period, which usage alerts are
+-- percentages of: its allocation bucket's amount (an edit of the plan's
+-- allocation applies from the next reset; a change of plan retargets the
+-- bucket), or the plan's allocation when the period has none; 0 for BYOK.
+-- The figure credits_balance and credits.account_summary show.
+CREATE FUNCTION credits._period_allocation(p_account text, p_period_end timestamptz, p_byok boolean,
+                                           p_plan_allocation numeric)
+RETURNS numeric
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF p_byok THEN
+        RETURN 0;
+    END IF;
+    RETURN coalesce((SELECT b.amount FROM credits.buckets b
+                      WHERE b.account_id = p_account AND b.kind = 'allocation' AND b.expires_at = p_period_end
+                      ORDER BY b.created_at DESC LIMIT 1), p_plan_allocation);
+END
+$$;
+
 -- The most an account holds: its stored figures are numeric(20,6). A write
 -- that adds credits (a grant, a purchase) or raises what a reset grants (a
 -- plan's allocation or rollover cap, a change of plan) is refused (22003)

@@ -226,7 +226,8 @@ BEGIN
            period_end = a.period_end, balance = a.balance, debt = a.debt,
            alert_percents = a.alert_percents,
            next_alert_at = credits._next_alert_at(a.alert_percents, a.alerts_raised,
-                                                  CASE WHEN a.byok THEN 0 ELSE p.allocation END),
+                                                  credits._period_allocation(v_account, a.period_end, a.byok,
+                                                                             p.allocation)),
            next_event = credits._next_event(v_account, a.period_end, v_now)
      WHERE account_id = v_account;
     IF v_recheck THEN

@@ -134,6 +134,13 @@
 -- a new limit_mode or soft_limit given without override_until after an
 -- override had ended took that end too, and so had no effect at all.
 --
+-- Usage alerts are percentages of the current period's allocation, the
+-- figure credits_balance shows (the new credits._period_allocation): they
+-- took the plan's allocation, so that after an edit of it, which applies
+-- from the next reset, a commit was judged against the new figure (an
+-- alert at 90% of 100 not raised at 95 once the plan said 200), and the
+-- alert's payload named it.
+--
 -- credits_reset with an infinite as_of says so (22023, as before) instead
 -- of "as_of may not be later than the clock", which '-infinity' is not.
 --
@@ -1398,7 +1405,8 @@ BEGIN
            period_end = a.period_end, balance = a.balance, debt = a.debt,
            alert_percents = a.alert_percents,
            next_alert_at = credits._next_alert_at(a.alert_percents, a.alerts_raised,
-                                                  CASE WHEN a.byok THEN 0 ELSE p.allocation END),
+                                                  credits._period_allocation(v_account, a.period_end, a.byok,
+                                                                             p.allocation)),
            next_event = credits._next_event(v_account, a.period_end, v_now)
      WHERE account_id = v_account;
     IF v_recheck THEN
@@ -1664,6 +1672,28 @@ $$;
 -- The usage functions run as their caller and ask credits._required.
 GRANT EXECUTE ON FUNCTION credits._required(boolean, text) TO credits_reader, credits_app, credits_admin;
 
+-- The allocation of an account's current period, which usage alerts are
+-- percentages of: its allocation bucket's amount (an edit of the plan's
+-- allocation applies from the next reset; a change of plan retargets the
+-- bucket), or the plan's allocation when the period has none; 0 for BYOK.
+-- The figure credits_balance and credits.account_summary show.
+CREATE FUNCTION credits._period_allocation(p_account text, p_period_end timestamptz, p_byok boolean,
+                                           p_plan_allocation numeric)
+RETURNS numeric
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF p_byok THEN
+        RETURN 0;
+    END IF;
+    RETURN coalesce((SELECT b.amount FROM credits.buckets b
+                      WHERE b.account_id = p_account AND b.kind = 'allocation' AND b.expires_at = p_period_end
+                      ORDER BY b.created_at DESC LIMIT 1), p_plan_allocation);
+END
+$$;
+
+REVOKE ALL ON FUNCTION credits._period_allocation(text, timestamptz, boolean, numeric) FROM PUBLIC;
+
 -- The monthly cap in the pack's currency.
 CREATE OR REPLACE FUNCTION credits._after_usage(p_account text, p_balance_before numeric, p_now timestamptz) RETURNS void
 LANGUAGE plpgsql
@@ -1681,7 +1711,8 @@ BEGIN
     SELECT * INTO a FROM credits.accounts WHERE account_id = p_account;
     v_usage := a.period_used + a.period_overage;
     IF a.next_alert_at IS NOT NULL AND v_usage >= a.next_alert_at THEN
-        SELECT CASE WHEN a.byok THEN 0 ELSE p.allocation END INTO v_alloc FROM credits.plans p WHERE p.plan_id = a.plan_id;
+        v_alloc := credits._period_allocation(p_account, a.period_end, a.byok,
+                                              (SELECT p.allocation FROM credits.plans p WHERE p.plan_id = a.plan_id));
         v_raised := a.alerts_raised;
         FOR v_pct IN
             SELECT x FROM unnest(a.alert_percents) x

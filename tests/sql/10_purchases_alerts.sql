@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(58);
+SELECT plan(60);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -47,6 +47,19 @@ SELECT credits_commit(credits_reserve(account_id => 'al', amount => 85, product 
 SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'al' AND payload->>'percent' = '80'), 2::bigint,
           'alerts are raised again in the next period');
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
+-- Alerts are percentages of the period's allocation: an edit of the plan's
+-- allocation applies from the next reset, for alerts too.
+SELECT credits_plan_upsert(plan_id => 'grows', allocation => 100, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'al2', plan_id => 'grows', alert_percents => '{50,90}');
+SELECT credits_commit(credits_reserve(account_id => 'al2', amount => 55, product => 'editor'));
+SELECT credits_plan_upsert(plan_id => 'grows', allocation => 200, reset => 'calendar_month');
+SELECT credits_commit(credits_reserve(account_id => 'al2', amount => 40, product => 'editor'));
+SELECT results_eq($$SELECT payload->>'percent', payload->>'allocation' FROM credits.events WHERE account_id = 'al2' ORDER BY event_id$$,
+                  $$VALUES ('50', '100.000000'), ('90', '100.000000')$$,
+                  'after an edit of the plan''s allocation, the period''s allocation still counts');
+SELECT credits_account_upsert(account_id => 'al2', alert_percents => '{50,90,99}');
+SELECT is((SELECT next_alert_at FROM credits.accounts WHERE account_id = 'al2'), 99::numeric,
+          'also for new alert percentages');
 
 -- credits.notify: on by default; off, events are written all the same, with
 -- no NOTIFY (tests/notifications.rs listens, and prepares such transactions).
