@@ -121,7 +121,8 @@
 -- plan allowed purchases is completed by credits_purchase after a change,
 -- with the credits and price that its event asked for, also when its pack
 -- was switched off or repriced since (until now CR016, or the pack's new
--- credits).
+-- credits), or the account switched to BYOK (until now CR014; a BYOK
+-- account keeps its packs for when it is switched back).
 --
 -- credits_auto_recharge_set's monthly_cap defaults to NULL, which keeps the
 -- account's cap (50 for a new configuration), as pack and threshold do: a
@@ -1168,8 +1169,9 @@ BEGIN
     -- A payment_ref equal to a recharge request's id completes it (also a
     -- failed one: the payment went through after all), with the pack, the
     -- credits and the price that its event asked the payment worker for,
-    -- whatever became of the pack or the plan since: the payment may already
-    -- have been taken.
+    -- whatever became of the pack, the plan or the account's BYOK switch
+    -- since (a BYOK account keeps its packs for when it is switched back):
+    -- the payment may already have been taken.
     SELECT * INTO rq FROM credits.recharge_requests r
      WHERE r.account_id = v_account AND r.request_id::text = v_ref AND r.status IN ('pending', 'failed');
     IF FOUND AND rq.pack_id <> v_pack THEN
@@ -1193,11 +1195,11 @@ BEGIN
                 format('Account "%s" is on a plan without purchases.', v_account),
                 'Upgrade the account to a plan that allows purchases.');
         END IF;
-    END IF;
-    IF a.byok THEN
-        PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
-            'BYOK accounts bring their own keys: they have no allocation and no buckets.',
-            'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.');
+        IF a.byok THEN
+            PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
+                'BYOK accounts bring their own keys: they have no allocation and no buckets.',
+                'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.');
+        END IF;
     END IF;
 
     PERFORM credits._room_check(v_account, pk.credits, true);
