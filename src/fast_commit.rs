@@ -1,8 +1,12 @@
 //! The commit fast path: `credits._commit_fast`, called first by
 //! `credits_commit` (sql/commit.sql). It handles the common case — a
-//! pending, unexpired hold drawn from one bucket, charged at most what was
-//! reserved, on an account with nothing due — in two statements run through
-//! kept SPI plans:
+//! pending, unexpired hold drawn from one bucket that has not expired
+//! either, charged at most what was reserved, on an account with nothing
+//! due — in two statements run through kept SPI plans. (A hold outlives its
+//! bucket when it was pending across a reset, or drawn from a promo that
+//! expired before it: what its commit releases must then be written off,
+//! which the general path does. The account's `next_event` does not tell:
+//! a bucket whose credits are all held has nothing of its own to expire.)
 //!
 //! 1. lock the reservation's account row (FOR NO KEY UPDATE) and read the
 //!    reservation;
@@ -38,6 +42,8 @@ SELECT a.account_id, a.period_start, a.balance,
     "
          AND r.status = 'pending' AND NOT r.byok AND r.overage = 0 AND cardinality(r.draw_buckets) = 1
          AND r.expires_at > credits._now()
+         AND coalesce((SELECT b.expires_at > credits._now() FROM credits.buckets b
+                        WHERE b.account_id = a.account_id AND b.bucket_id = r.draw_buckets[1]), true)
          AND ($2 IS NULL OR ($2 >= 0 AND $2 < 1e14 AND scale($2) <= 6 AND $2 <= r.amount)) AS simple,
        r.amount, r.draw_buckets[1], r.product, r.action, coalesce($2, r.amount),
        pg_catalog.trim_scale(coalesce($2, r.amount))::text,

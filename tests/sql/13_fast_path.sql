@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(57);
+SELECT plan(65);
 
 CREATE FUNCTION pg_temp.explain_lines(q text) RETURNS SETOF text LANGUAGE plpgsql AS $$
 BEGIN
@@ -153,6 +153,33 @@ SELECT throws_ok($$SELECT credits_reserve(account_id => 'far', amount => 1, prod
                  '22023', 'ttl must end before the year 10000', 'or the longest interval');
 SELECT is(credits_commit(:'r5', 1), 1::numeric, 'the long hold commits');
 SELECT is((SELECT count(*) FROM credits_verify()), 0::bigint, 'and everything verifies');
+
+-- A hold that outlived its bucket (drawn from a promo that expired before
+-- it, or pending across a reset) is left to the general path, which writes
+-- off what the commit releases to the expired bucket. Until 0.3.5 the fast
+-- path gave it back to that bucket: expired credits counted in the
+-- account's balance until its next_event, and credits_verify() said so.
+SELECT credits_plan_upsert(plan_id => 'none', allocation => 0, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'promo', plan_id => 'none');
+SELECT credits_grant(account_id => 'promo', amount => 20, kind => 'promo', expires_at => '2026-03-10 12:30+00');
+SELECT credits_grant(account_id => 'promo', amount => 20, kind => 'pack');
+SELECT credits._reserve_fast('promo', 20, 'editor', NULL, NULL, '1 hour', '{}')::text AS r6 \gset
+SET LOCAL credits.now = '2026-03-10 12:45:00+00';
+SELECT is(credits._commit_fast(:'r6', 15, false, NULL), NULL, 'not a hold whose bucket expired since');
+SELECT is(credits_commit(:'r6', 15), 15::numeric, 'which the general path commits');
+SELECT is((SELECT sum(amount) FROM credits.ledger WHERE reservation_id = :'r6' AND kind = 'expire'), -5::numeric,
+          'writing off the 5 it releases to the expired promo');
+SELECT is(pg_temp.fig('promo', 'available'), 20::numeric, 'so that only the pack is available');
+SELECT credits_account_upsert(account_id => 'across', plan_id => 'pro');
+SELECT credits._reserve_fast('across', 30, 'editor', NULL, NULL, '30 days', '{}')::text AS r7 \gset
+SET LOCAL credits.now = '2026-04-02 00:00:00+00';
+SELECT credits_reset(account_id => 'across');
+SELECT is(credits._commit_fast(:'r7', 25, false, NULL), NULL, 'nor a hold pending across a reset');
+SELECT is(credits_commit(:'r7', 25), 25::numeric, 'which the general path commits');
+SELECT is((SELECT sum(amount) FROM credits.ledger WHERE reservation_id = :'r7' AND kind = 'expire'), -5::numeric,
+          'writing off the 5 it releases to the last period''s allocation');
+SELECT is((SELECT count(*) FROM credits_verify()), 0::bigint, 'and everything verifies');
+SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT * FROM finish();
 ROLLBACK;
