@@ -131,6 +131,9 @@ BEGIN
                                           draw_buckets, draw_amounts, byok, period_start, expires_at, created_at, metadata)
         VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
                 '{}', '{}', true, a.period_start, v_now + v_ttl, v_now, v_metadata);
+        -- Its expiry is an event of the account, as any hold's is.
+        UPDATE credits.accounts SET next_event = v_now + v_ttl
+         WHERE account_id = v_account AND next_event > v_now + v_ttl;
         PERFORM credits._idempotent_store(v_account, 'reserve', v_key, v_request, v_id::text, v_now);
         RETURN v_id;
     END IF;

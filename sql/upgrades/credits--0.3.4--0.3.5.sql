@@ -142,6 +142,12 @@
 -- alert at 90% of 100 not raised at 95 once the plan said 200), and the
 -- alert's payload named it.
 --
+-- A BYOK reserve lowers the account's next_event to its hold's expiry, as
+-- every other reserve does: it left next_event where it was, so that the
+-- hold was marked expired only at the account's next event, and
+-- credits_verify() reported the account meanwhile ("account next_event is
+-- not after anything due"). Accounts with such holds are repaired below.
+--
 -- credits_reset with an infinite as_of says so (22023, as before) instead
 -- of "as_of may not be later than the clock", which '-infinity' is not.
 --
@@ -1515,6 +1521,9 @@ BEGIN
                                           draw_buckets, draw_amounts, byok, period_start, expires_at, created_at, metadata)
         VALUES (v_id, v_account, 'pending', v_product, v_action, v_amount,
                 '{}', '{}', true, a.period_start, v_now + v_ttl, v_now, v_metadata);
+        -- Its expiry is an event of the account, as any hold's is.
+        UPDATE credits.accounts SET next_event = v_now + v_ttl
+         WHERE account_id = v_account AND next_event > v_now + v_ttl;
         PERFORM credits._idempotent_store(v_account, 'reserve', v_key, v_request, v_id::text, v_now);
         RETURN v_id;
     END IF;
@@ -1873,3 +1882,10 @@ BEGIN
      WHERE account_id = v_account;
 END
 $$;
+
+-- BYOK holds that a BYOK reserve left out of its account's next_event.
+UPDATE credits.accounts a
+   SET next_event = r.first_expiry
+  FROM (SELECT x.account_id, min(x.expires_at) AS first_expiry FROM credits.reservations x
+         WHERE x.status = 'pending' AND x.byok GROUP BY x.account_id) r
+ WHERE a.account_id = r.account_id AND a.next_event > r.first_expiry;

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(24);
+SELECT plan(25);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'billing_date');
 SELECT credits_plan_upsert(plan_id => 'team', allocation => 50);
@@ -62,6 +62,10 @@ SELECT ok((SELECT byok AND charged = 7000 FROM credits.reservations WHERE reserv
 SELECT throws_ok($$SELECT credits_grant(account_id => 'own-keys', amount => 5)$$, 'CR014', NULL, 'BYOK accounts take no grants');
 SELECT throws_ok($$SELECT credits_reserve(account_id => 'own-keys', amount => 'NaN', product => 'editor')$$, '22023', NULL,
                  'BYOK reserves still check their input');
+SELECT credits_reserve(account_id => 'own-keys', amount => 5, product => 'editor', ttl => '10 minutes')::text AS b2 \gset
+SELECT is((SELECT next_event FROM credits.accounts WHERE account_id = 'own-keys'),
+          (SELECT expires_at FROM credits.reservations WHERE reservation_id = :'b2'),
+          'a BYOK hold''s expiry is its account''s next event, as any hold''s is');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
