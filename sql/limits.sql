@@ -33,7 +33,8 @@ $$;
 -- percentages of: its allocation bucket's amount (an edit of the plan's
 -- allocation applies from the next reset; a change of plan retargets the
 -- bucket), or the plan's allocation when the period has none; 0 for BYOK.
--- The figure credits_balance and credits.account_summary show.
+-- The figure credits_balance and credits.account_summary show
+-- (credits._account_state writes the same lookup out: sql/state.sql).
 CREATE FUNCTION credits._period_allocation(p_account text, p_period_end timestamptz, p_byok boolean,
                                            p_plan_allocation numeric)
 RETURNS numeric

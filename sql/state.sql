@@ -33,6 +33,11 @@ BEGIN
 END
 $$;
 
+-- credits._account_state's allocation column is the figure that
+-- credits._period_allocation computes (sql/limits.sql: usage alerts and
+-- credits_account_upsert), written out
+-- here because this function runs as the reader, to whom the read-side
+-- helpers are granted one by one; change both together.
 CREATE FUNCTION credits._account_state(p_account text, p_now timestamptz)
 RETURNS TABLE (account_id text, plan_id text, byok boolean, limit_mode text, soft_limit numeric,
                allocation numeric, used numeric, overage numeric, reserved numeric, available numeric,

@@ -1213,9 +1213,12 @@ BEGIN
         jsonb_build_object('pack', v_pack, 'payment_ref', v_ref, 'price', pk.price, 'currency', pk.currency), 'purchase');
     UPDATE credits.accounts SET balance = balance + pk.credits - nb.settled, debt = debt - nb.settled
      WHERE account_id = v_account;
-    UPDATE credits.recharge_requests SET status = 'completed', resolved_at = v_now
-     WHERE account_id = v_account AND request_id::text = v_ref AND status IN ('pending', 'failed');
-    v_auto := FOUND;
+    -- The recharge request found above, if any, is completed by this purchase.
+    v_auto := rq.request_id IS NOT NULL;
+    IF v_auto THEN
+        UPDATE credits.recharge_requests SET status = 'completed', resolved_at = v_now
+         WHERE account_id = v_account AND request_id = rq.request_id;
+    END IF;
     INSERT INTO credits.purchases (account_id, pack_id, credits, price, currency, payment_ref, bucket_id, auto_recharge, created_at)
     VALUES (v_account, v_pack, pk.credits, pk.price, pk.currency, v_ref, nb.bucket_id, v_auto, v_now);
     RETURN nb.bucket_id;
