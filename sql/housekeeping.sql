@@ -136,6 +136,8 @@ DECLARE
     v_actor text;
     v_end   timestamptz;
     v_reset boolean;
+    v_balance numeric;
+    v_below numeric;
 BEGIN
     IF credits._refresh_next_event(p_account, p_now) THEN
         RETURN 0;
@@ -174,7 +176,14 @@ BEGIN
                                             FROM credits.plans p WHERE p.plan_id = credits.accounts.plan_id))
                                 ELSE next_alert_at END,
            next_event = credits._next_event(p_account, v_end, p_now)
-     WHERE account_id = p_account;
+     WHERE account_id = p_account
+    RETURNING balance, recharge_below INTO v_balance, v_below;
+    -- Expiries that took the balance below the auto-recharge threshold, or
+    -- a reset that left it below (the month's cap may have room again, a
+    -- failed payment is tried again), ask for a recharge.
+    IF v_balance < v_below AND (v_reset OR v_balance - (v->>'balance_delta')::numeric >= v_below) THEN
+        PERFORM credits._auto_recharge(p_account, p_now);
+    END IF;
     RETURN (v->>'rolled')::integer;
 END
 $$;

@@ -232,6 +232,9 @@ BEGIN
      WHERE account_id = v_account;
     IF v_recheck THEN
         PERFORM credits._room_check(v_account, 0, false);
+        -- A plan with a smaller allocation may leave the balance below the
+        -- auto-recharge threshold.
+        PERFORM credits._auto_recharge(v_account, v_now);
     END IF;
 END
 $$;

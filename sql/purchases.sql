@@ -3,11 +3,11 @@
 -- idempotent on the payment reference, refused (CR010) when the account's
 -- plan does not allow purchases, unless it completes a recharge request
 -- made while it did. Auto-recharge writes a recharge request
--- (and a recharge_requested event) when a commit takes the available
--- balance below the account's threshold, once per crossing, within a
--- monthly spending cap; the application's payment worker completes it with
--- credits_purchase(payment_ref => the request id) or fails it with
--- credits_recharge_fail().
+-- (and a recharge_requested event) when the account's balance is below its
+-- threshold (credits._auto_recharge, below, says when it looks), one at a
+-- time, within a monthly spending cap; the application's payment worker
+-- completes it with credits_purchase(payment_ref => the request id) or
+-- fails it with credits_recharge_fail().
 
 CREATE TABLE credits.packs (
     pack_id    text PRIMARY KEY,
@@ -163,6 +163,9 @@ BEGIN
     END IF;
     INSERT INTO credits.purchases (account_id, pack_id, credits, price, currency, payment_ref, bucket_id, auto_recharge, created_at)
     VALUES (v_account, v_pack, pk.credits, pk.price, pk.currency, v_ref, nb.bucket_id, v_auto, v_now);
+    -- A pack that left the balance below the threshold (smaller than the
+    -- gap, or bought while debt took its credits) is followed by another.
+    PERFORM credits._auto_recharge(v_account, v_now);
     RETURN nb.bucket_id;
 END
 $$;
@@ -216,6 +219,10 @@ BEGIN
     UPDATE credits.accounts
        SET recharge_below = CASE WHEN credits_auto_recharge_set.enabled THEN v_threshold END
      WHERE account_id = v_account;
+    -- Turned on (or set again after a failed payment) while the balance is
+    -- already below the threshold: request at once, since an account with
+    -- nothing left makes no commit that could cross it.
+    PERFORM credits._auto_recharge(v_account, credits._now());
 END
 $$;
 
@@ -240,6 +247,57 @@ BEGIN
         PERFORM credits._raise('CR017', format('recharge request %s is not pending', credits_recharge_fail.request_id),
             'It does not exist, or it was already completed or failed.',
             'Only a pending request can be failed.');
+    END IF;
+END
+$$;
+
+-- Writes a recharge request and its recharge_requested event if the locked
+-- account's balance (what its live buckets hold, pending holds included)
+-- is below its auto-recharge threshold, and nothing stands in the way: no
+-- other request of the account is pending, auto-recharge is on, its pack
+-- is active, the plan allows purchases, the account is not BYOK, and the
+-- pack's price fits under the monthly cap together with what auto-recharge
+-- requested or bought this calendar month (UTC) in that currency (failed
+-- requests do not count). Asked when the balance may have gone below the
+-- threshold, or something that stood in the way may have gone: a commit
+-- that took the balance below it (credits._after_usage), a roll-forward
+-- whose expiries took it below or a reset that left it below
+-- (credits._housekeep), a plan or BYOK change and a purchase that left it
+-- below, and credits_auto_recharge_set. A commit of an account already
+-- below the threshold asks nothing (it would on every commit while a
+-- payment fails): a failed payment is tried again at the next crossing,
+-- reset, purchase or credits_auto_recharge_set.
+CREATE FUNCTION credits._auto_recharge(p_account text, p_now timestamptz) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    cfg     record;
+    v_spent numeric;
+    v_req   uuid;
+BEGIN
+    SELECT ar.pack_id, pk.credits, pk.price, pk.currency, ar.monthly_cap INTO cfg
+      FROM credits.accounts a
+      JOIN credits.auto_recharge ar ON ar.account_id = a.account_id
+      JOIN credits.packs pk ON pk.pack_id = ar.pack_id
+      JOIN credits.plans pl ON pl.plan_id = a.plan_id
+     WHERE a.account_id = p_account AND a.balance < a.recharge_below AND NOT a.byok
+       AND ar.enabled AND pk.active AND pl.purchases_allowed;
+    IF NOT FOUND OR EXISTS (SELECT 1 FROM credits.recharge_requests r
+                             WHERE r.account_id = p_account AND r.status = 'pending') THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(sum(r.price), 0) INTO v_spent
+      FROM credits.recharge_requests r
+     WHERE r.account_id = p_account AND r.status IN ('pending', 'completed')
+       AND upper(r.currency) = upper(cfg.currency)
+       AND r.created_at >= date_trunc('month', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    IF v_spent + cfg.price <= cfg.monthly_cap THEN
+        INSERT INTO credits.recharge_requests (account_id, pack_id, credits, price, currency, status, created_at)
+        VALUES (p_account, cfg.pack_id, cfg.credits, cfg.price, cfg.currency, 'pending', p_now)
+        RETURNING request_id INTO v_req;
+        PERFORM credits._emit(p_account, 'recharge_requested', jsonb_build_object(
+            'account_id', p_account, 'request_id', v_req, 'pack', cfg.pack_id, 'credits', cfg.credits,
+            'price', cfg.price, 'currency', cfg.currency, 'payment_ref', v_req), p_now);
     END IF;
 END
 $$;

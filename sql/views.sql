@@ -74,7 +74,10 @@ SELECT r.reservation_id, r.account_id, r.created_at, r.resolved_at, r.product, r
             ELSE r.status END AS status,
        trim_scale(r.amount) AS reserved, trim_scale(coalesce(r.charged, 0)) AS charged,
        trim_scale(r.refunded) AS refunded, trim_scale(coalesce(r.charged, 0) - r.refunded) AS net,
-       trim_scale(r.overage) AS overage, r.byok, r.expires_at,
+       -- What a pending hold holds past the buckets, what a commit charged
+       -- past them; nothing for a hold released or expired uncommitted.
+       trim_scale(CASE WHEN r.status = 'committed' OR (r.status = 'pending' AND r.expires_at > credits._now_stable())
+                       THEN r.overage ELSE 0 END) AS overage, r.byok, r.expires_at,
        r.metadata->>'project' AS project, r.metadata->>'session' AS session, r.metadata
   FROM credits.reservations r;
 

@@ -1285,6 +1285,54 @@ fn concurrent_commits_crossing_the_threshold_raise_one_request_and_one_alert() {
 }
 
 #[test]
+fn concurrent_purchases_and_settings_below_the_threshold_write_one_request() {
+    let url = fresh_db("it_below");
+    let mut client = connect(&url);
+    client
+        .batch_execute(
+            "SELECT credits_plan_upsert(plan_id => 'p', allocation => 100);
+             SELECT credits_pack_upsert(pack_id => 'p5', credits => 10, price => 5);
+             SELECT credits_account_upsert(account_id => 'acme', plan_id => 'p');
+             SELECT credits_auto_recharge_set(account_id => 'acme', enabled => false, pack => 'p5',
+                                              threshold => 1000, monthly_cap => 1000);",
+        )
+        .unwrap();
+    // Every call leaves the balance below the threshold and asks
+    // auto-recharge to look: eight turn it on, eight buy a pack.
+    let results = race(&url, 16, move |i, c| {
+        let sql = if i % 2 == 0 {
+            "SELECT credits_auto_recharge_set(account_id => 'acme', enabled => true)::text WHERE $1::int >= 0"
+        } else {
+            "SELECT credits_purchase(account_id => 'acme', pack => 'p5', payment_ref => 'pi_' || $1::int)::text"
+        };
+        c.query_one(sql, &[&(i as i32)])
+            .map(|_| ())
+            .map_err(|e| sqlstate(&e))
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.recharge_requests WHERE status = 'pending'"
+        ),
+        1,
+        "one request at a time"
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.events WHERE kind = 'recharge_requested'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(&mut client, "SELECT count(*) FROM credits.purchases"),
+        8
+    );
+    assert_verify_empty(&mut client);
+}
+
+#[test]
 fn two_python_workers_complete_each_recharge_exactly_once() {
     let url = fresh_db("it_worker");
     let mut client = connect(&url);

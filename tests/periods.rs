@@ -5,14 +5,96 @@
 //! this one asks every invariant of the stored state across many periods:
 //! it found a commit fast path that gave a hold's released share back to a
 //! bucket that had expired under it, and BYOK holds missing from their
-//! account's `next_event`. No call may end in XX000, XX001 or P0001.
-//! CREDITS_PERIODS_STEPS sets the number of calls per seed.
+//! account's `next_event`. After every call the usage views must also
+//! agree with each other and with `credits_balance` (VIEWS_AGREE: it found
+//! released holds that `credits.actions` showed with overage). No call may
+//! end in XX000, XX001 or P0001. CREDITS_PERIODS_STEPS sets the number of
+//! calls per seed.
 
 mod common;
 
 use common::{connect, fresh_db, sqlstate, Rng};
 use postgres::Client;
 use std::collections::BTreeMap;
+
+/// One row per disagreement between the usage views of the accounts whose
+/// ids start with $1 (as text, for the message):
+/// - `account_summary` against `credits_balance`'s summary, and its
+///   `available` against the balance's live buckets;
+/// - `usage_monthly` against `usage_daily` summed by month, `metrics`
+///   against `usage_monthly` summed, `metrics` against `actions` summed;
+/// - each action's `net`, status and `overage` against its own figures;
+/// - the summary's `used + overage` against the net of the actions
+///   committed in the current period (a refund counts in the period of
+///   the action it gives back to, see README, Usage views).
+const VIEWS_AGREE: &str = "
+WITH accts AS (SELECT account_id FROM credits.accounts WHERE starts_with(account_id, $1)),
+s AS (SELECT s.*, credits_balance(s.account_id) AS b FROM credits.account_summary s JOIN accts USING (account_id))
+SELECT 'summary/balance ' || account_id || ': ' || to_jsonb(s)::text || ' ' || (b->'summary')::text FROM s
+ WHERE (allocation, used, reserved, available, overage, debt, percent_used)
+       IS DISTINCT FROM ((b->'summary'->>'allocation')::numeric, (b->'summary'->>'used')::numeric,
+                         (b->'summary'->>'reserved')::numeric, (b->'summary'->>'available')::numeric,
+                         (b->'summary'->>'overage')::numeric, (b->'summary'->>'debt')::numeric,
+                         (b->'summary'->>'percent_used')::numeric)
+    OR available <> (SELECT coalesce(sum((x->>'remaining')::numeric), 0) FROM jsonb_array_elements(b->'buckets') x)
+UNION ALL
+SELECT 'monthly/daily ' || coalesce(d.account_id, m.account_id) || ' ' || coalesce(d.month, m.month)::text
+       || ' ' || coalesce(d.product, m.product)
+  FROM (SELECT account_id, date_trunc('month', day)::date AS month, product, sum(used) AS used,
+               sum(overage) AS overage, sum(refunded) AS refunded, sum(billable_overage) AS billable,
+               sum(actions) AS actions, sum(byok_used) AS byok
+          FROM credits.usage_daily JOIN accts USING (account_id) GROUP BY 1, 2, 3) d
+  FULL JOIN (SELECT account_id, month::date AS month, product, used, overage, refunded,
+                    billable_overage AS billable, actions, byok_used AS byok
+               FROM credits.usage_monthly JOIN accts USING (account_id)) m
+    ON m.account_id = d.account_id AND m.month = d.month AND m.product = d.product
+ WHERE (d.used, d.overage, d.refunded, d.billable, d.actions, d.byok)
+       IS DISTINCT FROM (m.used, m.overage, m.refunded, m.billable, m.actions, m.byok)
+UNION ALL
+SELECT 'metrics/monthly ' || coalesce(m.account_id, x.account_id) || ' ' || coalesce(m.product, x.product)
+  FROM (SELECT account_id, product, sum(actions) AS actions, sum(used) AS used, sum(overage) AS overage,
+               sum(refunded) AS refunded, sum(byok_used) AS byok
+          FROM credits.usage_monthly JOIN accts USING (account_id) GROUP BY 1, 2) m
+  FULL JOIN (SELECT account_id, product, actions_total AS actions, used_total AS used, overage_total AS overage,
+                    refunded_total AS refunded, byok_used_total AS byok
+               FROM credits.metrics JOIN accts USING (account_id)) x
+    ON x.account_id = m.account_id AND x.product = m.product
+ WHERE (m.actions, m.used, m.overage, m.refunded, m.byok)
+       IS DISTINCT FROM (x.actions, x.used, x.overage, x.refunded, x.byok)
+UNION ALL
+SELECT 'metrics/actions ' || coalesce(a.account_id, x.account_id) || ' ' || coalesce(a.product, x.product)
+       || ': ' || to_jsonb(a)::text || ' ' || to_jsonb(x)::text
+  FROM (SELECT account_id, product,
+               count(*) FILTER (WHERE status IN ('committed', 'partially_refunded')
+                                   OR (status = 'refunded' AND charged > 0)) AS actions,
+               coalesce(sum(charged) FILTER (WHERE NOT byok), 0) AS charged,
+               coalesce(sum(overage) FILTER (WHERE NOT byok AND status <> 'pending'), 0) AS overage,
+               coalesce(sum(refunded) FILTER (WHERE NOT byok), 0) AS refunded,
+               coalesce(sum(net) FILTER (WHERE byok), 0) AS byok
+          FROM credits.actions JOIN accts USING (account_id) GROUP BY 1, 2) a
+  FULL JOIN (SELECT account_id, product, actions_total AS actions, used_total + overage_total AS charged,
+                    overage_total AS overage, refunded_total AS refunded, byok_used_total AS byok
+               FROM credits.metrics JOIN accts USING (account_id)) x
+    ON x.account_id = a.account_id AND x.product = a.product
+ WHERE (coalesce(a.actions, 0), coalesce(a.charged, 0), coalesce(a.overage, 0), coalesce(a.refunded, 0),
+        coalesce(a.byok, 0))
+       IS DISTINCT FROM (coalesce(x.actions, 0), coalesce(x.charged, 0), coalesce(x.overage, 0),
+                         coalesce(x.refunded, 0), coalesce(x.byok, 0))
+UNION ALL
+SELECT 'action ' || account_id || ': ' || to_jsonb(a)::text FROM credits.actions a JOIN accts USING (account_id)
+ WHERE net IS DISTINCT FROM charged - refunded OR refunded > charged OR overage > greatest(charged, reserved)
+    OR (status IN ('pending', 'expired') AND (charged <> 0 OR refunded <> 0))
+    OR (status = 'expired' AND overage <> 0)
+    OR (status = 'refunded' AND (refunded <> charged OR (charged = 0 AND overage <> 0)))
+    OR (status = 'partially_refunded' AND NOT (refunded > 0 AND refunded < charged))
+    OR (status = 'committed' AND refunded <> 0)
+    OR (status IN ('committed', 'partially_refunded') AND overage > charged)
+UNION ALL
+SELECT 'summary/period ' || s.account_id || ': ' || s.used || ' + ' || s.overage || ' against ' || n.net
+  FROM s, LATERAL (SELECT coalesce(sum(a.net), 0) AS net FROM credits.actions a
+                    WHERE a.account_id = s.account_id AND NOT a.byok AND a.charged > 0
+                      AND a.resolved_at >= s.period_start AND a.resolved_at < s.period_end) n
+ WHERE NOT s.byok AND s.used + s.overage <> n.net";
 
 /// One seed's run; returns the SQLSTATEs of the refused calls, counted.
 fn run(client: &mut Client, seed: u64, steps: u32) -> BTreeMap<String, u32> {
@@ -123,8 +205,22 @@ fn run(client: &mut Client, seed: u64, steps: u32) -> BTreeMap<String, u32> {
             violations.is_empty(),
             "seed {seed}, step {step}, op {op}, {minutes} minutes after 2026-01-20 12:00: {violations:?}"
         );
+        let disagreements = rows_of(client, VIEWS_AGREE, &p);
+        assert!(
+            disagreements.is_empty(),
+            "seed {seed}, step {step}, op {op}, {minutes} minutes after 2026-01-20 12:00: {disagreements:?}"
+        );
     }
     refused
+}
+
+fn rows_of(client: &mut Client, sql: &str, prefix: &str) -> Vec<String> {
+    client
+        .query(sql, &[&prefix])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
 }
 
 #[test]

@@ -159,6 +159,24 @@
 -- a NOTICE) until that session ended. Inside a transaction block it now
 -- refuses to start (25001), asking the new credits._in_transaction_block().
 --
+-- Auto-recharge looks at the balance at more moments than a commit that
+-- takes it below the threshold (the new credits._auto_recharge): also when
+-- a roll-forward's expiries take it below or a reset leaves it below, when
+-- a plan or BYOK change or a purchase (a recharge request's completion
+-- included) leaves it below, and when credits_auto_recharge_set turns it on
+-- (or sets it again) below the threshold; and it writes no request while
+-- another of the account's is pending. An account that went below its
+-- threshold by anything but a commit, bought a pack smaller than the gap,
+-- or was refused a request by its monthly cap or a failed payment, asked
+-- for nothing more until a grant took it back above the threshold: once at
+-- zero it could make no commit that crosses it. credits._after_usage,
+-- credits._housekeep, credits_account_upsert, credits_purchase and
+-- credits_auto_recharge_set call it.
+--
+-- credits.actions shows no overage for a hold released or expired without
+-- a commit (it showed what the hold had held past the buckets, although
+-- nothing was charged). Same columns.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -700,7 +718,10 @@ SELECT r.reservation_id, r.account_id, r.created_at, r.resolved_at, r.product, r
             ELSE r.status END AS status,
        trim_scale(r.amount) AS reserved, trim_scale(coalesce(r.charged, 0)) AS charged,
        trim_scale(r.refunded) AS refunded, trim_scale(coalesce(r.charged, 0) - r.refunded) AS net,
-       trim_scale(r.overage) AS overage, r.byok, r.expires_at,
+       -- What a pending hold holds past the buckets, what a commit charged
+       -- past them; nothing for a hold released or expired uncommitted.
+       trim_scale(CASE WHEN r.status = 'committed' OR (r.status = 'pending' AND r.expires_at > credits._now_stable())
+                       THEN r.overage ELSE 0 END) AS overage, r.byok, r.expires_at,
        r.metadata->>'project' AS project, r.metadata->>'session' AS session, r.metadata
   FROM credits.reservations r;
 
@@ -1221,6 +1242,9 @@ BEGIN
     END IF;
     INSERT INTO credits.purchases (account_id, pack_id, credits, price, currency, payment_ref, bucket_id, auto_recharge, created_at)
     VALUES (v_account, v_pack, pk.credits, pk.price, pk.currency, v_ref, nb.bucket_id, v_auto, v_now);
+    -- A pack that left the balance below the threshold (smaller than the
+    -- gap, or bought while debt took its credits) is followed by another.
+    PERFORM credits._auto_recharge(v_account, v_now);
     RETURN nb.bucket_id;
 END
 $$;
@@ -1422,6 +1446,9 @@ BEGIN
      WHERE account_id = v_account;
     IF v_recheck THEN
         PERFORM credits._room_check(v_account, 0, false);
+        -- A plan with a smaller allocation may leave the balance below the
+        -- auto-recharge threshold.
+        PERFORM credits._auto_recharge(v_account, v_now);
     END IF;
 END
 $$;
@@ -1718,9 +1745,6 @@ DECLARE
     v_usage  numeric;
     v_raised numeric[];
     v_pct    numeric;
-    v_spent  numeric;
-    cfg      record;
-    v_req    uuid;
 BEGIN
     SELECT * INTO a FROM credits.accounts WHERE account_id = p_account;
     v_usage := a.period_used + a.period_overage;
@@ -1744,25 +1768,7 @@ BEGIN
     END IF;
 
     IF a.recharge_below IS NOT NULL AND a.balance < a.recharge_below AND p_balance_before >= a.recharge_below THEN
-        SELECT ar.*, pk.credits, pk.price, pk.currency INTO cfg
-          FROM credits.auto_recharge ar JOIN credits.packs pk ON pk.pack_id = ar.pack_id
-         WHERE ar.account_id = p_account AND ar.enabled AND pk.active
-           AND (SELECT pl.purchases_allowed FROM credits.plans pl WHERE pl.plan_id = a.plan_id);
-        IF FOUND THEN
-            SELECT coalesce(sum(r.price), 0) INTO v_spent
-              FROM credits.recharge_requests r
-             WHERE r.account_id = p_account AND r.status IN ('pending', 'completed')
-               AND upper(r.currency) = upper(cfg.currency)
-               AND r.created_at >= date_trunc('month', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
-            IF v_spent + cfg.price <= cfg.monthly_cap THEN
-                INSERT INTO credits.recharge_requests (account_id, pack_id, credits, price, currency, status, created_at)
-                VALUES (p_account, cfg.pack_id, cfg.credits, cfg.price, cfg.currency, 'pending', p_now)
-                RETURNING request_id INTO v_req;
-                PERFORM credits._emit(p_account, 'recharge_requested', jsonb_build_object(
-                    'account_id', p_account, 'request_id', v_req, 'pack', cfg.pack_id, 'credits', cfg.credits,
-                    'price', cfg.price, 'currency', cfg.currency, 'payment_ref', v_req), p_now);
-            END IF;
-        END IF;
+        PERFORM credits._auto_recharge(p_account, p_now);
     END IF;
 END
 $$;
@@ -1883,6 +1889,10 @@ BEGIN
     UPDATE credits.accounts
        SET recharge_below = CASE WHEN credits_auto_recharge_set.enabled THEN v_threshold END
      WHERE account_id = v_account;
+    -- Turned on (or set again after a failed payment) while the balance is
+    -- already below the threshold: request at once, since an account with
+    -- nothing left makes no commit that could cross it.
+    PERFORM credits._auto_recharge(v_account, credits._now());
 END
 $$;
 
@@ -1892,3 +1902,122 @@ UPDATE credits.accounts a
   FROM (SELECT x.account_id, min(x.expires_at) AS first_expiry FROM credits.reservations x
          WHERE x.status = 'pending' AND x.byok GROUP BY x.account_id) r
  WHERE a.account_id = r.account_id AND a.next_event > r.first_expiry;
+
+-- Writes a recharge request and its recharge_requested event if the locked
+-- account's balance (what its live buckets hold, pending holds included)
+-- is below its auto-recharge threshold, and nothing stands in the way: no
+-- other request of the account is pending, auto-recharge is on, its pack
+-- is active, the plan allows purchases, the account is not BYOK, and the
+-- pack's price fits under the monthly cap together with what auto-recharge
+-- requested or bought this calendar month (UTC) in that currency (failed
+-- requests do not count). Asked when the balance may have gone below the
+-- threshold, or something that stood in the way may have gone: a commit
+-- that took the balance below it (credits._after_usage), a roll-forward
+-- whose expiries took it below or a reset that left it below
+-- (credits._housekeep), a plan or BYOK change and a purchase that left it
+-- below, and credits_auto_recharge_set. A commit of an account already
+-- below the threshold asks nothing (it would on every commit while a
+-- payment fails): a failed payment is tried again at the next crossing,
+-- reset, purchase or credits_auto_recharge_set.
+CREATE FUNCTION credits._auto_recharge(p_account text, p_now timestamptz) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    cfg     record;
+    v_spent numeric;
+    v_req   uuid;
+BEGIN
+    SELECT ar.pack_id, pk.credits, pk.price, pk.currency, ar.monthly_cap INTO cfg
+      FROM credits.accounts a
+      JOIN credits.auto_recharge ar ON ar.account_id = a.account_id
+      JOIN credits.packs pk ON pk.pack_id = ar.pack_id
+      JOIN credits.plans pl ON pl.plan_id = a.plan_id
+     WHERE a.account_id = p_account AND a.balance < a.recharge_below AND NOT a.byok
+       AND ar.enabled AND pk.active AND pl.purchases_allowed;
+    IF NOT FOUND OR EXISTS (SELECT 1 FROM credits.recharge_requests r
+                             WHERE r.account_id = p_account AND r.status = 'pending') THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(sum(r.price), 0) INTO v_spent
+      FROM credits.recharge_requests r
+     WHERE r.account_id = p_account AND r.status IN ('pending', 'completed')
+       AND upper(r.currency) = upper(cfg.currency)
+       AND r.created_at >= date_trunc('month', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    IF v_spent + cfg.price <= cfg.monthly_cap THEN
+        INSERT INTO credits.recharge_requests (account_id, pack_id, credits, price, currency, status, created_at)
+        VALUES (p_account, cfg.pack_id, cfg.credits, cfg.price, cfg.currency, 'pending', p_now)
+        RETURNING request_id INTO v_req;
+        PERFORM credits._emit(p_account, 'recharge_requested', jsonb_build_object(
+            'account_id', p_account, 'request_id', v_req, 'pack', cfg.pack_id, 'credits', cfg.credits,
+            'price', cfg.price, 'currency', cfg.currency, 'payment_ref', v_req), p_now);
+    END IF;
+END
+$$;
+
+
+REVOKE ALL ON FUNCTION credits._auto_recharge(text, timestamptz) FROM PUBLIC;
+
+-- Brings a locked account up to p_now by applying the plan of
+-- credits._roll_plan(): new buckets, bucket balances, ledger rows, expired
+-- holds, the new period. Returns how many periods were rolled. A false
+-- alarm (nothing due) only moves next_event, without building the plan.
+CREATE OR REPLACE FUNCTION credits._housekeep(p_account text, p_now timestamptz) RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v       jsonb;
+    v_actor text;
+    v_end   timestamptz;
+    v_reset boolean;
+    v_balance numeric;
+    v_below numeric;
+BEGIN
+    IF credits._refresh_next_event(p_account, p_now) THEN
+        RETURN 0;
+    END IF;
+    v := credits._roll_plan(credits._roll_input(p_account, p_now));
+    v_actor := credits._actor();
+    v_end := (v->>'period_end')::timestamptz;
+    v_reset := (v->>'rolled')::integer > 0;
+    INSERT INTO credits.buckets (account_id, bucket_id, kind, priority, amount, balance, held, expires_at, created_at)
+    SELECT p_account, x.id, x.kind, x.priority, x.amount, x.balance, x.held, x.expires_at, x.created_at
+      FROM jsonb_to_recordset(v->'buckets') AS x(id uuid, kind text, priority smallint, amount numeric, balance numeric,
+                                                 held numeric, expires_at timestamptz, created_at timestamptz, new boolean)
+     WHERE x.new;
+    UPDATE credits.buckets b SET balance = x.balance, held = x.held
+      FROM jsonb_to_recordset(v->'buckets') AS x(id uuid, balance numeric, held numeric, new boolean, changed boolean)
+     WHERE b.account_id = p_account AND b.bucket_id = x.id AND x.changed AND NOT x.new;
+    INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, actor, created_at)
+    SELECT p_account, x.kind, x.amount, x.bucket_id, x.reservation_id, v_actor, x.at
+      FROM jsonb_to_recordset(v->'ledger') AS x(kind text, amount numeric, bucket_id uuid, reservation_id uuid, at timestamptz);
+    UPDATE credits.reservations r SET status = 'expired', resolved_at = x.at
+      FROM jsonb_to_recordset(v->'expired_holds') AS x(id uuid, at timestamptz)
+     WHERE r.reservation_id = x.id AND r.account_id = p_account;
+    UPDATE credits.accounts
+       SET balance = balance + (v->>'balance_delta')::numeric,
+           held = held + (v->>'held_delta')::numeric,
+           overage_held = overage_held - (v->>'overage_released')::numeric,
+           debt = (v->>'debt')::numeric,
+           period_start = (v->>'period_start')::timestamptz,
+           period_end = v_end,
+           period_used = CASE WHEN v_reset THEN 0 ELSE period_used END,
+           period_overage = CASE WHEN v_reset THEN 0 ELSE period_overage END,
+           alerts_raised = CASE WHEN v_reset THEN '{}' ELSE alerts_raised END,
+           next_alert_at = CASE WHEN v_reset
+                                THEN credits._next_alert_at(alert_percents, '{}',
+                                         (SELECT CASE WHEN byok THEN 0 ELSE p.allocation END
+                                            FROM credits.plans p WHERE p.plan_id = credits.accounts.plan_id))
+                                ELSE next_alert_at END,
+           next_event = credits._next_event(p_account, v_end, p_now)
+     WHERE account_id = p_account
+    RETURNING balance, recharge_below INTO v_balance, v_below;
+    -- Expiries that took the balance below the auto-recharge threshold, or
+    -- a reset that left it below (the month's cap may have room again, a
+    -- failed payment is tried again), ask for a recharge.
+    IF v_balance < v_below AND (v_reset OR v_balance - (v->>'balance_delta')::numeric >= v_below) THEN
+        PERFORM credits._auto_recharge(p_account, p_now);
+    END IF;
+    RETURN (v->>'rolled')::integer;
+END
+$$;
+

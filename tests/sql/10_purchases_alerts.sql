@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(62);
+SELECT plan(73);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -220,6 +220,65 @@ SET LOCAL credits.now = '2026-03-10 12:05:00+00';
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w3', max_events => 100, kinds => '{recharge_requested}')),
           0::bigint, 'acknowledged events are not delivered again');
 SELECT throws_ok($$SELECT * FROM credits_events_claim(consumer => 'w', max_events => 0)$$, '22023', NULL, 'bad claim sizes');
+
+-- Auto-recharge looks at the balance whenever it may have gone below the
+-- threshold, or what stood in the way may have gone, and writes one
+-- request at a time.
+SELECT credits_plan_upsert(plan_id => 'zero', allocation => 0, reset => 'calendar_month');
+SELECT credits_pack_upsert(pack_id => 'p5', credits => 10, price => 5, currency => 'EUR');
+SELECT credits_account_upsert(account_id => 'ar5', plan_id => 'zero', alert_percents => '{}');
+SELECT credits_grant(account_id => 'ar5', amount => 50, kind => 'promo', expires_at => '2026-03-10 12:06:00+00');
+SELECT credits_grant(account_id => 'ar5', amount => 3, kind => 'adjustment');
+SELECT credits_auto_recharge_set(account_id => 'ar5', enabled => true, pack => 'p5', threshold => 20, monthly_cap => 15);
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar5'), 0::bigint,
+          'turned on above the threshold: no request');
+SET LOCAL credits.now = '2026-03-10 12:07:00+00';
+SELECT credits_commit(credits_reserve(account_id => 'ar5', amount => 1, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar5' AND status = 'pending'), 1::bigint,
+          'an expiry that takes the balance below the threshold writes a request');
+SELECT credits_grant(account_id => 'ar5', amount => 30, kind => 'adjustment');
+SELECT credits_commit(credits_reserve(account_id => 'ar5', amount => 25, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar5'), 1::bigint,
+          'a crossing while a request is pending writes no other');
+SELECT credits_purchase(account_id => 'ar5', pack => 'p5',
+                        payment_ref => (SELECT request_id::text FROM credits.recharge_requests WHERE account_id = 'ar5'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar5' AND status = 'pending'), 1::bigint,
+          'a pack that leaves the balance below the threshold (7 + 10 < 20) is followed by another');
+SELECT credits_purchase(account_id => 'ar5', pack => 'p5',
+                        payment_ref => (SELECT request_id::text FROM credits.recharge_requests
+                                         WHERE account_id = 'ar5' AND status = 'pending'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar5' AND status = 'pending'), 0::bigint,
+          'and stops at the threshold (27)');
+SELECT credits_commit(credits_reserve(account_id => 'ar5', amount => 10, product => 'editor'));
+SELECT credits_recharge_fail(request_id => (SELECT request_id FROM credits.recharge_requests
+                                             WHERE account_id = 'ar5' AND status = 'pending'), reason => 'declined');
+SELECT credits_commit(credits_reserve(account_id => 'ar5', amount => 1, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar5' AND status = 'pending'), 0::bigint,
+          'after a failed payment, a commit below the threshold does not try again');
+SELECT credits_auto_recharge_set(account_id => 'ar5', enabled => true);
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar5' AND status = 'pending'), 1::bigint,
+          'credits_auto_recharge_set below the threshold writes a request at once');
+SELECT credits_purchase(account_id => 'ar5', pack => 'p5',
+                        payment_ref => (SELECT request_id::text FROM credits.recharge_requests
+                                         WHERE account_id = 'ar5' AND status = 'pending'));
+SELECT credits_commit(credits_reserve(account_id => 'ar5', amount => 10, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar5' AND status = 'pending'), 0::bigint,
+          'the monthly cap (15, spent 15) stops the next crossing');
+SET LOCAL credits.now = '2026-04-01 00:01:00+00';
+SELECT credits_commit(credits_reserve(account_id => 'ar5', amount => 1, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar5' AND status = 'pending'), 1::bigint,
+          'a reset that leaves the balance below the threshold writes a request (a new month for the cap)');
+SELECT credits_account_upsert(account_id => 'ar6', plan_id => 'pro', alert_percents => '{}');
+SELECT credits_auto_recharge_set(account_id => 'ar6', enabled => true, pack => 'p5', threshold => 50);
+SELECT credits_commit(credits_reserve(account_id => 'ar6', amount => 40, product => 'editor'));
+SELECT credits_account_upsert(account_id => 'ar7', plan_id => 'pro', alert_percents => '{}');
+SELECT credits_auto_recharge_set(account_id => 'ar7', enabled => true, pack => 'p5', threshold => 50);
+SELECT credits_account_upsert(account_id => 'ar7', byok => true);
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id IN ('ar6', 'ar7')), 0::bigint,
+          'a switch to BYOK writes no request');
+SELECT credits_account_upsert(account_id => 'ar6', plan_id => 'zero');
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar6' AND status = 'pending'), 1::bigint,
+          'a plan change that leaves the balance below the threshold writes a request');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(32);
+SELECT plan(34);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -126,6 +126,27 @@ SET LOCAL credits.now = '2026-04-01 00:02:00+00';
 SELECT is((SELECT status FROM credits.actions WHERE reservation_id = :'held'), 'expired',
           'actions: a hold past its ttl shows as expired');
 SELECT is((SELECT status FROM credits.reservations WHERE reservation_id = :'held'), 'pending', 'without writing');
+
+-- An action's overage: what a pending hold holds past the buckets, what a
+-- commit charged past them, nothing for a hold released or expired
+-- without a commit (nothing was charged).
+SELECT credits_plan_upsert(plan_id => 'tiny', allocation => 10, reset => 'calendar_month',
+                           limit_mode => 'soft', soft_limit => 50);
+SELECT credits_account_upsert(account_id => 'ov', plan_id => 'tiny');
+SELECT credits_reserve(account_id => 'ov', amount => 15, product => 'editor')::text AS ov1 \gset
+SELECT credits_reserve(account_id => 'ov', amount => 4, product => 'editor', ttl => '1 minute')::text AS ov2 \gset
+SELECT credits_reserve(account_id => 'ov', amount => 6, product => 'editor')::text AS ov3 \gset
+SELECT results_eq(format($$SELECT status, overage FROM credits.actions WHERE reservation_id IN (%L, %L, %L)
+                            ORDER BY reserved DESC$$, :'ov1', :'ov2', :'ov3'),
+                  $$VALUES ('pending', 5::numeric), ('pending', 6::numeric), ('pending', 4::numeric)$$,
+                  'actions: a pending hold shows the overage it holds');
+SELECT credits_commit(:'ov3');
+SELECT credits_refund(:'ov1');
+SET LOCAL credits.now = '2026-04-01 00:04:00+00';
+SELECT results_eq(format($$SELECT status, overage FROM credits.actions WHERE reservation_id IN (%L, %L, %L)
+                            ORDER BY reserved DESC$$, :'ov1', :'ov2', :'ov3'),
+                  $$VALUES ('refunded', 0::numeric), ('committed', 6::numeric), ('expired', 0::numeric)$$,
+                  'actions: a released or expired hold shows no overage, a commit what it charged past the buckets');
 
 -- "The last actions of an account" reads that many reservations by index,
 -- not all of the account's: the view must merge into the query that reads
