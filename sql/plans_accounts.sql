@@ -236,5 +236,9 @@ BEGIN
         -- auto-recharge threshold.
         PERFORM credits._auto_recharge(v_account, v_now);
     END IF;
+    -- A plan with a smaller allocation, a switch back from BYOK or new
+    -- alert percentages may put the period's usage past an alert line:
+    -- raised now, not at the next commit (no balance before: no recharge).
+    PERFORM credits._after_usage(v_account, NULL, v_now);
 END
 $$;

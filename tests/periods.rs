@@ -26,7 +26,9 @@ use std::collections::BTreeMap;
 /// - each action's `net`, status and `overage` against its own figures;
 /// - the summary's `used + overage` against the net of the actions
 ///   committed in the current period (a refund counts in the period of
-///   the action it gives back to, see README, Usage views).
+///   the action it gives back to, see README, Usage views);
+/// - every alert line the period's usage has passed raised its
+///   `usage_alert`, once.
 const VIEWS_AGREE: &str = "
 WITH accts AS (SELECT account_id FROM credits.accounts WHERE starts_with(account_id, $1)),
 s AS (SELECT s.*, credits_balance(s.account_id) AS b FROM credits.account_summary s JOIN accts USING (account_id))
@@ -94,7 +96,21 @@ SELECT 'summary/period ' || s.account_id || ': ' || s.used || ' + ' || s.overage
   FROM s, LATERAL (SELECT coalesce(sum(a.net), 0) AS net FROM credits.actions a
                     WHERE a.account_id = s.account_id AND NOT a.byok AND a.charged > 0
                       AND a.resolved_at >= s.period_start AND a.resolved_at < s.period_end) n
- WHERE NOT s.byok AND s.used + s.overage <> n.net";
+ WHERE NOT s.byok AND s.used + s.overage <> n.net
+UNION ALL
+SELECT 'alert ' || s.account_id || ': usage ' || (s.used + s.overage) || ' of ' || s.allocation || ' past '
+       || x.pct || '% without its usage_alert'
+  FROM s JOIN credits.accounts a USING (account_id), unnest(a.alert_percents) AS x(pct)
+ WHERE NOT s.byok AND s.allocation > 0 AND s.used + s.overage >= x.pct * s.allocation / 100
+   AND NOT EXISTS (SELECT 1 FROM credits.events e
+                    WHERE e.account_id = s.account_id AND e.kind = 'usage_alert'
+                      AND (e.payload->>'percent')::numeric = x.pct
+                      AND (e.payload->>'period_end')::timestamptz = s.period_end)
+UNION ALL
+SELECT 'alert ' || e.account_id || ': ' || count(*) || ' alerts at ' || (e.payload->>'percent') || '% in one period'
+  FROM credits.events e JOIN accts USING (account_id)
+ WHERE e.kind = 'usage_alert'
+ GROUP BY e.account_id, e.payload->>'percent', e.payload->>'period_end' HAVING count(*) > 1";
 
 /// One seed's run; returns the SQLSTATEs of the refused calls, counted.
 fn run(client: &mut Client, seed: u64, steps: u32) -> BTreeMap<String, u32> {

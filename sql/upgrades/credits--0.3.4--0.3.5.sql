@@ -173,6 +173,11 @@
 -- credits._housekeep, credits_account_upsert, credits_purchase and
 -- credits_auto_recharge_set call it.
 --
+-- credits_account_upsert raises the usage alerts that a change of the
+-- account puts its usage past (a plan with a smaller allocation, a switch
+-- back from BYOK, a new alert percentage already passed) at once, by
+-- asking credits._after_usage: they waited for the account's next commit.
+--
 -- credits.actions shows no overage for a hold released or expired without
 -- a commit (it showed what the hold had held past the buckets, although
 -- nothing was charged). Same columns.
@@ -1450,6 +1455,10 @@ BEGIN
         -- auto-recharge threshold.
         PERFORM credits._auto_recharge(v_account, v_now);
     END IF;
+    -- A plan with a smaller allocation, a switch back from BYOK or new
+    -- alert percentages may put the period's usage past an alert line:
+    -- raised now, not at the next commit (no balance before: no recharge).
+    PERFORM credits._after_usage(v_account, NULL, v_now);
 END
 $$;
 

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(73);
+SELECT plan(75);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -60,6 +60,19 @@ SELECT results_eq($$SELECT payload->>'percent', payload->>'allocation' FROM cred
 SELECT credits_account_upsert(account_id => 'al2', alert_percents => '{50,90,99}');
 SELECT is((SELECT next_alert_at FROM credits.accounts WHERE account_id = 'al2'), 99::numeric,
           'also for new alert percentages');
+-- A change of the account that puts its usage past an alert line raises
+-- the alert at once, not at the next commit.
+SELECT credits_plan_upsert(plan_id => 'small', allocation => 60, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'al3', plan_id => 'pro', alert_percents => '{50,90}');
+SELECT credits_commit(credits_reserve(account_id => 'al3', amount => 40, product => 'editor'));
+SELECT credits_account_upsert(account_id => 'al3', plan_id => 'small');
+SELECT results_eq($$SELECT payload->>'percent', payload->>'used', payload->>'allocation' FROM credits.events
+                     WHERE account_id = 'al3' ORDER BY event_id$$,
+                  $$VALUES ('50', '40.000000', '60.000000')$$,
+                  'a plan with a smaller allocation raises the alert that its usage has passed');
+SELECT credits_account_upsert(account_id => 'al3', alert_percents => '{50,60}');
+SELECT results_eq($$SELECT payload->>'percent' FROM credits.events WHERE account_id = 'al3' ORDER BY event_id$$,
+                  $$VALUES ('50'), ('60')$$, 'so does a new alert percentage already passed');
 
 -- credits.notify: on by default; off, events are written all the same, with
 -- no NOTIFY (tests/notifications.rs listens, and prepares such transactions).
