@@ -104,13 +104,12 @@ SELECT 'alert ' || s.account_id || ': usage ' || (s.used + s.overage) || ' of ' 
  WHERE NOT s.byok AND s.allocation > 0 AND s.used + s.overage >= x.pct * s.allocation / 100
    AND NOT EXISTS (SELECT 1 FROM credits.events e
                     WHERE e.account_id = s.account_id AND e.kind = 'usage_alert'
-                      AND (e.payload->>'percent')::numeric = x.pct
-                      AND (e.payload->>'period_end')::timestamptz = s.period_end)
+                      AND (e.payload->>'percent')::numeric = x.pct AND e.created_at >= s.period_start)
 UNION ALL
 SELECT 'alert ' || e.account_id || ': ' || count(*) || ' alerts at ' || (e.payload->>'percent') || '% in one period'
-  FROM credits.events e JOIN accts USING (account_id)
- WHERE e.kind = 'usage_alert'
- GROUP BY e.account_id, e.payload->>'percent', e.payload->>'period_end' HAVING count(*) > 1";
+  FROM s JOIN credits.events e USING (account_id)
+ WHERE e.kind = 'usage_alert' AND e.created_at >= s.period_start
+ GROUP BY e.account_id, e.payload->>'percent' HAVING count(*) > 1";
 
 /// One seed's run; returns the SQLSTATEs of the refused calls, counted.
 fn run(client: &mut Client, seed: u64, steps: u32) -> BTreeMap<String, u32> {
