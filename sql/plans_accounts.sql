@@ -28,6 +28,7 @@ DECLARE
     v_account text;
 BEGIN
     PERFORM credits._required(credits_plan_upsert.purchases_allowed IS NULL, 'purchases_allowed');
+    PERFORM credits._require_unbound('credits_plan_upsert');
     -- A new account gets the allocation, and its first reset carries up to
     -- the rollover cap of it and grants it again: both must fit in an
     -- account (credits._room_check).
@@ -129,6 +130,13 @@ DECLARE
     rt        record;
     v_recheck boolean := false;
 BEGIN
+    -- A role bound to accounts changes those accounts only, and creates
+    -- none (whether another account exists, it does not learn).
+    IF NOT credits._may_touch(v_account) THEN
+        PERFORM credits._raise('42501', format('account "%s" is not bound to role "%s"', v_account, credits._actor()),
+            'A role bound to accounts may change those accounts only; creating an account needs a role bound to no account.',
+            'Call it as a credits_admin role bound to no account, or as a superuser.');
+    END IF;
     IF v_until IS NOT NULL AND NOT isfinite(v_until) THEN
         PERFORM credits._raise('22023', 'override_until must be a finite timestamp',
             format('override_until is %s.', v_until), 'Leave it out for an override without end.');

@@ -54,6 +54,7 @@ AS $$
 DECLARE
     v_product text := credits._ident(credits_product_upsert.product, 'product', 255);
 BEGIN
+    PERFORM credits._require_unbound('credits_product_upsert');
     INSERT INTO credits.products (product, enabled, description, created_at)
     VALUES (v_product, coalesce(credits_product_upsert.enabled, true), credits_product_upsert.description, credits._now())
     ON CONFLICT (product) DO UPDATE

@@ -77,6 +77,7 @@ DECLARE
     v_currency text    := upper(credits._ident(credits_pack_upsert.currency, 'currency', 16));
 BEGIN
     PERFORM credits._required(credits_pack_upsert.active IS NULL, 'active');
+    PERFORM credits._require_unbound('credits_pack_upsert');
     INSERT INTO credits.packs (pack_id, credits, price, currency, active, updated_at)
     VALUES (v_pack, v_credits, v_price, v_currency, credits_pack_upsert.active, credits._now())
     ON CONFLICT (pack_id) DO UPDATE
@@ -236,7 +237,10 @@ DECLARE
     v_account text;
 BEGIN
     PERFORM credits._required(credits_recharge_fail.request_id IS NULL, 'request_id');
-    SELECT r.account_id INTO v_account FROM credits.recharge_requests r WHERE r.request_id = credits_recharge_fail.request_id;
+    -- A request of an account the caller may not reach does not exist for
+    -- it (CR017 below, without the account's name).
+    SELECT r.account_id INTO v_account FROM credits.recharge_requests r
+     WHERE r.request_id = credits_recharge_fail.request_id AND credits._may_touch(r.account_id);
     IF FOUND THEN
         PERFORM credits._lock_account(v_account);
         UPDATE credits.recharge_requests r

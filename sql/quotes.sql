@@ -31,6 +31,7 @@ DECLARE
                                       '{call,input_tokens_1k,output_tokens_1k,image,second}');
     v_price   numeric := credits._amount(credits_price_upsert.price, 'price', true);
 BEGIN
+    PERFORM credits._require_unbound('credits_price_upsert');
     INSERT INTO credits.prices (product, action, tier, unit, price, updated_at)
     VALUES (v_product, v_action, v_tier, v_unit, v_price, credits._now())
     ON CONFLICT (product, action, tier, unit) DO UPDATE SET price = EXCLUDED.price, updated_at = EXCLUDED.updated_at;

@@ -125,6 +125,25 @@ BEGIN
 END
 $$;
 
+-- Refuses (42501) a caller bound to accounts: a tenant's role works on its
+-- accounts only, and what every account shares (plans, packs, products,
+-- prices) or decides who reaches which (bindings, new accounts) needs a
+-- role that sees every account: a superuser or a role bound to nothing.
+-- Without it, a credits_admin bound to one account could unbind itself,
+-- see every account, and grant credits to all of them.
+CREATE FUNCTION credits._require_unbound(p_function text) RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF NOT credits._sees_all() THEN
+        PERFORM credits._raise('42501', format('%s needs a role bound to no account', p_function),
+            format('Role "%s" is bound to accounts: it works on those accounts only, and %s changes what every account shares or who reaches which.',
+                   credits._actor(), p_function),
+            'Call it as a credits_admin role bound to no account, or as a superuser.');
+    END IF;
+END
+$$;
+
 CREATE FUNCTION public.credits_account_bind(account_id text, role regrole) RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -135,6 +154,7 @@ DECLARE
     v_account text := credits._ident(credits_account_bind.account_id, 'account_id', 255);
 BEGIN
     PERFORM credits._required(credits_account_bind.role IS NULL, 'role');
+    PERFORM credits._require_unbound('credits_account_bind');
     -- A regrole can hold an OID that names no role ('-' is 0, and any
     -- number casts): such a binding would bind nothing, and credits_verify()
     -- reports it. (Unbinding takes any OID, to remove what a dropped role
@@ -160,6 +180,7 @@ DECLARE
     v_account text := credits._ident(credits_account_unbind.account_id, 'account_id', 255);
 BEGIN
     PERFORM credits._required(credits_account_unbind.role IS NULL, 'role');
+    PERFORM credits._require_unbound('credits_account_unbind');
     PERFORM credits._lock_account(v_account);
     DELETE FROM credits.account_roles WHERE account_id = v_account AND role_id = credits_account_unbind.role;
 END

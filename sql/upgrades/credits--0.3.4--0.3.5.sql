@@ -182,6 +182,19 @@
 -- a commit (it showed what the hold had held past the buckets, although
 -- nothing was charged). Same columns.
 --
+-- A role bound to accounts works on those accounts only, also as a
+-- credits_admin (the new credits._require_unbound; 42501 otherwise): a
+-- credits_admin bound to one account could unbind itself and then reach
+-- every account (grant credits to all of them), bind other roles, create
+-- accounts, and edit what every account shares. credits_account_bind,
+-- credits_account_unbind, credits_plan_upsert, credits_pack_upsert,
+-- credits_product_upsert and credits_price_upsert need a role bound to no
+-- account (or a superuser); credits_account_upsert refuses an account the
+-- caller is not bound to, new or not (it answered CR002 for another
+-- tenant's account and created a new one); credits_recharge_fail answers
+-- CR017 for another account's request, as if it did not exist (it named
+-- the account in a CR002).
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -1083,6 +1096,7 @@ DECLARE
     v_account text := credits._ident(credits_account_bind.account_id, 'account_id', 255);
 BEGIN
     PERFORM credits._required(credits_account_bind.role IS NULL, 'role');
+    PERFORM credits._require_unbound('credits_account_bind');
     -- A regrole can hold an OID that names no role ('-' is 0, and any
     -- number casts): such a binding would bind nothing, and credits_verify()
     -- reports it. (Unbinding takes any OID, to remove what a dropped role
@@ -1108,6 +1122,7 @@ DECLARE
     v_account text := credits._ident(credits_account_unbind.account_id, 'account_id', 255);
 BEGIN
     PERFORM credits._required(credits_account_unbind.role IS NULL, 'role');
+    PERFORM credits._require_unbound('credits_account_unbind');
     PERFORM credits._lock_account(v_account);
     DELETE FROM credits.account_roles WHERE account_id = v_account AND role_id = credits_account_unbind.role;
 END
@@ -1282,6 +1297,7 @@ DECLARE
     v_account text;
 BEGIN
     PERFORM credits._required(credits_plan_upsert.purchases_allowed IS NULL, 'purchases_allowed');
+    PERFORM credits._require_unbound('credits_plan_upsert');
     -- A new account gets the allocation, and its first reset carries up to
     -- the rollover cap of it and grants it again: both must fit in an
     -- account (credits._room_check).
@@ -1348,6 +1364,13 @@ DECLARE
     rt        record;
     v_recheck boolean := false;
 BEGIN
+    -- A role bound to accounts changes those accounts only, and creates
+    -- none (whether another account exists, it does not learn).
+    IF NOT credits._may_touch(v_account) THEN
+        PERFORM credits._raise('42501', format('account "%s" is not bound to role "%s"', v_account, credits._actor()),
+            'A role bound to accounts may change those accounts only; creating an account needs a role bound to no account.',
+            'Call it as a credits_admin role bound to no account, or as a superuser.');
+    END IF;
     IF v_until IS NOT NULL AND NOT isfinite(v_until) THEN
         PERFORM credits._raise('22023', 'override_until must be a finite timestamp',
             format('override_until is %s.', v_until), 'Leave it out for an override without end.');
@@ -1798,6 +1821,7 @@ DECLARE
     v_currency text    := upper(credits._ident(credits_pack_upsert.currency, 'currency', 16));
 BEGIN
     PERFORM credits._required(credits_pack_upsert.active IS NULL, 'active');
+    PERFORM credits._require_unbound('credits_pack_upsert');
     INSERT INTO credits.packs (pack_id, credits, price, currency, active, updated_at)
     VALUES (v_pack, v_credits, v_price, v_currency, credits_pack_upsert.active, credits._now())
     ON CONFLICT (pack_id) DO UPDATE
@@ -2027,6 +2051,100 @@ BEGIN
         PERFORM credits._auto_recharge(p_account, p_now);
     END IF;
     RETURN (v->>'rolled')::integer;
+END
+$$;
+
+-- Refuses (42501) a caller bound to accounts: a tenant's role works on its
+-- accounts only, and what every account shares (plans, packs, products,
+-- prices) or decides who reaches which (bindings, new accounts) needs a
+-- role that sees every account: a superuser or a role bound to nothing.
+-- Without it, a credits_admin bound to one account could unbind itself,
+-- see every account, and grant credits to all of them.
+CREATE FUNCTION credits._require_unbound(p_function text) RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF NOT credits._sees_all() THEN
+        PERFORM credits._raise('42501', format('%s needs a role bound to no account', p_function),
+            format('Role "%s" is bound to accounts: it works on those accounts only, and %s changes what every account shares or who reaches which.',
+                   credits._actor(), p_function),
+            'Call it as a credits_admin role bound to no account, or as a superuser.');
+    END IF;
+END
+$$;
+
+
+REVOKE ALL ON FUNCTION credits._require_unbound(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION public.credits_product_upsert(product text, enabled boolean DEFAULT NULL, description text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_product text := credits._ident(credits_product_upsert.product, 'product', 255);
+BEGIN
+    PERFORM credits._require_unbound('credits_product_upsert');
+    INSERT INTO credits.products (product, enabled, description, created_at)
+    VALUES (v_product, coalesce(credits_product_upsert.enabled, true), credits_product_upsert.description, credits._now())
+    ON CONFLICT (product) DO UPDATE
+       SET enabled = coalesce(credits_product_upsert.enabled, credits.products.enabled),
+           description = coalesce(credits_product_upsert.description, credits.products.description);
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION public.credits_price_upsert(product text, action text, unit text, price numeric,
+                                            tier text DEFAULT 'standard')
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_product text := credits._ident(credits_price_upsert.product, 'product', 255);
+    v_action  text := credits._ident(credits_price_upsert.action, 'action', 255);
+    v_tier    text := credits._ident(credits_price_upsert.tier, 'tier', 255);
+    v_unit    text := credits._choice(credits_price_upsert.unit, 'unit',
+                                      '{call,input_tokens_1k,output_tokens_1k,image,second}');
+    v_price   numeric := credits._amount(credits_price_upsert.price, 'price', true);
+BEGIN
+    PERFORM credits._require_unbound('credits_price_upsert');
+    INSERT INTO credits.prices (product, action, tier, unit, price, updated_at)
+    VALUES (v_product, v_action, v_tier, v_unit, v_price, credits._now())
+    ON CONFLICT (product, action, tier, unit) DO UPDATE SET price = EXCLUDED.price, updated_at = EXCLUDED.updated_at;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION public.credits_recharge_fail(request_id uuid, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text;
+BEGIN
+    PERFORM credits._required(credits_recharge_fail.request_id IS NULL, 'request_id');
+    -- A request of an account the caller may not reach does not exist for
+    -- it (CR017 below, without the account's name).
+    SELECT r.account_id INTO v_account FROM credits.recharge_requests r
+     WHERE r.request_id = credits_recharge_fail.request_id AND credits._may_touch(r.account_id);
+    IF FOUND THEN
+        PERFORM credits._lock_account(v_account);
+        UPDATE credits.recharge_requests r
+           SET status = 'failed', reason = credits_recharge_fail.reason, resolved_at = credits._now()
+         WHERE r.account_id = v_account AND r.request_id = credits_recharge_fail.request_id AND r.status = 'pending';
+    END IF;
+    IF v_account IS NULL OR NOT FOUND THEN
+        PERFORM credits._raise('CR017', format('recharge request %s is not pending', credits_recharge_fail.request_id),
+            'It does not exist, or it was already completed or failed.',
+            'Only a pending request can be failed.');
+    END IF;
 END
 $$;
 

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(45);
+SELECT plan(58);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => a, plan_id => 'pro') FROM unnest(ARRAY['a1', 'a2']) a;
@@ -129,6 +129,42 @@ SELECT is_empty($$SELECT * FROM pg_temp.reach() WHERE may_touch IS DISTINCT FROM
 SELECT throws_ok($$SET credits.now = '2030-01-01'$$, '42501', NULL, 'the clock setting is superuser-only')
   FROM (SELECT set_config('role', 't_app', true)) x;
 RESET ROLE;
+
+-- An admin bound to an account is that tenant's admin: it configures its
+-- account, and nothing that every account shares or that decides who
+-- reaches which (it could unbind itself, and then reach every account).
+CREATE ROLE t_admin_a1 IN ROLE credits_admin;
+SELECT credits_account_bind(account_id => 'a1', role => 't_admin_a1');
+SELECT credits_pack_upsert(pack_id => 'pk', credits => 10, price => 5);
+INSERT INTO credits.recharge_requests (account_id, pack_id, credits, price, currency, status, created_at)
+VALUES ('a2', 'pk', 10, 5, 'USD', 'pending', credits._now());
+SELECT request_id::text AS rq2 FROM credits.recharge_requests WHERE account_id = 'a2' \gset
+SET ROLE t_admin_a1;
+SELECT lives_ok($$SELECT credits_account_upsert(account_id => 'a1', alert_percents => '{80,100}')$$,
+                'a bound admin configures its account');
+SELECT throws_ok($$SELECT credits_account_unbind(account_id => 'a1', role => 't_admin_a1')$$, '42501',
+                 'credits_account_unbind needs a role bound to no account', 'but does not unbind itself');
+SELECT throws_ok($$SELECT credits_account_bind(account_id => 'a1', role => 't_app')$$, '42501', NULL,
+                 'nor binds another role');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'a2', limit_mode => 'soft')$$, '42501',
+                 'account "a2" is not bound to role "t_admin_a1"', 'nor changes another account');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'a9', plan_id => 'pro')$$, '42501',
+                 'account "a9" is not bound to role "t_admin_a1"', 'nor creates one (the same answer)');
+SELECT throws_ok($$SELECT credits_plan_upsert(plan_id => 'pro', allocation => 1000)$$, '42501', NULL,
+                 'nor edits a plan');
+SELECT throws_ok($$SELECT credits_pack_upsert(pack_id => 'pk', credits => 10, price => 0)$$, '42501', NULL,
+                 'nor a pack');
+SELECT throws_ok($$SELECT credits_product_upsert(product => 'editor', enabled => false)$$, '42501', NULL,
+                 'nor a product for everyone');
+SELECT throws_ok($$SELECT credits_price_upsert(product => 'editor', action => 'x', unit => 'call', price => 1)$$,
+                 '42501', NULL, 'nor a price');
+SELECT throws_ok(format('SELECT credits_recharge_fail(request_id => %L)', :'rq2'), 'CR017',
+                 format('recharge request %s is not pending', :'rq2'),
+                 'another account''s recharge request does not exist for it');
+SELECT results_eq($$SELECT account_id FROM credits.account_summary$$, $$VALUES ('a1')$$, 'and it still sees its account alone');
+RESET ROLE;
+SELECT is((SELECT status FROM credits.recharge_requests WHERE request_id = :'rq2'), 'pending', 'the request is untouched');
+SELECT is((SELECT allocation FROM credits.plans WHERE plan_id = 'pro'), 100::numeric(20,6), 'and so is the plan');
 
 -- Hostile objects on the caller's search_path are never picked up.
 CREATE SCHEMA hostile;
