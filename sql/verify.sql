@@ -1,7 +1,7 @@
 -- credits_verify(): one row per violated invariant, nothing on a healthy
 -- database. Stored balances must equal what their ledger rows add up to,
 -- holds must equal the pending reservations' draws, and no stored row may be
--- past its limit.
+-- past its limit. A caller bound to accounts sees the rows of its accounts.
 CREATE FUNCTION public.credits_verify()
 RETURNS TABLE (invariant text, account_id text, detail text)
 LANGUAGE sql STABLE
@@ -47,7 +47,7 @@ AS $$
                                       AND r.status = 'committed'
           JOIN credits.ledger l ON l.account_id = r.account_id AND l.reservation_id = r.reservation_id
          GROUP BY 1
-    )
+    ), violations (invariant, account_id, detail) AS (
     SELECT 'bucket balance equals its ledger rows', b.account_id,
            format('bucket %s: stored %s, ledger %s', b.bucket_id, b.balance, coalesce(lb.amount, 0))
       FROM credits.buckets b
@@ -208,4 +208,7 @@ AS $$
            format('role OID %s is bound to the account but names no role', ar.role_id::oid)
       FROM credits.account_roles ar
      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = ar.role_id::oid)
+    )
+    -- A caller bound to accounts is told about its accounts only.
+    SELECT v.invariant, v.account_id, v.detail FROM violations v WHERE credits._may_touch(v.account_id)
 $$;

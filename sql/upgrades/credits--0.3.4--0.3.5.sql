@@ -193,7 +193,8 @@
 -- caller is not bound to, new or not (it answered CR002 for another
 -- tenant's account and created a new one); credits_recharge_fail answers
 -- CR017 for another account's request, as if it did not exist (it named
--- the account in a CR002).
+-- the account in a CR002); credits_verify() reports the caller's accounts
+-- only.
 --
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
@@ -476,7 +477,7 @@ AS $$
                                       AND r.status = 'committed'
           JOIN credits.ledger l ON l.account_id = r.account_id AND l.reservation_id = r.reservation_id
          GROUP BY 1
-    )
+    ), violations (invariant, account_id, detail) AS (
     SELECT 'bucket balance equals its ledger rows', b.account_id,
            format('bucket %s: stored %s, ledger %s', b.bucket_id, b.balance, coalesce(lb.amount, 0))
       FROM credits.buckets b
@@ -637,6 +638,9 @@ AS $$
            format('role OID %s is bound to the account but names no role', ar.role_id::oid)
       FROM credits.account_roles ar
      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = ar.role_id::oid)
+    )
+    -- A caller bound to accounts is told about its accounts only.
+    SELECT v.invariant, v.account_id, v.detail FROM violations v WHERE credits._may_touch(v.account_id)
 $$;
 
 -- Retention: acknowledged events are only history once handled, and the

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(58);
+SELECT plan(59);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => a, plan_id => 'pro') FROM unnest(ARRAY['a1', 'a2']) a;
@@ -188,6 +188,9 @@ UPDATE credits.ledger SET metadata = '{"edited": true}'
 ALTER TABLE credits.ledger ENABLE TRIGGER ledger_append_only;
 SELECT results_eq($$SELECT invariant, account_id FROM credits_verify()$$,
                   $$VALUES ('ledger hash chain is intact', 'a2')$$, 'credits_verify() reports the broken chain');
+SET ROLE t_admin_a1;
+SELECT is_empty('SELECT * FROM credits_verify()', 'an admin bound to a1 is told about a1 only');
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;
