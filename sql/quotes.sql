@@ -73,6 +73,14 @@ BEGIN
             'The price catalogue has no entry for this action.',
             'Add one with credits_price_upsert(product => ..., action => ..., unit => ..., price => ...).');
     END IF;
-    RETURN trim_scale(ceil(v_cost * 1000000) / 1000000);
+    v_cost := ceil(v_cost * 1000000) / 1000000;
+    -- No account holds more (numeric(20,6)): a reserve of it would fail
+    -- with 22003 anyway.
+    IF v_cost > 99999999999999.999999 THEN
+        PERFORM credits._raise('22003', format('the quote of %s credits is out of range', trim_scale(v_cost)),
+            'No amount may exceed 99999999999999.999999 (numeric(20,6)).',
+            'Check the quantities and the prices of the action.');
+    END IF;
+    RETURN trim_scale(v_cost);
 END
 $$;

@@ -196,6 +196,9 @@
 -- the account in a CR002); credits_verify() reports the caller's accounts
 -- only.
 --
+-- credits_quote refuses a quote beyond numeric(20,6) (22003): it returned
+-- it, and a reserve of it then failed with 22003.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -2149,6 +2152,50 @@ BEGIN
             'It does not exist, or it was already completed or failed.',
             'Only a pending request can be failed.');
     END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.credits_quote(product text, action text, tier text DEFAULT 'standard',
+                                     calls numeric DEFAULT 1, input_tokens numeric DEFAULT 0,
+                                     output_tokens numeric DEFAULT 0, images numeric DEFAULT 0,
+                                     seconds numeric DEFAULT 0)
+RETURNS numeric
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_product text := credits._ident(credits_quote.product, 'product', 255);
+    v_action  text := credits._ident(credits_quote.action, 'action', 255);
+    v_tier    text := credits._ident(credits_quote.tier, 'tier', 255);
+    v_qty     jsonb;
+    v_cost    numeric;
+    v_priced  integer;
+BEGIN
+    v_qty := jsonb_build_object(
+        'call', credits._amount(credits_quote.calls, 'calls', true),
+        'input_tokens_1k', credits._amount(credits_quote.input_tokens, 'input_tokens', true) / 1000,
+        'output_tokens_1k', credits._amount(credits_quote.output_tokens, 'output_tokens', true) / 1000,
+        'image', credits._amount(credits_quote.images, 'images', true),
+        'second', credits._amount(credits_quote.seconds, 'seconds', true));
+    SELECT count(*), sum(p.price * (v_qty ->> p.unit)::numeric) INTO v_priced, v_cost
+      FROM credits.prices p
+     WHERE p.product = v_product AND p.action = v_action AND p.tier = v_tier;
+    IF v_priced = 0 THEN
+        PERFORM credits._raise('CR015', format('no price for product "%s", action "%s", tier "%s"', v_product, v_action, v_tier),
+            'The price catalogue has no entry for this action.',
+            'Add one with credits_price_upsert(product => ..., action => ..., unit => ..., price => ...).');
+    END IF;
+    v_cost := ceil(v_cost * 1000000) / 1000000;
+    -- No account holds more (numeric(20,6)): a reserve of it would fail
+    -- with 22003 anyway.
+    IF v_cost > 99999999999999.999999 THEN
+        PERFORM credits._raise('22003', format('the quote of %s credits is out of range', trim_scale(v_cost)),
+            'No amount may exceed 99999999999999.999999 (numeric(20,6)).',
+            'Check the quantities and the prices of the action.');
+    END IF;
+    RETURN trim_scale(v_cost);
 END
 $$;
 

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(27);
+SELECT plan(28);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -41,6 +41,8 @@ SELECT is(credits_quote(product => 'editor', action => 'rewrite', tier => 'premi
 SELECT is(credits_quote(product => 'editor', action => 'rewrite', calls => 1, input_tokens => 1, output_tokens => 0),
           0.501::numeric, 'exact numeric, rounded up to the micro-credit only when needed');
 SELECT throws_ok($$SELECT credits_quote(product => 'editor', action => 'summarize')$$, 'CR015', NULL, 'no price: CR015');
+SELECT throws_ok($$SELECT credits_quote(product => 'images', action => 'generate', images => 99999999999999)$$, '22003',
+                 'the quote of 2499999999999975 credits is out of range', 'a quote no amount can hold: 22003');
 SELECT throws_ok($$SELECT credits_quote(product => 'images', action => 'generate', images => -1)$$, '22023', NULL,
                  'negative quantities are refused');
 SELECT is(credits_commit(credits_reserve(account_id => 'acme',
