@@ -107,15 +107,6 @@ BEGIN
     IF NOT credits._may_touch(v_account) THEN
         PERFORM credits._unknown_account(v_account);
     END IF;
-    -- Products are registered on first use and may be disabled.
-    SELECT p.enabled AND coalesce(ap.enabled, true) INTO v_allowed
-      FROM credits.products p
-      LEFT JOIN credits.account_products ap ON ap.account_id = v_account AND ap.product = p.product
-     WHERE p.product = v_product;
-    IF v_allowed IS NOT TRUE THEN
-        PERFORM credits._product_allowed(v_account, v_product, v_now);
-    END IF;
-
     a := credits._lock_account(v_account);
     v_now := credits._now();
     v_request := jsonb_build_object('amount', v_amount, 'product', v_product, 'action', v_action,
@@ -123,6 +114,16 @@ BEGIN
     v_result := credits._idempotent_result(v_account, 'reserve', v_key, v_request);
     IF v_result IS NOT NULL THEN
         RETURN v_result::uuid;
+    END IF;
+    -- Products are registered on first use and may be disabled (after the
+    -- key's look-up: a replay returns its first result, also once the
+    -- product has been disabled since).
+    SELECT p.enabled AND coalesce(ap.enabled, true) INTO v_allowed
+      FROM credits.products p
+      LEFT JOIN credits.account_products ap ON ap.account_id = v_account AND ap.product = p.product
+     WHERE p.product = v_product;
+    IF v_allowed IS NOT TRUE THEN
+        PERFORM credits._product_allowed(v_account, v_product, v_now);
     END IF;
 
     IF a.byok THEN

@@ -199,6 +199,10 @@
 -- credits_quote refuses a quote beyond numeric(20,6) (22003): it returned
 -- it, and a reserve of it then failed with 22003.
 --
+-- A replayed keyed reserve returns its first result also once its product
+-- has been disabled for the account or everyone: credits._reserve checked
+-- the product before the key and failed with CR009.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -1566,15 +1570,6 @@ BEGIN
     IF NOT credits._may_touch(v_account) THEN
         PERFORM credits._unknown_account(v_account);
     END IF;
-    -- Products are registered on first use and may be disabled.
-    SELECT p.enabled AND coalesce(ap.enabled, true) INTO v_allowed
-      FROM credits.products p
-      LEFT JOIN credits.account_products ap ON ap.account_id = v_account AND ap.product = p.product
-     WHERE p.product = v_product;
-    IF v_allowed IS NOT TRUE THEN
-        PERFORM credits._product_allowed(v_account, v_product, v_now);
-    END IF;
-
     a := credits._lock_account(v_account);
     v_now := credits._now();
     v_request := jsonb_build_object('amount', v_amount, 'product', v_product, 'action', v_action,
@@ -1582,6 +1577,16 @@ BEGIN
     v_result := credits._idempotent_result(v_account, 'reserve', v_key, v_request);
     IF v_result IS NOT NULL THEN
         RETURN v_result::uuid;
+    END IF;
+    -- Products are registered on first use and may be disabled (after the
+    -- key's look-up: a replay returns its first result, also once the
+    -- product has been disabled since).
+    SELECT p.enabled AND coalesce(ap.enabled, true) INTO v_allowed
+      FROM credits.products p
+      LEFT JOIN credits.account_products ap ON ap.account_id = v_account AND ap.product = p.product
+     WHERE p.product = v_product;
+    IF v_allowed IS NOT TRUE THEN
+        PERFORM credits._product_allowed(v_account, v_product, v_now);
     END IF;
 
     IF a.byok THEN

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(11);
+SELECT plan(13);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -30,6 +30,16 @@ SELECT credits_grant(account_id => 'acme', amount => 20, kind => 'pack', idempot
 SELECT is(credits_grant(account_id => 'acme', amount => 20, kind => 'pack', idempotency_key => 'pay-1')::text, :'g1',
           'a replayed grant returns the first bucket');
 SELECT is((SELECT count(*) FROM credits.buckets WHERE bucket_id = :'g1'), 1::bigint, 'and grants once');
+-- A replay returns its first result whatever became of the account since:
+-- no credits left, or the product disabled for it.
+SELECT credits_account_upsert(account_id => 'gamma', plan_id => 'pro');
+SELECT credits_reserve(account_id => 'gamma', amount => 60, product => 'seo', idempotency_key => 'g1')::text AS g1r \gset
+SELECT credits_commit(credits_reserve(account_id => 'gamma', amount => 40, product => 'seo'));
+SELECT credits_account_product_set(account_id => 'gamma', product => 'seo', enabled => false);
+SELECT is(credits_reserve(account_id => 'gamma', amount => 60, product => 'seo', idempotency_key => 'g1')::text, :'g1r',
+          'a replay after its product was disabled returns the first reservation');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'gamma', amount => 1, product => 'seo', idempotency_key => 'g2')$$,
+                 'CR009', NULL, 'a new key is refused');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
