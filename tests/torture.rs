@@ -1,7 +1,8 @@
 //! The torture run: 64 clients doing random reserves (some sharing
 //! idempotency keys), commits (smaller, equal and larger than reserved),
 //! refunds, grants, purchases, resets and maintenance runs on hot and cold
-//! accounts under hard and soft limits, while backends are killed with
+//! accounts under hard and soft limits, with auto-recharge on and a payment
+//! worker completing or failing its requests, while backends are killed with
 //! pg_terminate_backend and the server is stopped with `pg_ctl stop -m
 //! immediate` and restarted. Clients record what each call they saw succeed
 //! returned; afterwards every acknowledged effect must be there exactly once
@@ -169,6 +170,17 @@ fn client_loop(url: String, seed: u64, deadline: Instant) -> Record {
             c.query_one("SELECT credits_reset()", &[]).map(|_| ())
         } else if roll < 91 {
             c.batch_execute("CALL credits_maintenance(batch_size => 5)")
+        } else if roll < 93 {
+            // The payment worker: completes (or fails, one in four) the
+            // account's pending recharge request, if it has one.
+            let sql = if rng.below(4) == 0 {
+                "SELECT credits_recharge_fail(request_id => r.request_id, reason => 'declined')::text
+                   FROM credits.recharge_requests r WHERE r.account_id = $1 AND r.status = 'pending'"
+            } else {
+                "SELECT credits_purchase(account_id => $1, pack => r.pack_id, payment_ref => r.request_id::text)::text
+                   FROM credits.recharge_requests r WHERE r.account_id = $1 AND r.status = 'pending'"
+            };
+            c.query(sql, &[&acct]).map(|_| ())
         } else {
             c.query_one("SELECT credits_balance($1)::text", &[&acct])
                 .map(|_| ())
@@ -222,7 +234,10 @@ fn torture_nothing_is_lost_and_no_limit_is_broken() {
              SELECT credits_account_upsert(account_id => 'hot-hard', plan_id => 'hard');
              SELECT credits_account_upsert(account_id => 'hot-soft', plan_id => 'soft');
              SELECT credits_account_upsert(account_id => 'cold-' || i, plan_id => CASE WHEN i % 2 = 0 THEN 'hard' ELSE 'soft' END)
-               FROM generate_series(0, {}) i;",
+               FROM generate_series(0, {}) i;
+             SELECT credits_auto_recharge_set(account_id => a.account_id, enabled => true, pack => 'p', threshold => 60,
+                                              monthly_cap => 1000000)
+               FROM credits.accounts a WHERE a.account_id = 'hot-hard' OR a.account_id LIKE 'cold-%';",
             COLD - 1
         ))
         .unwrap();
@@ -412,6 +427,22 @@ fn torture_nothing_is_lost_and_no_limit_is_broken() {
     assert!(kills > 0 && restarts == 1, "the chaos did not happen");
     assert!(successes > 100, "too little work was done: {successes}");
     assert!(violations.is_empty(), "violations: {violations:#?}");
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM (SELECT account_id FROM credits.recharge_requests WHERE status = 'pending'
+                                     GROUP BY 1 HAVING count(*) > 1) x"
+        ),
+        0,
+        "an account with more than one pending recharge request"
+    );
+    assert!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.recharge_requests"
+        ) > 0,
+        "auto-recharge requested nothing"
+    );
     assert_verify_empty(&mut client);
     let _ = base_url();
 }
