@@ -38,6 +38,20 @@ BEGIN
                    trim_scale(v_alloc), trim_scale(least(v_cap, v_alloc)), v_max),
             'Pass a smaller allocation or rollover cap.');
     END IF;
+    -- An edit applies from each account's next reset. An account whose
+    -- period has ended but that nothing has rolled forward yet (no call,
+    -- maintenance not yet run) is rolled first, with the plan as it was, as
+    -- if on time; otherwise its late reset would grant the new allocation
+    -- for a period that began before the edit. In account_id order, as
+    -- credits_reset() locks them.
+    FOR v_account IN
+        SELECT a.account_id FROM credits.accounts a
+         WHERE a.plan_id = v_plan AND a.period_end <= v_now
+         ORDER BY a.account_id
+    LOOP
+        PERFORM 1 FROM credits.accounts a WHERE a.account_id = v_account FOR NO KEY UPDATE;
+        PERFORM credits._housekeep(v_account, v_now);
+    END LOOP;
     INSERT INTO credits.plans (plan_id, allocation, reset, limit_mode, soft_limit, rollover_cap,
                                overage_rate, purchases_allowed, created_at, updated_at)
     VALUES (v_plan, v_alloc, v_reset, v_mode, v_soft, v_cap, v_rate,

@@ -203,6 +203,12 @@
 -- has been disabled for the account or everyone: credits._reserve checked
 -- the product before the key and failed with CR009.
 --
+-- credits_plan_upsert rolls the plan's accounts whose period has ended
+-- forward first, with the plan as it was: an account that nothing had
+-- rolled since its period ended (no call, maintenance not yet run) was
+-- later rolled with the edited plan, and so got the new allocation for a
+-- period that began before the edit, unlike an account rolled on time.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -1318,6 +1324,20 @@ BEGIN
                    trim_scale(v_alloc), trim_scale(least(v_cap, v_alloc)), v_max),
             'Pass a smaller allocation or rollover cap.');
     END IF;
+    -- An edit applies from each account's next reset. An account whose
+    -- period has ended but that nothing has rolled forward yet (no call,
+    -- maintenance not yet run) is rolled first, with the plan as it was, as
+    -- if on time; otherwise its late reset would grant the new allocation
+    -- for a period that began before the edit. In account_id order, as
+    -- credits_reset() locks them.
+    FOR v_account IN
+        SELECT a.account_id FROM credits.accounts a
+         WHERE a.plan_id = v_plan AND a.period_end <= v_now
+         ORDER BY a.account_id
+    LOOP
+        PERFORM 1 FROM credits.accounts a WHERE a.account_id = v_account FOR NO KEY UPDATE;
+        PERFORM credits._housekeep(v_account, v_now);
+    END LOOP;
     INSERT INTO credits.plans (plan_id, allocation, reset, limit_mode, soft_limit, rollover_cap,
                                overage_rate, purchases_allowed, created_at, updated_at)
     VALUES (v_plan, v_alloc, v_reset, v_mode, v_soft, v_cap, v_rate,

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(49);
+SELECT plan(51);
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
@@ -170,6 +170,23 @@ SELECT is(credits_reset(account_id => 'rule1'), 1, 'the account rolls at that en
 SELECT is(credits_balance('rule1') #>> '{summary,period_end}', '2027-07-01T00:00:00.000000Z',
           'and its next period ends on the 1st, by the new rule');
 SELECT is((credits_balance('rule1') #>> '{summary,available}')::numeric, 10::numeric, 'with the full allocation');
+
+-- An edit of a plan applies from the next reset, also for an account that
+-- nothing has rolled forward since its period ended: it is rolled with the
+-- plan as it was, as if on time.
+SELECT credits_plan_upsert(plan_id => 'edited', allocation => 100, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => a, plan_id => 'edited') FROM unnest(ARRAY['late1', 'ontime1']) a;
+SET LOCAL credits.now = '2027-07-01 00:00:00+00';
+SELECT credits_reset(account_id => 'ontime1');
+SET LOCAL credits.now = '2027-07-05 00:00:00+00';
+SELECT credits_plan_upsert(plan_id => 'edited', allocation => 500, reset => 'calendar_month');
+SELECT results_eq($$SELECT account_id, allocation, available FROM credits.account_summary
+                     WHERE account_id IN ('late1', 'ontime1') ORDER BY 1$$,
+                  $$VALUES ('late1', 100::numeric, 100::numeric), ('ontime1', 100::numeric, 100::numeric)$$,
+                  'a plan edit after a period began does not reach back into it, rolled on time or not');
+SET LOCAL credits.now = '2027-08-01 00:00:00+00';
+SELECT credits_reset(account_id => 'late1');
+SELECT is((credits_balance('late1') #>> '{summary,allocation}')::numeric, 500::numeric, 'it applies from the next reset');
 
 SET LOCAL transaction_read_only = on;
 SET LOCAL credits.now = '2027-06-15 00:00:00+00';
