@@ -9,11 +9,12 @@
 //! agree with each other and with `credits_balance` (VIEWS_AGREE: it found
 //! released holds that `credits.actions` showed with overage). No call may
 //! end in XX000, XX001 or P0001. CREDITS_PERIODS_STEPS sets the number of
-//! calls per seed.
+//! calls per seed (half of it for the catch-up check at the end of this
+//! file: late roll-forwards must equal on-time ones, across plan edits).
 
 mod common;
 
-use common::{connect, fresh_db, sqlstate, Rng};
+use common::{assert_verify_empty, connect, fresh_db, sqlstate, Rng};
 use postgres::Client;
 use std::collections::BTreeMap;
 
@@ -250,4 +251,185 @@ fn every_invariant_holds_after_every_call_across_many_periods() {
         let refused = run(&mut client, seed, steps);
         println!("periods check: seed {seed}, {steps} calls, refused {refused:?}");
     }
+}
+
+/// What must be the same for an account whether it was rolled forward on
+/// time or late: its buckets, ledger rows, stored figures and holds, without
+/// their ids (and without `next_event`, a lower bound).
+const ACCOUNT_STATE: &str = "
+SELECT concat_ws(' | ',
+  (SELECT string_agg(format('%s/%s/%s/%s/%s/%s/%s', kind, priority, amount, balance, held, expires_at, created_at), ';'
+                     ORDER BY kind, expires_at, created_at, amount, balance)
+     FROM credits.buckets WHERE account_id = $1),
+  (SELECT string_agg(format('%s/%s/%s/%s', kind, amount, created_at, product), ';' ORDER BY created_at, kind, amount)
+     FROM credits.ledger WHERE account_id = $1),
+  (SELECT format('%s/%s/%s/%s/%s/%s/%s/%s/%s', balance, held, overage_held, period_start, period_end, period_used,
+                 period_overage, debt, alerts_raised)
+     FROM credits.accounts WHERE account_id = $1),
+  (SELECT string_agg(format('%s/%s/%s/%s/%s/%s', amount, status, charged, refunded, overage, expires_at), ';'
+                     ORDER BY created_at, amount, status, charged)
+     FROM credits.reservations WHERE account_id = $1))";
+
+/// The outcome of a call: its result as text, or its SQLSTATE.
+fn outcome(
+    client: &mut Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Result<String, String> {
+    client
+        .query_one(sql, params)
+        .map(|row| row.get::<_, Option<String>>(0).unwrap_or_default())
+        .map_err(|e| sqlstate(&e))
+}
+
+/// One seed of the catch-up check: pairs of accounts on the same plans get
+/// the same calls at the same times; the on-time one of each pair is rolled
+/// forward every six hours of pinned clock, the late one only by its own
+/// calls and now and then all at once (`credits_reset`). Plans are edited
+/// on the way. Each call must have the same outcome on both, and after each
+/// catch-up both must hold the same state.
+fn late_equals_on_time(client: &mut Client, seed: u64, steps: u32) {
+    let mut rng = Rng(seed);
+    let p = format!("c{seed}");
+    let at = "timestamptz '2026-01-31 12:00+00' + make_interval(mins => $2::bigint::int)";
+    let mut minutes: i64 = 0;
+    let clock = |m: i64| {
+        format!("SELECT set_config('credits.now', (timestamptz '2026-01-31 12:00+00' + interval '{m} minutes')::text, false)")
+    };
+    client.batch_execute(&clock(0)).unwrap();
+    let plan_h = |alloc: &str, cap: &str| {
+        format!(
+            "SELECT credits_plan_upsert('{p}h', {alloc}, 'calendar_month', rollover_cap => {cap})"
+        )
+    };
+    let plan_b = |alloc: &str, soft: &str| {
+        format!(
+            "SELECT credits_plan_upsert('{p}b', {alloc}, 'billing_date', rollover_cap => 50, limit_mode => 'soft', \
+             soft_limit => {soft})"
+        )
+    };
+    client.batch_execute(&plan_h("100", "30")).unwrap();
+    client.batch_execute(&plan_b("50", "10")).unwrap();
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (i, plan) in ["h", "b", "b"].iter().enumerate() {
+        let (late, on_time) = (format!("{p}L{i}"), format!("{p}O{i}"));
+        for account in [&late, &on_time] {
+            client
+                .execute(
+                    "SELECT credits_account_upsert($1, $2)",
+                    &[account, &format!("{p}{plan}")],
+                )
+                .unwrap();
+        }
+        pairs.push((late, on_time));
+    }
+    // (pair, late hold, on-time hold)
+    let mut holds: Vec<(usize, String, String)> = Vec::new();
+    let reset = format!("SELECT credits_reset(account_id => $1, as_of => {at})::text");
+    for step in 0..steps {
+        let i = rng.below(pairs.len() as u64) as usize;
+        let op = rng.below(100);
+        let (late, on_time) = pairs[i].clone();
+        if op < 30 {
+            let amount = (1 + rng.below(40)).to_string();
+            let ttl = ["1 hour", "3 days", "20 days", "45 days"][rng.below(4) as usize];
+            let sql = "SELECT credits_reserve($1, $2::text::numeric, 'editor', ttl => $3::text::interval)::text";
+            let l = outcome(client, sql, &[&late, &amount, &ttl]);
+            let o = outcome(client, sql, &[&on_time, &amount, &ttl]);
+            assert_eq!(
+                l.is_ok(),
+                o.is_ok(),
+                "seed {seed}, step {step}: reserve {amount} on pair {i}: {l:?} {o:?}"
+            );
+            if let (Ok(l), Ok(o)) = (l, o) {
+                holds.push((i, l, o));
+            }
+        } else if op < 60 && !holds.is_empty() {
+            let (_, l_id, o_id) = holds[rng.below(holds.len() as u64) as usize].clone();
+            let (l, o) = if op < 50 {
+                let amount = match rng.below(3) {
+                    0 => None,
+                    1 => Some("0".to_string()),
+                    _ => Some((1 + rng.below(50)).to_string()),
+                };
+                let force = rng.below(5) == 0;
+                let sql = "SELECT credits_commit($1::text::uuid, $2::text::numeric, $3)::text";
+                (
+                    outcome(client, sql, &[&l_id, &amount, &force]),
+                    outcome(client, sql, &[&o_id, &amount, &force]),
+                )
+            } else {
+                let amount = (rng.below(2) == 0).then(|| (1 + rng.below(20)).to_string());
+                let sql = "SELECT credits_refund($1::text::uuid, $2::text::numeric)::text";
+                (
+                    outcome(client, sql, &[&l_id, &amount]),
+                    outcome(client, sql, &[&o_id, &amount]),
+                )
+            };
+            assert_eq!(
+                l, o,
+                "seed {seed}, step {step}, op {op}: commit or refund differ"
+            );
+        } else if op < 70 {
+            let kind = ["topup", "promo", "pack"][rng.below(3) as usize];
+            let hours = (kind == "promo" && rng.below(3) > 0).then(|| 1 + rng.below(2000) as i64);
+            let amount = (1 + rng.below(30)).to_string();
+            let sql = "SELECT (credits_grant($1, $2::text::numeric, $3,
+                                             credits._now() + make_interval(hours => $4::bigint::int)) IS NOT NULL)::text";
+            let l = outcome(client, sql, &[&late, &amount, &kind, &hours]);
+            let o = outcome(client, sql, &[&on_time, &amount, &kind, &hours]);
+            assert_eq!(l, o, "seed {seed}, step {step}: grant differs");
+        } else if op < 74 {
+            let alloc = ["40", "100", "150"][rng.below(3) as usize];
+            if rng.below(2) == 0 {
+                client
+                    .batch_execute(&plan_h(alloc, ["0", "30"][rng.below(2) as usize]))
+                    .unwrap();
+            } else {
+                client
+                    .batch_execute(&plan_b(alloc, ["0", "10"][rng.below(2) as usize]))
+                    .unwrap();
+            }
+        } else {
+            let new = minutes
+                + if rng.below(2) == 0 {
+                    1 + rng.below(600) as i64
+                } else {
+                    1440 * (1 + rng.below(100) as i64)
+                };
+            client.batch_execute(&clock(new)).unwrap();
+            for (_, on_time) in &pairs {
+                let mut t = minutes + 360;
+                while t < new {
+                    client.query_one(&reset, &[on_time, &t]).unwrap();
+                    t += 360;
+                }
+                client.query_one(&reset, &[on_time, &new]).unwrap();
+            }
+            minutes = new;
+            if rng.below(4) == 0 {
+                for (late, on_time) in &pairs {
+                    client.query_one(&reset, &[late, &minutes]).unwrap();
+                    let l: String = client.query_one(ACCOUNT_STATE, &[late]).unwrap().get(0);
+                    let o: String = client.query_one(ACCOUNT_STATE, &[on_time]).unwrap().get(0);
+                    assert_eq!(l, o, "seed {seed}, step {step}: {late} rolled late differs from {on_time} rolled on time");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn catching_up_late_equals_rolling_on_time_across_plan_edits() {
+    let steps: u32 = std::env::var("CREDITS_PERIODS_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(|n: u32| n / 2)
+        .unwrap_or(200);
+    let url = fresh_db("it_catch_up");
+    let mut client = connect(&url);
+    for seed in 1..=3 {
+        late_equals_on_time(&mut client, seed, steps);
+    }
+    assert_verify_empty(&mut client);
 }
