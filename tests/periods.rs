@@ -258,17 +258,18 @@ fn every_invariant_holds_after_every_call_across_many_periods() {
 /// their ids (and without `next_event`, a lower bound).
 const ACCOUNT_STATE: &str = "
 SELECT concat_ws(' | ',
-  (SELECT string_agg(format('%s/%s/%s/%s/%s/%s/%s', kind, priority, amount, balance, held, expires_at, created_at), ';'
-                     ORDER BY kind, expires_at, created_at, amount, balance)
-     FROM credits.buckets WHERE account_id = $1),
-  (SELECT string_agg(format('%s/%s/%s/%s', kind, amount, created_at, product), ';' ORDER BY created_at, kind, amount)
-     FROM credits.ledger WHERE account_id = $1),
+  (SELECT string_agg(x, ';' ORDER BY x)
+     FROM (SELECT format('%s/%s/%s/%s/%s/%s/%s', kind, priority, amount, balance, held, expires_at, created_at) AS x
+             FROM credits.buckets WHERE account_id = $1) b),
+  (SELECT string_agg(x, ';' ORDER BY x)
+     FROM (SELECT format('%s/%s/%s/%s', created_at, kind, amount, product) AS x
+             FROM credits.ledger WHERE account_id = $1) l),
   (SELECT format('%s/%s/%s/%s/%s/%s/%s/%s/%s', balance, held, overage_held, period_start, period_end, period_used,
                  period_overage, debt, alerts_raised)
      FROM credits.accounts WHERE account_id = $1),
-  (SELECT string_agg(format('%s/%s/%s/%s/%s/%s', amount, status, charged, refunded, overage, expires_at), ';'
-                     ORDER BY created_at, amount, status, charged)
-     FROM credits.reservations WHERE account_id = $1))";
+  (SELECT string_agg(x, ';' ORDER BY x)
+     FROM (SELECT format('%s/%s/%s/%s/%s/%s/%s', created_at, amount, status, charged, refunded, overage, expires_at) AS x
+             FROM credits.reservations WHERE account_id = $1) r))";
 
 /// The outcome of a call: its result as text, or its SQLSTATE.
 fn outcome(
