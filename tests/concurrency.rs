@@ -1333,6 +1333,68 @@ fn concurrent_purchases_and_settings_below_the_threshold_write_one_request() {
 }
 
 #[test]
+fn a_plan_edit_racing_reserves_on_due_accounts_reaches_no_period_begun_before_it() {
+    let url = fresh_db("it_plan_edit");
+    let mut client = connect(&url);
+    client
+        .batch_execute(
+            "SET credits.now = '2031-01-10 12:00:00+00';
+             SELECT credits_plan_upsert(plan_id => 'p', allocation => 100, reset => 'calendar_month');
+             SELECT credits_account_upsert(account_id => 'a' || i, plan_id => 'p') FROM generate_series(1, 40) i;",
+        )
+        .unwrap();
+    // After the month's end, nothing has rolled the accounts: one session
+    // edits the plan while fifteen reserve on them, each account once.
+    let results = race(&url, 16, move |i, c| {
+        c.batch_execute("SET credits.now = '2031-02-03 00:00:00+00'")
+            .unwrap();
+        if i == 0 {
+            c.query_one(
+                "SELECT credits_plan_upsert(plan_id => 'p', allocation => 500, reset => 'calendar_month')::text",
+                &[],
+            )
+            .map(|_| ())
+            .map_err(|e| sqlstate(&e))
+        } else {
+            (0..40)
+                .filter(|n| n % 15 == i as i32 - 1)
+                .try_for_each(|n| {
+                    c.query_one(
+                        "SELECT credits_reserve(account_id => 'a' || $1::int, amount => 1, product => 'editor')::text",
+                        &[&(n + 1)],
+                    )
+                    .map(|_| ())
+                })
+                .map_err(|e| sqlstate(&e))
+        }
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    client
+        .batch_execute("SET credits.now = '2031-02-03 00:00:00+00'")
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.account_summary WHERE allocation <> 100"
+        ),
+        0,
+        "the February period of an account keeps the allocation it began with"
+    );
+    client
+        .batch_execute("SET credits.now = '2031-03-01 00:00:00+00'; SELECT credits_reset();")
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM credits.account_summary WHERE allocation = 500"
+        ),
+        40,
+        "the edit applies from the next reset"
+    );
+    assert_verify_empty(&mut client);
+}
+
+#[test]
 fn two_python_workers_complete_each_recharge_exactly_once() {
     let url = fresh_db("it_worker");
     let mut client = connect(&url);
