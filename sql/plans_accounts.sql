@@ -143,6 +143,7 @@ DECLARE
     a         credits.accounts;
     rt        record;
     v_recheck boolean := false;
+    v_moves   boolean;
 BEGIN
     -- A role bound to accounts changes those accounts only, and creates
     -- none (whether another account exists, it does not learn).
@@ -218,12 +219,16 @@ BEGIN
     a.soft_limit := coalesce(v_soft, a.soft_limit);
     a.override_until := coalesce(v_until, a.override_until);
     a.alert_percents := coalesce(v_alerts, a.alert_percents);
+    v_moves := p.plan_id <> a.plan_id OR v_anchor <> a.billing_anchor;
     a.billing_anchor := coalesce(v_anchor, a.billing_anchor);
 
-    -- A new plan, anchor or reset rule moves the end of the current period
-    -- (and the expiry of what was due to expire with it).
+    -- Another plan (with its reset rule) or a new anchor moves the end of
+    -- the current period (and the expiry of what was due to expire with
+    -- it). Nothing else does: an edit of the plan's own reset rule applies
+    -- from the next reset (credits_plan_upsert), also for an account whose
+    -- alerts or limits are changed meanwhile.
     v_end := credits._period_after(a.billing_anchor, p.reset, v_now);
-    IF v_end <> a.period_end THEN
+    IF v_moves AND v_end <> a.period_end THEN
         UPDATE credits.buckets SET expires_at = v_end
          WHERE account_id = v_account AND expires_at = a.period_end;
         a.period_end := v_end;

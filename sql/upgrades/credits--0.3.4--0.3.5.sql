@@ -209,6 +209,13 @@
 -- later rolled with the edited plan, and so got the new allocation for a
 -- period that began before the edit, unlike an account rolled on time.
 --
+-- credits_account_upsert moves the end of the account's current period
+-- only for another plan or a new anchor: after an edit of the plan's reset
+-- rule (which applies from each account's next reset), any later call on
+-- the account, one that only changed its alerts say, moved its current
+-- period's end to the new rule's at once, while the plan's other accounts
+-- kept theirs.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -1394,6 +1401,7 @@ DECLARE
     a         credits.accounts;
     rt        record;
     v_recheck boolean := false;
+    v_moves   boolean;
 BEGIN
     -- A role bound to accounts changes those accounts only, and creates
     -- none (whether another account exists, it does not learn).
@@ -1469,12 +1477,16 @@ BEGIN
     a.soft_limit := coalesce(v_soft, a.soft_limit);
     a.override_until := coalesce(v_until, a.override_until);
     a.alert_percents := coalesce(v_alerts, a.alert_percents);
+    v_moves := p.plan_id <> a.plan_id OR v_anchor <> a.billing_anchor;
     a.billing_anchor := coalesce(v_anchor, a.billing_anchor);
 
-    -- A new plan, anchor or reset rule moves the end of the current period
-    -- (and the expiry of what was due to expire with it).
+    -- Another plan (with its reset rule) or a new anchor moves the end of
+    -- the current period (and the expiry of what was due to expire with
+    -- it). Nothing else does: an edit of the plan's own reset rule applies
+    -- from the next reset (credits_plan_upsert), also for an account whose
+    -- alerts or limits are changed meanwhile.
     v_end := credits._period_after(a.billing_anchor, p.reset, v_now);
-    IF v_end <> a.period_end THEN
+    IF v_moves AND v_end <> a.period_end THEN
         UPDATE credits.buckets SET expires_at = v_end
          WHERE account_id = v_account AND expires_at = a.period_end;
         a.period_end := v_end;

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(51);
+SELECT plan(52);
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
@@ -165,6 +165,9 @@ SELECT credits_account_upsert(account_id => 'rule1', plan_id => 'rule', billing_
 SELECT credits_plan_upsert(plan_id => 'rule', allocation => 10, reset => 'calendar_month');
 SELECT is(credits_balance('rule1') #>> '{summary,period_end}', '2027-06-12T08:00:00.000000Z',
           'a plan''s new reset rule leaves the current period''s end');
+SELECT credits_account_upsert(account_id => 'rule1', alert_percents => '{50}', limit_mode => 'soft');
+SELECT is(credits_balance('rule1') #>> '{summary,period_end}', '2027-06-12T08:00:00.000000Z',
+          'also once the account''s alerts and limits are changed');
 SET LOCAL credits.now = '2027-06-13 00:00:00+00';
 SELECT is(credits_reset(account_id => 'rule1'), 1, 'the account rolls at that end');
 SELECT is(credits_balance('rule1') #>> '{summary,period_end}', '2027-07-01T00:00:00.000000Z',
