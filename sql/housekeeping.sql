@@ -189,7 +189,11 @@ END
 $$;
 
 -- The earliest moment something changes by itself: the period end, a live
--- bucket's expiry or a pending hold's expiry. PL/pgSQL (since 0.3.2), so
+-- bucket's expiry or a pending hold's expiry. Every live bucket's expiry,
+-- also of one whose credits are all held or spent: a release or a refund
+-- gives credits back to it without touching next_event, and they must
+-- expire on time (until 0.3.5 such a bucket was left out, and its credits
+-- stayed available past its expiry). At worst a false alarm. PL/pgSQL (since 0.3.2), so
 -- that its plan is kept for the session: as a SQL function it could not be
 -- inlined (it has sub-selects) and was planned anew on every call, about
 -- 200 µs of each false alarm's 260.
@@ -200,7 +204,7 @@ AS $$
 BEGIN
     RETURN least(p_period_end,
                  (SELECT min(expires_at) FROM credits.buckets
-                   WHERE account_id = p_account AND expires_at > p_now AND balance > held),
+                   WHERE account_id = p_account AND expires_at > p_now),
                  (SELECT min(expires_at) FROM credits.reservations
                    WHERE account_id = p_account AND status = 'pending'));
 END

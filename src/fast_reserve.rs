@@ -65,7 +65,9 @@ RETURNING period_start"
 /// when that is a false alarm (nothing due as of $6: the period goes on, no
 /// pending hold has expired, no bucket with free credits has expired), and
 /// `next_event` moves on to the true next event, or the new hold's expiry if
-/// sooner: `credits._next_event()` (sql/housekeeping.sql) in one statement.
+/// sooner: `credits._next_event()` (sql/housekeeping.sql) in one statement,
+/// every live bucket's expiry included (also of a bucket whose credits are
+/// all held or spent: a release or a refund gives credits back to it).
 /// Its sub-selects read the snapshot taken before the row lock was granted,
 /// so it goes ahead only when the row it updates is the version that
 /// snapshot sees (`ctid` unchanged): every write that adds a hold or a
@@ -81,7 +83,7 @@ UPDATE credits.accounts
    SET held = held + $2,
        next_event = least(period_end, $6 + $4,
                           (SELECT min(b.expires_at) FROM credits.buckets b
-                            WHERE b.account_id = $1 AND b.expires_at > $6 AND b.balance > b.held),
+                            WHERE b.account_id = $1 AND b.expires_at > $6),
                           (SELECT min(r.expires_at) FROM credits.reservations r
                             WHERE r.account_id = $1 AND r.status = 'pending'))
  WHERE ",

@@ -216,6 +216,15 @@
 -- period's end to the new rule's at once, while the plan's other accounts
 -- kept theirs.
 --
+-- An account's next_event counts the expiry of every live bucket, also of
+-- one whose credits are all held or spent (credits._next_event; the
+-- library's reserve fast path likewise when it settles a false alarm):
+-- worked out while a bucket had nothing free, next_event left its expiry
+-- out, and credits a refund or a release gave back to it later stayed
+-- available past its expiry (a reserve could count on them, and its
+-- commit then failed with 23514). Accounts with such a next_event are
+-- repaired below.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -2236,3 +2245,27 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION credits._next_event(p_account text, p_period_end timestamptz, p_now timestamptz)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN least(p_period_end,
+                 (SELECT min(expires_at) FROM credits.buckets
+                   WHERE account_id = p_account AND expires_at > p_now),
+                 (SELECT min(expires_at) FROM credits.reservations
+                   WHERE account_id = p_account AND status = 'pending'));
+END
+$$;
+
+
+-- Accounts whose next_event lies past the expiry of one of their buckets:
+-- a live one (its expiry is an event now), or one that has expired with
+-- free credits in it (they stayed available; the account is due at once,
+-- and its next write path or maintenance writes them off).
+UPDATE credits.accounts a
+   SET next_event = b.first_expiry
+  FROM (SELECT x.account_id, min(x.expires_at) AS first_expiry FROM credits.buckets x
+         WHERE x.expires_at > credits._now() OR (x.expires_at IS NOT NULL AND x.balance > x.held)
+         GROUP BY x.account_id) b
+ WHERE a.account_id = b.account_id AND a.next_event > b.first_expiry;

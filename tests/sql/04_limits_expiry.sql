@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(29);
+SELECT plan(31);
 
 SELECT credits_plan_upsert(plan_id => 'hard', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'soft', allocation => 100, reset => 'calendar_month',
@@ -67,6 +67,26 @@ SELECT ok(EXISTS (SELECT 1 FROM credits.ledger WHERE reservation_id = :'e1' AND 
 SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L)', :'e1'), 'CR001', NULL,
                  'committing an expired hold is judged as new usage: 60 does not fit in 30');
 SELECT is(credits_commit(reservation_id => :'e1', amount => 30), 30::numeric, 'but 30 does');
+-- Credits given back to a bucket whose credits were all spent or held
+-- expire with it, although the account's next_event was worked out while
+-- the bucket had nothing free (here by an account change).
+SELECT credits_plan_upsert(plan_id => 'zero', allocation => 0, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => a, plan_id => 'zero') FROM unnest(ARRAY['spent', 'held']) a;
+SELECT credits_grant(account_id => a, amount => 10, kind => 'promo', expires_at => '2026-03-11 00:00+00')
+  FROM unnest(ARRAY['spent', 'held']) a;
+SELECT credits_grant(account_id => a, amount => 100, kind => 'pack') FROM unnest(ARRAY['spent', 'held']) a;
+SELECT credits_reserve(account_id => 'spent', amount => 10, product => 'editor')::text AS spent1 \gset
+SELECT credits_commit(:'spent1');
+SELECT credits_reserve(account_id => 'held', amount => 10, product => 'editor', ttl => '30 days')::text AS held1 \gset
+SELECT credits_account_upsert(account_id => a, limit_mode => 'hard') FROM unnest(ARRAY['spent', 'held']) a;
+SELECT credits_refund(:'spent1');
+SELECT credits_refund(:'held1');
+SET LOCAL credits.now = '2026-03-12 00:00:00+00';
+SELECT results_eq($$SELECT account_id, available FROM credits.account_summary WHERE account_id IN ('held', 'spent') ORDER BY 1$$,
+                  $$VALUES ('held', 100::numeric), ('spent', 100::numeric)$$,
+                  'credits refunded to a spent promo, or released to a held one, expire with it');
+SELECT is(credits_commit(credits_reserve(account_id => 'spent', amount => 100, product => 'editor')), 100::numeric,
+          'and the rest is there to spend');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
