@@ -41,7 +41,8 @@ BEGIN
     -- An edit applies from each account's next reset. An account whose
     -- period has ended but that nothing has rolled forward yet (no call,
     -- maintenance not yet run) is rolled first, with the plan as it was, as
-    -- if on time; otherwise its late reset would grant the new allocation
+    -- if on time (credits._lock_account rolls a due account as every write
+    -- path does); otherwise its late reset would grant the new allocation
     -- for a period that began before the edit. In account_id order, as
     -- credits_reset() locks them.
     FOR v_account IN
@@ -49,8 +50,7 @@ BEGIN
          WHERE a.plan_id = v_plan AND a.period_end <= v_now
          ORDER BY a.account_id
     LOOP
-        PERFORM 1 FROM credits.accounts a WHERE a.account_id = v_account FOR NO KEY UPDATE;
-        PERFORM credits._housekeep(v_account, v_now);
+        PERFORM credits._lock_account(v_account);
     END LOOP;
     INSERT INTO credits.plans (plan_id, allocation, reset, limit_mode, soft_limit, rollover_cap,
                                overage_rate, purchases_allowed, created_at, updated_at)
