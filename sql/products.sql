@@ -85,5 +85,12 @@ BEGIN
         VALUES (v_account, v_product, credits_account_product_set.enabled, v_now)
         ON CONFLICT (account_id, product) DO UPDATE SET enabled = EXCLUDED.enabled, updated_at = EXCLUDED.updated_at;
     END IF;
+    -- The account row's copy of its switches, which the reserve fast path
+    -- reads on the locked row's newest version: a reserve that waited for
+    -- this call's lock is judged by what it wrote (credits.accounts).
+    UPDATE credits.accounts a
+       SET products_off = (SELECT array_agg(ap.product ORDER BY ap.product) FROM credits.account_products ap
+                            WHERE ap.account_id = v_account AND NOT ap.enabled)
+     WHERE a.account_id = v_account;
 END
 $$;

@@ -48,6 +48,12 @@ CREATE TABLE credits.accounts (
     -- Auto-recharge threshold when enabled (credits_auto_recharge_set).
     recharge_below numeric(20,6),
     created_at     timestamptz NOT NULL,
+    -- The products switched off for this account, sorted (NULL: none): a
+    -- copy of its credits.account_products rows with enabled = false, kept
+    -- by credits_account_product_set under the account's lock, so that the
+    -- library's reserve fast path judges them on the locked row's newest
+    -- version (since 0.3.5).
+    products_off   text[],
     CONSTRAINT accounts_within_limits CHECK (held >= 0 AND held <= balance AND overage_held >= 0 AND debt >= 0)
 ) WITH (fillfactor = 70);
 

@@ -201,6 +201,13 @@ AS $$
       LEFT JOIN reservation_ledger lr ON lr.account_id = r.account_id AND lr.reservation_id = r.reservation_id
      WHERE r.status = 'committed' AND NOT r.byok AND r.charged - r.refunded <> coalesce(lr.amount, 0)
     UNION ALL
+    SELECT 'account products_off copies its switched-off products', a.account_id,
+           format('products_off %s, switched off %s', coalesce(a.products_off::text, 'NULL'), coalesce(o.off::text, 'NULL'))
+      FROM credits.accounts a
+      LEFT JOIN LATERAL (SELECT array_agg(ap.product ORDER BY ap.product) AS off FROM credits.account_products ap
+                          WHERE ap.account_id = a.account_id AND NOT ap.enabled) o ON true
+     WHERE a.products_off IS DISTINCT FROM o.off
+    UNION ALL
     -- Postgres does not track bindings as dependencies of a role: a role
     -- dropped without credits_account_unbind leaves its OID behind, which
     -- a role made later could be given.

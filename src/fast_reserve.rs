@@ -26,15 +26,17 @@ use crate::fast_path::{
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use std::cell::Cell;
 
 /// The common case on the account row, all but its `next_event`: valid
 /// input, enough free credits, no debt, not BYOK, an account the caller may
 /// touch, an enabled product. Parameters: $1 account, $2 amount, $3
 /// product, $4 ttl, $5 metadata. A ttl of 1,000 years or more goes to the
 /// general path, which refuses one that ends in the year 10000 or later
-/// (so that `now + ttl` never overflows here).
+/// (so that `now + ttl` never overflows here). `$switches` is the account's
+/// product switches: `switches_on_row!` or `switches_in_table!`.
 macro_rules! common_case {
-    () => {
+    ($switches:expr) => {
         concat!(
             "account_id = $1
    AND $2 > 0 AND $2 < 1e14 AND scale($2) <= 6 AND $4 > interval '0' AND $4 < interval '1000 years'
@@ -44,22 +46,53 @@ macro_rules! common_case {
             may_touch!("account_id"),
             "
    AND EXISTS (SELECT 1 FROM credits.products p WHERE p.product = $3 AND p.enabled)
-   AND NOT EXISTS (SELECT 1 FROM credits.account_products ap
-                    WHERE ap.account_id = $1 AND ap.product = $3 AND NOT ap.enabled)"
+   AND ",
+            $switches
         )
     };
 }
 
-const TAKE_HOLD: &str = concat!(
-    "
+/// The product is not switched off for the account, read on the account
+/// row (`products_off`, since SQL 0.3.5): when the guarded UPDATE waited
+/// for the account's lock, Postgres rechecks its WHERE clause on the row's
+/// newest version, so a switch-off committed by the call it waited for
+/// counts, as it does in the general path, which reads the switches after
+/// the lock.
+macro_rules! switches_on_row {
+    () => {
+        "(products_off IS NULL OR $3 <> ALL (products_off))"
+    };
+}
+
+/// The same from `credits.account_products`, for databases at SQL versions
+/// before 0.3.5 (the library is shared by every database of the cluster),
+/// whose account rows have no `products_off`. A sub-select reads the
+/// snapshot taken before the statement waited for the account's lock, so a
+/// reserve that waited for a switch-off went through.
+macro_rules! switches_in_table {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM credits.account_products ap
+                    WHERE ap.account_id = $1 AND ap.product = $3 AND NOT ap.enabled)"
+    };
+}
+
+macro_rules! take_hold {
+    ($switches:expr) => {
+        concat!(
+            "
 UPDATE credits.accounts
    SET held = held + $2, next_event = least(next_event, $6 + $4)
  WHERE ",
-    common_case!(),
-    "
+            common_case!($switches),
+            "
    AND next_event > credits._now()
 RETURNING period_start"
-);
+        )
+    };
+}
+
+const TAKE_HOLD: &str = take_hold!(switches_on_row!());
+const TAKE_HOLD_BEFORE_0_3_5: &str = take_hold!(switches_in_table!());
 
 /// TAKE_HOLD on an account whose `next_event` has come: the hold is taken
 /// when that is a false alarm (nothing due as of $6: the period goes on, no
@@ -77,8 +110,10 @@ RETURNING period_start"
 /// the call to the general path; like TAKE_HOLD, it locks the account only
 /// when every other condition holds, so the general path keeps its lock
 /// order (a product's first registration, then the account).
-const TAKE_HOLD_DUE: &str = concat!(
-    "
+macro_rules! take_hold_due {
+    ($switches:expr) => {
+        concat!(
+            "
 UPDATE credits.accounts
    SET held = held + $2,
        next_event = least(period_end, $6 + $4,
@@ -87,8 +122,8 @@ UPDATE credits.accounts
                           (SELECT min(r.expires_at) FROM credits.reservations r
                             WHERE r.account_id = $1 AND r.status = 'pending'))
  WHERE ",
-    common_case!(),
-    "
+            common_case!($switches),
+            "
    AND next_event <= $6 AND period_end > $6
    AND ctid = (SELECT x.ctid FROM credits.accounts x WHERE x.account_id = $1)
    AND NOT EXISTS (SELECT 1 FROM credits.reservations r
@@ -96,7 +131,12 @@ UPDATE credits.accounts
    AND NOT EXISTS (SELECT 1 FROM credits.buckets b
                     WHERE b.account_id = $1 AND b.expires_at <= $6 AND b.balance > b.held)
 RETURNING period_start"
-);
+        )
+    };
+}
+
+const TAKE_HOLD_DUE: &str = take_hold_due!(switches_on_row!());
+const TAKE_HOLD_DUE_BEFORE_0_3_5: &str = take_hold_due!(switches_in_table!());
 
 const HOLD_FIRST_BUCKET: &str = "
 WITH hold AS (
@@ -189,9 +229,11 @@ const TAKE_DUE: usize = 3;
 const SEEN: usize = 4;
 const STORE: usize = 5;
 const RELEASE: usize = 6;
+const TAKE_OLD: usize = 7;
+const TAKE_DUE_OLD: usize = 8;
 
 thread_local! {
-    static PLANS: Plans<7> = const {
+    static PLANS: Plans<9> = const {
         Plans::new([
             (TAKE_HOLD, TAKE_ARGS),
             (HOLD_FIRST_BUCKET, HOLD_ARGS),
@@ -200,8 +242,35 @@ thread_local! {
             (KEY_SEEN, KEY_SEEN_ARGS),
             (KEY_STORE, KEY_STORE_ARGS),
             (RELEASE_HOLD, RELEASE_ARGS),
+            (TAKE_HOLD_BEFORE_0_3_5, TAKE_ARGS),
+            (TAKE_HOLD_DUE_BEFORE_0_3_5, TAKE_ARGS),
         ])
     };
+    /// Whether this database's account rows carry `products_off` (SQL
+    /// 0.3.5 and later): once seen, for the backend's life (a database is
+    /// never downgraded); until then asked again on each call, from the
+    /// catalog caches, so that a session that was open during `ALTER
+    /// EXTENSION credits UPDATE` switches over with its next reserve.
+    static SWITCHES_ON_ROW: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether `credits.accounts` has the column `products_off`.
+fn switches_on_row() -> bool {
+    SWITCHES_ON_ROW.with(|known| {
+        if !known.get() {
+            // SAFETY: catalog cache look-ups by name, inside a transaction.
+            let found = unsafe {
+                let schema = pg_sys::get_namespace_oid(c"credits".as_ptr(), true);
+                schema != pg_sys::InvalidOid && {
+                    let table = pg_sys::get_relname_relid(c"accounts".as_ptr(), schema);
+                    table != pg_sys::InvalidOid
+                        && pg_sys::get_attnum(table, c"products_off".as_ptr()) > 0
+                }
+            };
+            known.set(found);
+        }
+        known.get()
+    })
 }
 
 finfo_v1!(pg_finfo_credits_reserve_fast);
@@ -268,6 +337,11 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
     let id = pgrx::Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
     let id_datum = id.into_datum().expect("a uuid is never NULL as a datum");
 
+    let (take, take_due) = if switches_on_row() {
+        (TAKE, TAKE_DUE)
+    } else {
+        (TAKE_OLD, TAKE_DUE_OLD)
+    };
     let reserved = PLANS.with(|plans| {
         Spi::connect_mut(|client| {
             if key.is_some() {
@@ -291,11 +365,11 @@ unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
                 param(Some(now), TIMESTAMPTZ),
             ];
             let mut taken = client
-                .update(plans.get(client, TAKE), None, &take_args)
+                .update(plans.get(client, take), None, &take_args)
                 .expect("credits: the reserve fast path failed to take the hold");
             if taken.is_empty() {
                 taken = client
-                    .update(plans.get(client, TAKE_DUE), None, &take_args)
+                    .update(plans.get(client, take_due), None, &take_args)
                     .expect("credits: the reserve fast path failed to take the hold");
                 if taken.is_empty() {
                     return false;

@@ -325,6 +325,116 @@ fn writes_committed_while_a_false_alarm_waits_for_the_account_are_not_missed() {
     assert_verify_empty(&mut admin);
 }
 
+/// Session A runs `write` and keeps its transaction open; then each of
+/// `calls` in a session of its own (all at one pinned instant), started
+/// once the one before waits for A's row lock, so that they get the lock in
+/// that order after A commits. Returns their answers.
+fn calls_waiting_for(url: &str, write: &str, calls: &[&str]) -> Vec<Result<String, String>> {
+    let mut admin = connect(url);
+    let mut a = connect(url);
+    a.batch_execute("SET credits.now = '2031-01-10 12:00:00+00'; BEGIN")
+        .unwrap();
+    a.batch_execute(write).unwrap();
+    let mut waiting = Vec::new();
+    for call in calls {
+        let (b_url, b_call) = (url.to_string(), call.to_string());
+        let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+        waiting.push(thread::spawn(move || {
+            let mut b = connect(&b_url);
+            b.batch_execute("SET credits.now = '2031-01-10 12:00:00+00'")
+                .unwrap();
+            let pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+            pid_tx.send(pid).unwrap();
+            b.query_one(b_call.as_str(), &[])
+                .map(|row| row.get::<_, String>(0))
+                .map_err(|e| sqlstate(&e))
+        }));
+        wait_until_blocked(&mut admin, pid_rx.recv().unwrap());
+    }
+    a.batch_execute("COMMIT").unwrap();
+    waiting.into_iter().map(|b| b.join().unwrap()).collect()
+}
+
+/// A product switched off for an account is judged under the account's
+/// lock, as the general path judges it: a reserve that waited for the
+/// switch-off's lock is refused once it commits, also when another write
+/// of the account came between them. The reserve fast path had judged the
+/// switch by the snapshot its guarded UPDATE took before the wait, and let
+/// such a reserve through (found by replaying a concurrent run one call at
+/// a time in the order of the account's lock).
+#[test]
+fn a_reserve_waiting_for_a_product_switch_off_is_refused() {
+    let url = fresh_db("it_product_switch_wait");
+    let mut admin = connect(&url);
+    admin
+        .batch_execute(
+            "SET credits.now = '2031-01-10 12:00:00+00';
+             SELECT credits_plan_upsert(plan_id => 'p', allocation => 100);
+             SELECT credits_account_upsert(account_id => 'x', plan_id => 'p');
+             SELECT credits_commit(credits_reserve(account_id => 'x', amount => 1, product => 'editor'));
+             SELECT credits_commit(credits_reserve(account_id => 'x', amount => 1, product => 'seo'));",
+        )
+        .unwrap();
+    let off = "SELECT credits_account_product_set(account_id => 'x', product => 'editor', enabled => false)";
+    let on = "SELECT credits_account_product_set(account_id => 'x', product => 'editor', enabled => true)";
+    let grant = "SELECT credits_grant(account_id => 'x', amount => 1, kind => 'pack')::text";
+    let holds =
+        "SELECT count(*) FROM credits.reservations WHERE account_id = 'x' AND product = 'editor'";
+    for (what, call) in [
+        (
+            "a reserve",
+            "SELECT credits_reserve(account_id => 'x', amount => 5, product => 'editor')::text",
+        ),
+        (
+            "a keyed reserve",
+            "SELECT credits_reserve(account_id => 'x', amount => 5, product => 'editor',
+                                    idempotency_key => 'k1')::text",
+        ),
+    ] {
+        for calls in [vec![call], vec![grant, call]] {
+            let before = count(&mut admin, holds);
+            let answers = calls_waiting_for(&url, off, &calls);
+            assert!(
+                answers[..calls.len() - 1].iter().all(|a| a.is_ok()),
+                "{answers:?}"
+            );
+            assert_eq!(
+                answers.last().unwrap(),
+                &Err("CR009".to_string()),
+                "{what} that waited for the switch-off (after {:?}) is refused",
+                &calls[..calls.len() - 1]
+            );
+            assert_eq!(
+                count(&mut admin, holds),
+                before,
+                "{what} left no reservation"
+            );
+            assert!(
+                calls_waiting_for(&url, on, &calls)
+                    .iter()
+                    .all(|a| a.is_ok()),
+                "{what} that waited for a switch-on goes through"
+            );
+            admin
+                .batch_execute(
+                    "SELECT credits_refund(reservation_id) FROM credits.reservations
+                      WHERE account_id = 'x' AND status = 'pending';
+                     SELECT credits_account_product_set(account_id => 'x', product => 'editor', enabled => false);
+                     DELETE FROM credits.idempotency_keys;",
+                )
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        rows(
+            &mut admin,
+            "SELECT products_off::text FROM credits.accounts WHERE account_id = 'x'"
+        ),
+        ["{editor}"]
+    );
+    assert_verify_empty(&mut admin);
+}
+
 #[test]
 fn soft_limit_allows_exactly_the_allowance_of_overage() {
     let url = fresh_db("it_soft");

@@ -31,7 +31,8 @@ fn populate(client: &mut Client) {
              SELECT credits_refund(credits_reserve(account_id => 'a3', amount => 5, product => 'seo'));
              SELECT credits_refund(reservation_id, 7) FROM credits.reservations WHERE account_id = 'a4' AND status = 'committed';
              SELECT credits_reserve(account_id => 'a1', amount => 3, product => 'seo', ttl => '1 day');
-             SELECT credits_commit(credits_reserve(account_id => 'own', amount => 50, product => 'editor'));",
+             SELECT credits_commit(credits_reserve(account_id => 'own', amount => 50, product => 'editor'));
+             SELECT credits_account_product_set(account_id => 'a3', product => 'translate', enabled => false);",
         )
         .unwrap();
     client.batch_execute(KEYED_RESERVE).unwrap();
@@ -292,6 +293,26 @@ fn drop_extension_removes_the_schema_and_its_data_keeps_the_roles_and_installs_a
     assert_verify_empty(&mut client);
 }
 
+/// populate's switch-off holds: a reserve of that product on a3 is refused
+/// (the library's reserve fast path reads the switches from the account row
+/// where the SQL version has them there, else from their table), another
+/// product goes on.
+fn assert_switched_off(client: &mut Client, when: &str) {
+    let refused = client
+        .query_one(
+            "SELECT credits_reserve(account_id => 'a3', amount => 1, product => 'translate')::text",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&refused), "CR009", "{when}");
+    client
+        .query_one(
+            "SELECT credits_refund(credits_reserve(account_id => 'a3', amount => 1, product => 'editor'))",
+            &[],
+        )
+        .unwrap();
+}
+
 /// Installs the released `version`, fills it, upgrades it to the current
 /// version and checks data, behaviour and schema against a fresh install.
 fn upgrade_from(version: &str) {
@@ -322,6 +343,7 @@ fn upgrade_from(version: &str) {
         assert_a1_alone_reached_by(&mut client, "it_upgrade_app");
     }
     let keyed = replay_of_keyed_reserve(&mut client);
+    assert_switched_off(&mut client, "before the upgrade");
     let before = rows(&mut client, STATE);
     let ledger_before = count(&mut client, "SELECT count(*) FROM credits.ledger");
     assert_verify_empty(&mut client);
@@ -337,6 +359,16 @@ fn upgrade_from(version: &str) {
         .unwrap()
         .get(0);
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        rows(
+            &mut client,
+            "SELECT products_off::text FROM credits.accounts WHERE products_off IS NOT NULL"
+        ),
+        ["{translate}"],
+        "the upgrade copies each account's switched-off products onto its row"
+    );
+    assert_switched_off(&mut client, "after the upgrade, in the session that ran it");
+    assert_switched_off(&mut connect(&url), "after the upgrade, in a new session");
     assert_eq!(
         rows(&mut client, STATE),
         before,

@@ -225,8 +225,30 @@
 -- commit then failed with 23514). Accounts with such a next_event are
 -- repaired below.
 --
+-- A reserve that waited for the account's lock while
+-- credits_account_product_set switched its product off for the account is
+-- refused (CR009), as the general path refuses it: the library's reserve
+-- fast path read the switches in the snapshot its guarded UPDATE took
+-- before the wait, and let such a reserve through. The account row carries
+-- a copy of its switched-off products (credits.accounts.products_off, kept
+-- by credits_account_product_set under the account's lock), which the fast
+-- path reads on the locked row's newest version; credits_verify() checks
+-- the copy.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
+
+-- The products switched off for the account, sorted (NULL: none): a copy
+-- of its credits.account_products rows with enabled = false, kept by
+-- credits_account_product_set under the account's lock, so that the
+-- library's reserve fast path judges them on the locked row's newest
+-- version.
+ALTER TABLE credits.accounts ADD COLUMN products_off text[];
+UPDATE credits.accounts a
+   SET products_off = o.off
+  FROM (SELECT ap.account_id, array_agg(ap.product ORDER BY ap.product) AS off
+          FROM credits.account_products ap WHERE NOT ap.enabled GROUP BY ap.account_id) o
+ WHERE a.account_id = o.account_id;
 
 DROP FUNCTION credits._maintenance_batch(integer);
 CREATE FUNCTION credits._maintenance_batch(batch_size integer, skip text[] DEFAULT '{}') RETURNS integer
@@ -659,6 +681,13 @@ AS $$
       FROM credits.reservations r
       LEFT JOIN reservation_ledger lr ON lr.account_id = r.account_id AND lr.reservation_id = r.reservation_id
      WHERE r.status = 'committed' AND NOT r.byok AND r.charged - r.refunded <> coalesce(lr.amount, 0)
+    UNION ALL
+    SELECT 'account products_off copies its switched-off products', a.account_id,
+           format('products_off %s, switched off %s', coalesce(a.products_off::text, 'NULL'), coalesce(o.off::text, 'NULL'))
+      FROM credits.accounts a
+      LEFT JOIN LATERAL (SELECT array_agg(ap.product ORDER BY ap.product) AS off FROM credits.account_products ap
+                          WHERE ap.account_id = a.account_id AND NOT ap.enabled) o ON true
+     WHERE a.products_off IS DISTINCT FROM o.off
     UNION ALL
     -- Postgres does not track bindings as dependencies of a role: a role
     -- dropped without credits_account_unbind leaves its OID behind, which
@@ -2269,3 +2298,35 @@ UPDATE credits.accounts a
          WHERE x.expires_at > credits._now() OR (x.expires_at IS NOT NULL AND x.balance > x.held)
          GROUP BY x.account_id) b
  WHERE a.account_id = b.account_id AND a.next_event > b.first_expiry;
+
+-- enabled => NULL removes the account's switch (the global one applies).
+CREATE OR REPLACE FUNCTION public.credits_account_product_set(account_id text, product text, enabled boolean)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_account text := credits._ident(credits_account_product_set.account_id, 'account_id', 255);
+    v_product text := credits._ident(credits_account_product_set.product, 'product', 255);
+    v_now     timestamptz := credits._now();
+BEGIN
+    PERFORM credits._lock_account(v_account);
+    INSERT INTO credits.products (product, created_at) VALUES (v_product, v_now) ON CONFLICT DO NOTHING;
+    IF credits_account_product_set.enabled IS NULL THEN
+        DELETE FROM credits.account_products WHERE account_id = v_account AND product = v_product;
+    ELSE
+        INSERT INTO credits.account_products (account_id, product, enabled, updated_at)
+        VALUES (v_account, v_product, credits_account_product_set.enabled, v_now)
+        ON CONFLICT (account_id, product) DO UPDATE SET enabled = EXCLUDED.enabled, updated_at = EXCLUDED.updated_at;
+    END IF;
+    -- The account row's copy of its switches, which the reserve fast path
+    -- reads on the locked row's newest version: a reserve that waited for
+    -- this call's lock is judged by what it wrote (credits.accounts).
+    UPDATE credits.accounts a
+       SET products_off = (SELECT array_agg(ap.product ORDER BY ap.product) FROM credits.account_products ap
+                            WHERE ap.account_id = v_account AND NOT ap.enabled)
+     WHERE a.account_id = v_account;
+END
+$$;

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(28);
+SELECT plan(30);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -26,6 +26,18 @@ SELECT credits_account_product_set(account_id => 'beta', product => 'translation
 SELECT credits_product_upsert(product => 'translations', enabled => true);
 SELECT credits_account_product_set(account_id => 'acme', product => 'seo', enabled => NULL);
 SELECT lives_ok($$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'seo')$$, 're-enabled products work again');
+-- The account row carries a copy of its switched-off products, which the
+-- reserve fast path reads on the locked row (concurrency.rs).
+SELECT credits_account_product_set(account_id => 'beta', product => 'seo', enabled => false);
+SELECT credits_account_product_set(account_id => 'beta', product => 'editor', enabled => false);
+SELECT credits_account_product_set(account_id => 'beta', product => 'images', enabled => true);
+SELECT is((SELECT products_off FROM credits.accounts WHERE account_id = 'beta'), '{editor,seo}'::text[],
+          'the account row names the products switched off for it, sorted');
+SELECT credits_account_product_set(account_id => 'beta', product => 'seo', enabled => true);
+SELECT credits_account_product_set(account_id => 'beta', product => 'editor', enabled => NULL);
+SELECT is((SELECT products_off FROM credits.accounts WHERE account_id = 'beta'), NULL,
+          'and none once they are switched on again or their switch is removed');
+SELECT credits_account_product_set(account_id => 'beta', product => 'images', enabled => NULL);
 
 -- Prices and cost previews.
 SELECT credits_price_upsert(product => 'images', action => 'generate', unit => 'image', price => 25);

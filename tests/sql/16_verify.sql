@@ -3,7 +3,7 @@
 -- tampering breaks), and it reads the ledger a bounded number of times, not
 -- once per reservation.
 \ir helpers.inc
-SELECT plan(18);
+SELECT plan(20);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -76,6 +76,10 @@ SELECT is(pg_temp.reported($$UPDATE credits.usage_rollup SET actions = actions +
           'usage roll-up counts every commit: v', 'a roll-up action count that is not the commits''');
 SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET refunded = refunded + 1 WHERE reservation_id = %L', :'c1')),
           'committed charges equal their ledger rows: v', 'a refund that has no ledger row');
+SELECT is(pg_temp.reported($$UPDATE credits.accounts SET products_off = '{seo}' WHERE account_id = 'v'$$),
+          'account products_off copies its switched-off products: v', 'an account row that names a product not switched off');
+SELECT is(pg_temp.reported($$INSERT INTO credits.account_products VALUES ('w', 'editor', false, now())$$),
+          'account products_off copies its switched-off products: w', 'a switch-off that the account row does not carry');
 
 -- At scale: 400 actions of one account. credits_verify() reads the ledger in
 -- a few passes; until 0.3.5 it read all of an account's ledger rows once for
