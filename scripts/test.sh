@@ -78,5 +78,5 @@ bench_smoke --profile
 echo "== integration tests (many client connections)"
 CREDITS_TEST_URL="host=127.0.0.1 port=$TEST_PORT user=postgres" CREDITS_TEST_PGDATA="$TEST_DIR/data" \
     CREDITS_TORTURE_SECONDS=${CREDITS_TORTURE_SECONDS:-20} CREDITS_MODEL_CASES=${CREDITS_MODEL_CASES:-64} \
-    cargo test --features integration --test concurrency --test durability --test notifications --test model --test periods --test reference --test torture \
+    cargo test --features integration --test concurrency --test lock_order --test durability --test notifications --test model --test periods --test reference --test torture \
     -- --test-threads=1 --nocapture
