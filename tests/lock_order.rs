@@ -7,7 +7,8 @@
 //! that order left it: no snapshot taken before the lock may decide
 //! anything. Eight connections make random calls (reserves, keyed or not,
 //! commits, forced ones too, refunds, grants, purchases, plan, BYOK, limit
-//! and product switches, auto-recharge settings, resets) on three accounts
+//! and product switches, anchors, alerts, auto-recharge settings, a payment
+//! worker's completions and failures, resets) on three accounts
 //! in rounds of one pinned instant each, while another connection runs
 //! `credits_maintenance()` and `credits_reset()`. Each call's transaction
 //! bumps a per-account counter after the call, under the account's lock, so
@@ -29,11 +30,16 @@ const ACCOUNTS: [&str; 3] = ["a0", "a1", "a2"];
 const WORKERS: usize = 8;
 
 /// One call: its account, what it is, and its SQL (returning one text).
+/// `lock_first`: the test locks the account before the call, whose SQL
+/// looks up what it works on (a pending recharge request) in a statement
+/// of its own, so that it finds what the calls before it in lock order
+/// left.
 #[derive(Clone, Debug)]
 struct Call {
     account: &'static str,
     kind: &'static str,
     sql: String,
+    lock_first: bool,
 }
 
 /// A call that succeeded in the concurrent run.
@@ -77,7 +83,12 @@ fn lit(s: Option<&str>) -> String {
 fn random_call(rng: &mut Rng, holds: &[(String, &'static str)], tight: bool) -> Call {
     let account = ACCOUNTS[rng.below(3) as usize];
     let x = rng.below(100);
-    let call = |kind, sql: String| Call { account, kind, sql };
+    let call = |kind, sql: String| Call {
+        account,
+        kind,
+        sql,
+        lock_first: false,
+    };
     let pick = |rng: &mut Rng| holds[rng.below(holds.len() as u64) as usize].clone();
     match x {
         0..35 => {
@@ -114,6 +125,7 @@ fn random_call(rng: &mut Rng, holds: &[(String, &'static str)], tight: bool) -> 
                     lit(amount.as_deref()),
                     rng.below(5) == 0
                 ),
+                lock_first: false,
             }
         }
         60..72 if !holds.is_empty() => {
@@ -129,6 +141,7 @@ fn random_call(rng: &mut Rng, holds: &[(String, &'static str)], tight: bool) -> 
                     lit(amount.as_deref()),
                     lit(key.as_deref())
                 ),
+                lock_first: false,
             }
         }
         72..82 => {
@@ -174,17 +187,17 @@ fn random_call(rng: &mut Rng, holds: &[(String, &'static str)], tight: bool) -> 
                 lit([None, Some("3"), Some("0")][rng.below(3) as usize])
             ),
         ),
-        89..91 => call(
+        89..90 => call(
             "reset",
             format!("SELECT credits_reset(account_id => '{account}')::text"),
         ),
-        91..94 if !tight || x == 93 => call(
+        90..92 if !tight || x == 91 => call(
             "purchase",
             format!(
                 "SELECT credits_purchase(account_id => '{account}', pack => 'pk', payment_ref => 'pay-' || gen_random_uuid())::text"
             ),
         ),
-        94..96 => call(
+        92..93 => call(
             "auto-recharge",
             format!(
                 "SELECT credits_auto_recharge_set(account_id => '{account}', enabled => {}, pack => 'pk',
@@ -194,7 +207,56 @@ fn random_call(rng: &mut Rng, holds: &[(String, &'static str)], tight: bool) -> 
                 lit([None, Some("20"), Some("100")][rng.below(3) as usize])
             ),
         ),
-        96.. => call(
+        93..94 => {
+            // A payment worker: completes or fails the account's oldest
+            // pending recharge request, if any.
+            let (kind, sql) = if rng.below(2) == 0 {
+                (
+                    "pay",
+                    format!(
+                        "SELECT coalesce((SELECT credits_purchase(account_id => '{account}', pack => 'pk',
+                                                                  payment_ref => r.request_id::text)::text
+                                            FROM credits.recharge_requests r
+                                           WHERE r.account_id = '{account}' AND r.status = 'pending'
+                                           ORDER BY r.created_at LIMIT 1), 'none')"
+                    ),
+                )
+            } else {
+                (
+                    "fail",
+                    format!(
+                        "SELECT coalesce((SELECT credits_recharge_fail(request_id => r.request_id, reason => 'declined')::text
+                                            FROM credits.recharge_requests r
+                                           WHERE r.account_id = '{account}' AND r.status = 'pending'
+                                           ORDER BY r.created_at LIMIT 1), 'none')"
+                    ),
+                )
+            };
+            Call {
+                account,
+                kind,
+                sql,
+                lock_first: true,
+            }
+        }
+        94..95 if rng.below(2) == 0 => call(
+            "anchor",
+            format!(
+                "SELECT credits_account_upsert(account_id => '{account}',
+                                               billing_anchor => timestamptz '2026-01-20 00:00:00+00'
+                                                                 + interval '{} days {} hours')::text",
+                [-40, -3, 0, 9, 28][rng.below(5) as usize],
+                [0, 6][rng.below(2) as usize]
+            ),
+        ),
+        94..95 => call(
+            "alerts",
+            format!(
+                "SELECT credits_account_upsert(account_id => '{account}', alert_percents => '{}')::text",
+                ["{50,80,100}", "{90}", "{}", "{25,150}"][rng.below(4) as usize]
+            ),
+        ),
+        95.. => call(
             "product",
             format!(
                 "SELECT credits_account_product_set(account_id => '{account}', product => '{}', enabled => {})::text",
@@ -226,6 +288,13 @@ const PIN: &str =
 fn run(client: &mut Client, call: &Call, at: &str) -> Result<(String, i32), String> {
     let mut tx = client.transaction().unwrap();
     tx.execute(PIN, &[&at, &true]).unwrap();
+    if call.lock_first {
+        tx.execute(
+            "SELECT 1 FROM credits.accounts WHERE account_id = $1 FOR NO KEY UPDATE",
+            &[&call.account],
+        )
+        .unwrap();
+    }
     let result = match tx.query_one(call.sql.as_str(), &[]) {
         Ok(row) => row.get::<_, Option<String>>(0).unwrap_or_default(),
         Err(e) => return Err(sqlstate(&e)),
@@ -367,7 +436,7 @@ fn concurrent_run_equals_its_replay(
         }
         let (result, _) = run(&mut serial, &call, &d.at)
             .unwrap_or_else(|code| panic!("replayed in lock order, {d:?} fails with {code}"));
-        if matches!(call.kind, "reserve" | "grant" | "purchase") {
+        if matches!(call.kind, "reserve" | "grant" | "purchase" | "pay") && d.result != "none" {
             let known = ids.get(&d.result);
             assert!(
                 known.is_none_or(|id| *id == result),
