@@ -26,7 +26,6 @@ use crate::fast_path::{
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::cell::Cell;
 
 /// The common case on the account row, all but its `next_event`: valid
 /// input, enough free credits, no debt, not BYOK, an account the caller may
@@ -246,31 +245,22 @@ thread_local! {
             (TAKE_HOLD_DUE_BEFORE_0_3_5, TAKE_ARGS),
         ])
     };
-    /// Whether this database's account rows carry `products_off` (SQL
-    /// 0.3.5 and later): once seen, for the backend's life (a database is
-    /// never downgraded); until then asked again on each call, from the
-    /// catalog caches, so that a session that was open during `ALTER
-    /// EXTENSION credits UPDATE` switches over with its next reserve.
-    static SWITCHES_ON_ROW: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether `credits.accounts` has the column `products_off`.
+/// Whether this database's account rows carry `products_off` (SQL 0.3.5
+/// and later). Asked on each call, from the catalog caches (three hash
+/// look-ups), so that a session switches over with its first reserve after
+/// `ALTER EXTENSION credits UPDATE`, and back should the extension be
+/// dropped and created again at an older version.
 fn switches_on_row() -> bool {
-    SWITCHES_ON_ROW.with(|known| {
-        if !known.get() {
-            // SAFETY: catalog cache look-ups by name, inside a transaction.
-            let found = unsafe {
-                let schema = pg_sys::get_namespace_oid(c"credits".as_ptr(), true);
-                schema != pg_sys::InvalidOid && {
-                    let table = pg_sys::get_relname_relid(c"accounts".as_ptr(), schema);
-                    table != pg_sys::InvalidOid
-                        && pg_sys::get_attnum(table, c"products_off".as_ptr()) > 0
-                }
-            };
-            known.set(found);
+    // SAFETY: catalog cache look-ups by name, inside a transaction.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"credits".as_ptr(), true);
+        schema != pg_sys::InvalidOid && {
+            let table = pg_sys::get_relname_relid(c"accounts".as_ptr(), schema);
+            table != pg_sys::InvalidOid && pg_sys::get_attnum(table, c"products_off".as_ptr()) > 0
         }
-        known.get()
-    })
+    }
 }
 
 finfo_v1!(pg_finfo_credits_reserve_fast);
