@@ -69,8 +69,9 @@ fn setup(url: &str) {
          SELECT credits_account_upsert(account_id => 'a0', plan_id => 'h', alert_percents => '{50,80,100}');
          SELECT credits_account_upsert(account_id => 'a1', plan_id => 's');
          SELECT credits_account_upsert(account_id => 'a2', plan_id => 't');
-         SELECT credits_auto_recharge_set(account_id => 'a2', enabled => true, pack => 'pk', threshold => 8,
-                                          monthly_cap => 100);",
+         SELECT credits_auto_recharge_set(account_id => a, enabled => true, pack => 'pk', threshold => 100,
+                                          monthly_cap => 100)
+           FROM unnest('{a0,a1,a2}'::text[]) a;",
     )
     .unwrap();
 }
@@ -150,7 +151,7 @@ fn random_call(
                 lock_first: false,
             }
         }
-        72..82 => {
+        72..80 => {
             let kind = ["topup", "promo", "pack", "adjustment"][rng.below(4) as usize];
             let amount = 1 + rng.below(if tight { 8 } else { 40 });
             let expires = if kind == "promo" && rng.below(2) == 0 {
@@ -171,21 +172,21 @@ fn random_call(
                 ),
             )
         }
-        82..85 => call(
+        80..83 => call(
             "plan",
             format!(
                 "SELECT credits_account_upsert(account_id => '{account}', plan_id => '{}')::text",
                 ["h", "s", "t"][rng.below(3) as usize]
             ),
         ),
-        85..87 => call(
+        83..85 => call(
             "byok",
             format!(
                 "SELECT credits_account_upsert(account_id => '{account}', byok => {})::text",
                 rng.below(3) == 0
             ),
         ),
-        87..89 => call(
+        85..87 => call(
             "override",
             format!(
                 "SELECT credits_account_upsert(account_id => '{account}', limit_mode => {}, soft_limit => {})::text",
@@ -193,58 +194,49 @@ fn random_call(
                 lit([None, Some("3"), Some("0")][rng.below(3) as usize])
             ),
         ),
-        89..90 => call(
+        87..88 => call(
             "reset",
             format!("SELECT credits_reset(account_id => '{account}')::text"),
         ),
-        90..92 if !tight || x == 91 => call(
+        88..90 if !tight || x == 89 => call(
             "purchase",
             format!(
                 "SELECT credits_purchase(account_id => '{account}', pack => 'pk', payment_ref => 'pay-' || gen_random_uuid())::text"
             ),
         ),
-        92..93 => call(
+        90..91 => call(
             "auto-recharge",
             format!(
                 "SELECT credits_auto_recharge_set(account_id => '{account}', enabled => {}, pack => 'pk',
                                                   threshold => {}, monthly_cap => {})::text",
                 rng.below(4) > 0,
-                ["10", "30"][rng.below(2) as usize],
+                ["10", "100", "250"][rng.below(3) as usize],
                 lit([None, Some("20"), Some("100")][rng.below(3) as usize])
             ),
         ),
-        93..94 => {
-            // A payment worker: completes or fails the account's oldest
-            // pending recharge request, if any.
-            let (kind, sql) = if rng.below(2) == 0 {
-                (
-                    "pay",
-                    format!(
-                        "SELECT coalesce((SELECT credits_purchase(account_id => '{account}', pack => 'pk',
-                                                                  payment_ref => r.request_id::text)::text
-                                            FROM credits.recharge_requests r
-                                           WHERE r.account_id = '{account}' AND r.status = 'pending'
-                                           ORDER BY r.created_at LIMIT 1), 'none')"
-                    ),
-                )
-            } else {
-                (
-                    "fail",
-                    format!(
-                        "SELECT coalesce((SELECT credits_recharge_fail(request_id => r.request_id, reason => 'declined')::text
-                                            FROM credits.recharge_requests r
-                                           WHERE r.account_id = '{account}' AND r.status = 'pending'
-                                           ORDER BY r.created_at LIMIT 1), 'none')"
-                    ),
-                )
-            };
-            Call {
-                account,
-                kind,
-                sql,
-                lock_first: true,
-            }
-        }
+        91..94 => Call {
+            account,
+            // A payment worker: takes the account's oldest pending recharge
+            // request, if any, and completes it (returning the purchase's
+            // id) or fails it ('failed'), in turn: it fails when the
+            // account has an odd number of resolved requests.
+            kind: "payment",
+            sql: format!(
+                "SELECT coalesce((SELECT CASE WHEN r.resolved % 2 = 0
+                                              THEN credits_purchase(account_id => '{account}', pack => 'pk',
+                                                                    payment_ref => r.request_id::text)::text
+                                              ELSE 'failed' || credits_recharge_fail(request_id => r.request_id,
+                                                                                     reason => 'declined')::text
+                                         END
+                                    FROM (SELECT q.request_id,
+                                                 (SELECT count(*) FROM credits.recharge_requests d
+                                                   WHERE d.account_id = '{account}' AND d.status <> 'pending') AS resolved
+                                            FROM credits.recharge_requests q
+                                           WHERE q.account_id = '{account}' AND q.status = 'pending'
+                                           ORDER BY q.created_at LIMIT 1) r), 'none')"
+            ),
+            lock_first: true,
+        },
         94..95 if rng.below(2) == 0 => call(
             "anchor",
             format!(
@@ -344,7 +336,8 @@ const STATE: [&str; 8] = [
 
 /// One run: `rounds` rounds `step_hours` apart, each of `per_worker`
 /// calls from each of the eight connections, on `accounts`; `tight`: few
-/// credits (small grants, few purchases).
+/// credits (small grants, few purchases). Returns how many recharge
+/// requests the payment worker completed and failed.
 fn concurrent_run_equals_its_replay(
     seed: u64,
     rounds: u32,
@@ -352,7 +345,7 @@ fn concurrent_run_equals_its_replay(
     step_hours: u32,
     tight: bool,
     accounts: &[&'static str],
-) {
+) -> (usize, usize) {
     let conc_url = fresh_db(&format!("it_lock_order_{seed}"));
     let serial_url = fresh_db(&format!("it_lock_order_{seed}_serial"));
     setup(&conc_url);
@@ -446,7 +439,9 @@ fn concurrent_run_equals_its_replay(
         }
         let (result, _) = run(&mut serial, &call, &d.at)
             .unwrap_or_else(|code| panic!("replayed in lock order, {d:?} fails with {code}"));
-        if matches!(call.kind, "reserve" | "grant" | "purchase" | "pay") && d.result != "none" {
+        if matches!(call.kind, "reserve" | "grant" | "purchase" | "payment")
+            && !matches!(d.result.as_str(), "none" | "failed")
+        {
             let known = ids.get(&d.result);
             assert!(
                 known.is_none_or(|id| *id == result),
@@ -474,23 +469,38 @@ fn concurrent_run_equals_its_replay(
     }
     assert_verify_empty(&mut conc);
     assert_verify_empty(&mut serial);
+    let payments = done.iter().filter(|d| d.call.kind == "payment");
+    let failed = payments.clone().filter(|d| d.result == "failed").count();
+    let paid = payments
+        .filter(|d| !matches!(d.result.as_str(), "none" | "failed"))
+        .count();
     println!(
-        "seed {seed}: {} calls succeeded, refused {refused:?}",
+        "seed {seed}: {} calls succeeded, refused {refused:?}, recharge requests paid {paid}, failed {failed}",
         done.len()
     );
+    (paid, failed)
 }
 
-/// Plenty of credits: holds, commits, refunds, keys and switches.
+/// Plenty of credits: holds, commits, refunds, keys, switches and
+/// auto-recharge requests, which the payment worker completes and fails.
 #[test]
 fn a_concurrent_run_equals_its_replay_in_lock_order() {
-    concurrent_run_equals_its_replay(11, 24, 8, 6, false, &ACCOUNTS);
+    let (paid, failed) = concurrent_run_equals_its_replay(11, 24, 8, 6, false, &ACCOUNTS);
+    assert!(
+        paid > 0 && failed > 0,
+        "the run covers recharge requests: paid {paid}, failed {failed}"
+    );
 }
 
 /// Few credits, an hour apart: refusals, overage, debt, auto-recharge and
 /// holds expiring between rounds.
 #[test]
 fn a_concurrent_run_on_scarce_credits_equals_its_replay_in_lock_order() {
-    concurrent_run_equals_its_replay(12, 24, 8, 1, true, &ACCOUNTS);
+    let (paid, failed) = concurrent_run_equals_its_replay(12, 24, 8, 1, true, &ACCOUNTS);
+    assert!(
+        paid > 0 && failed > 0,
+        "the run covers recharge requests: paid {paid}, failed {failed}"
+    );
 }
 
 /// Every connection on one account (soft limit, overage), as on the
