@@ -63,6 +63,18 @@ BEGIN
 END
 $$;
 
+-- The products switched off for the account, sorted (NULL: none): what its
+-- row's copy, credits.accounts.products_off, must hold. The reserve fast
+-- path reads that copy on the locked row's newest version;
+-- credits_account_product_set writes it under the account's lock and
+-- credits_verify() checks it.
+CREATE FUNCTION credits._products_off(p_account text) RETURNS text[]
+LANGUAGE sql STABLE
+AS $$
+    SELECT array_agg(ap.product ORDER BY ap.product) FROM credits.account_products ap
+     WHERE ap.account_id = p_account AND NOT ap.enabled
+$$;
+
 -- enabled => NULL removes the account's switch (the global one applies).
 CREATE FUNCTION public.credits_account_product_set(account_id text, product text, enabled boolean)
 RETURNS void
@@ -88,9 +100,6 @@ BEGIN
     -- The account row's copy of its switches, which the reserve fast path
     -- reads on the locked row's newest version: a reserve that waited for
     -- this call's lock is judged by what it wrote (credits.accounts).
-    UPDATE credits.accounts a
-       SET products_off = (SELECT array_agg(ap.product ORDER BY ap.product) FROM credits.account_products ap
-                            WHERE ap.account_id = v_account AND NOT ap.enabled)
-     WHERE a.account_id = v_account;
+    UPDATE credits.accounts a SET products_off = credits._products_off(v_account) WHERE a.account_id = v_account;
 END
 $$;

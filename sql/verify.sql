@@ -204,8 +204,7 @@ AS $$
     SELECT 'account products_off copies its switched-off products', a.account_id,
            format('products_off %s, switched off %s', coalesce(a.products_off::text, 'NULL'), coalesce(o.off::text, 'NULL'))
       FROM credits.accounts a
-      LEFT JOIN LATERAL (SELECT array_agg(ap.product ORDER BY ap.product) AS off FROM credits.account_products ap
-                          WHERE ap.account_id = a.account_id AND NOT ap.enabled) o ON true
+      CROSS JOIN LATERAL (SELECT credits._products_off(a.account_id) AS off) o
      WHERE a.products_off IS DISTINCT FROM o.off
     UNION ALL
     -- Postgres does not track bindings as dependencies of a role: a role

@@ -176,7 +176,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/verify.sql",
     name = "verify",
-    requires = ["state", "usage"]
+    requires = ["state", "usage", "products"]
 );
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 

@@ -238,17 +238,25 @@
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
--- The products switched off for the account, sorted (NULL: none): a copy
--- of its credits.account_products rows with enabled = false, kept by
--- credits_account_product_set under the account's lock, so that the
--- library's reserve fast path judges them on the locked row's newest
--- version.
+-- The account row's copy of its switched-off products, filled below.
 ALTER TABLE credits.accounts ADD COLUMN products_off text[];
+
+-- The products switched off for the account, sorted (NULL: none): what its
+-- row's copy, credits.accounts.products_off, must hold. The reserve fast
+-- path reads that copy on the locked row's newest version;
+-- credits_account_product_set writes it under the account's lock and
+-- credits_verify() checks it.
+CREATE FUNCTION credits._products_off(p_account text) RETURNS text[]
+LANGUAGE sql STABLE
+AS $$
+    SELECT array_agg(ap.product ORDER BY ap.product) FROM credits.account_products ap
+     WHERE ap.account_id = p_account AND NOT ap.enabled
+$$;
+REVOKE ALL ON FUNCTION credits._products_off(text) FROM PUBLIC;
+
 UPDATE credits.accounts a
-   SET products_off = o.off
-  FROM (SELECT ap.account_id, array_agg(ap.product ORDER BY ap.product) AS off
-          FROM credits.account_products ap WHERE NOT ap.enabled GROUP BY ap.account_id) o
- WHERE a.account_id = o.account_id;
+   SET products_off = credits._products_off(a.account_id)
+ WHERE a.account_id IN (SELECT ap.account_id FROM credits.account_products ap WHERE NOT ap.enabled);
 
 DROP FUNCTION credits._maintenance_batch(integer);
 CREATE FUNCTION credits._maintenance_batch(batch_size integer, skip text[] DEFAULT '{}') RETURNS integer
@@ -685,8 +693,7 @@ AS $$
     SELECT 'account products_off copies its switched-off products', a.account_id,
            format('products_off %s, switched off %s', coalesce(a.products_off::text, 'NULL'), coalesce(o.off::text, 'NULL'))
       FROM credits.accounts a
-      LEFT JOIN LATERAL (SELECT array_agg(ap.product ORDER BY ap.product) AS off FROM credits.account_products ap
-                          WHERE ap.account_id = a.account_id AND NOT ap.enabled) o ON true
+      CROSS JOIN LATERAL (SELECT credits._products_off(a.account_id) AS off) o
      WHERE a.products_off IS DISTINCT FROM o.off
     UNION ALL
     -- Postgres does not track bindings as dependencies of a role: a role
@@ -2324,9 +2331,6 @@ BEGIN
     -- The account row's copy of its switches, which the reserve fast path
     -- reads on the locked row's newest version: a reserve that waited for
     -- this call's lock is judged by what it wrote (credits.accounts).
-    UPDATE credits.accounts a
-       SET products_off = (SELECT array_agg(ap.product ORDER BY ap.product) FROM credits.account_products ap
-                            WHERE ap.account_id = v_account AND NOT ap.enabled)
-     WHERE a.account_id = v_account;
+    UPDATE credits.accounts a SET products_off = credits._products_off(v_account) WHERE a.account_id = v_account;
 END
 $$;
