@@ -1685,6 +1685,83 @@ fn with_retries<T>(
     }
 }
 
+/// A recharge failure takes the account's lock and is judged in its turn:
+/// a commit that waited for it and took the balance below the threshold
+/// requests a recharge again, at every isolation level. At REPEATABLE READ
+/// and SERIALIZABLE, `credits_recharge_fail` used to leave the account row
+/// as it was, so the waiting commit went on with its snapshot, in which the
+/// failed request was still pending, and requested nothing (found by
+/// replaying a concurrent run at those levels in the order of the
+/// account's lock). Now it fails with 40001 there and, retried, requests.
+#[test]
+fn a_commit_waiting_for_a_recharge_failure_requests_again_at_every_level() {
+    use postgres::IsolationLevel::{ReadCommitted, RepeatableRead, Serializable};
+    for (name, level) in [
+        ("rc", ReadCommitted),
+        ("rr", RepeatableRead),
+        ("ser", Serializable),
+    ] {
+        let url = fresh_db(&format!("it_recharge_fail_wait_{name}"));
+        let mut admin = connect(&url);
+        admin
+            .batch_execute(
+                "SET credits.now = '2031-01-10 12:00:00+00';
+                 SELECT credits_plan_upsert(plan_id => 'p', allocation => 60);
+                 SELECT credits_pack_upsert(pack_id => 'pk', credits => 15, price => 5);
+                 SELECT credits_account_upsert(account_id => 'x', plan_id => 'p');
+                 -- 60 is below the threshold: a request at once.
+                 SELECT credits_auto_recharge_set(account_id => 'x', enabled => true, pack => 'pk',
+                                                  threshold => 70, monthly_cap => 100);
+                 SELECT credits_grant(account_id => 'x', amount => 20, kind => 'topup');
+                 CREATE TABLE hold AS
+                 SELECT credits_reserve(account_id => 'x', amount => 15, product => 'editor') AS id;",
+            )
+            .unwrap();
+        let mut a = connect(&url);
+        a.batch_execute(
+            "SET credits.now = '2031-01-10 12:00:00+00'; BEGIN;
+             SELECT credits_recharge_fail(request_id => (SELECT request_id FROM credits.recharge_requests),
+                                          reason => 'declined');",
+        )
+        .unwrap();
+        let (b_url, (pid_tx, pid_rx)) = (url.clone(), std::sync::mpsc::channel());
+        let b = thread::spawn(move || {
+            let mut b = connect(&b_url);
+            b.batch_execute("SET credits.now = '2031-01-10 12:00:00+00'")
+                .unwrap();
+            let pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+            pid_tx.send(pid).unwrap();
+            with_retries(&mut b, level, |tx| {
+                // The snapshot, taken before the failure commits.
+                tx.query_one("SELECT 1", &[])?;
+                tx.query_one("SELECT credits_commit((SELECT id FROM hold))::text", &[])
+                    .map(|row| row.get::<_, String>(0))
+            })
+        });
+        wait_until_blocked(&mut admin, pid_rx.recv().unwrap());
+        a.batch_execute("COMMIT").unwrap();
+        let (outcome, retries) = b.join().unwrap();
+        assert!(
+            outcome.is_ok(),
+            "{name}: the commit goes through: {outcome:?}"
+        );
+        assert_eq!(
+            rows(
+                &mut admin,
+                "SELECT status || ' ' || credits FROM credits.recharge_requests ORDER BY status"
+            ),
+            ["failed 15.000000", "pending 15.000000"],
+            "{name}: the commit that took the balance from 80 to 65, below 70, after the failure requests again"
+        );
+        assert_eq!(
+            retries,
+            u32::from(!matches!(level, ReadCommitted)),
+            "{name}: retried on 40001 at REPEATABLE READ and SERIALIZABLE only"
+        );
+        assert_verify_empty(&mut admin);
+    }
+}
+
 /// Applications that run their transactions at REPEATABLE READ or
 /// SERIALIZABLE: a write that meets a concurrent one fails with 40001 and
 /// is retried whole, and the limits stay exact. 24 connections on one

@@ -22,7 +22,7 @@
 mod common;
 
 use common::{assert_verify_empty, connect, fresh_db, rows, sqlstate, Rng};
-use postgres::Client;
+use postgres::{Client, IsolationLevel};
 use std::collections::HashMap;
 use std::thread;
 
@@ -280,18 +280,47 @@ fn instant(round: u32, step_hours: u32, offset_us: usize) -> String {
 const PIN: &str =
     "SELECT set_config('credits.now', (timestamptz '2026-01-20 00:00:00+00' + $1::text::interval)::text, $2)";
 
-/// Runs `call` at `at` in a transaction of its own, then bumps its
-/// account's counter (under the account's lock the call took). Returns the
-/// call's result and the counter, or the SQLSTATE.
-fn run(client: &mut Client, call: &Call, at: &str) -> Result<(String, i32), String> {
-    let mut tx = client.transaction().unwrap();
-    tx.execute(PIN, &[&at, &true]).unwrap();
+/// Runs `call` at `at` in a transaction of its own at `level`, then bumps
+/// its account's counter (under the account's lock the call took); at
+/// REPEATABLE READ and SERIALIZABLE, retries the whole transaction on a
+/// serialization failure (40001), as an application does. Returns the
+/// call's result and the counter, or the SQLSTATE; and the retries.
+fn run(
+    client: &mut Client,
+    call: &Call,
+    at: &str,
+    level: IsolationLevel,
+) -> (Result<(String, i32), String>, u32) {
+    let mut retries = 0;
+    loop {
+        match attempt(client, call, at, level) {
+            Err(code) if code == "40001" && !matches!(level, IsolationLevel::ReadCommitted) => {
+                retries += 1;
+                assert!(retries < 1000, "{call:?} keeps failing with 40001");
+            }
+            outcome => return (outcome, retries),
+        }
+    }
+}
+
+fn attempt(
+    client: &mut Client,
+    call: &Call,
+    at: &str,
+    level: IsolationLevel,
+) -> Result<(String, i32), String> {
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(level)
+        .start()
+        .unwrap();
+    tx.execute(PIN, &[&at, &true]).map_err(|e| sqlstate(&e))?;
     if call.lock_first {
         tx.execute(
             "SELECT 1 FROM credits.accounts WHERE account_id = $1 FOR NO KEY UPDATE",
             &[&call.account],
         )
-        .unwrap();
+        .map_err(|e| sqlstate(&e))?;
     }
     let result = match tx.query_one(call.sql.as_str(), &[]) {
         Ok(row) => row.get::<_, Option<String>>(0).unwrap_or_default(),
@@ -302,9 +331,9 @@ fn run(client: &mut Client, call: &Call, at: &str) -> Result<(String, i32), Stri
             "UPDATE lock_order.seq SET n = n + 1 WHERE account = $1 RETURNING n",
             &[&call.account],
         )
-        .unwrap()
+        .map_err(|e| sqlstate(&e))?
         .get(0);
-    tx.commit().unwrap();
+    tx.commit().map_err(|e| sqlstate(&e))?;
     Ok((result, n))
 }
 
@@ -336,16 +365,36 @@ const STATE: [&str; 8] = [
 
 /// One run: `rounds` rounds `step_hours` apart, each of `per_worker`
 /// calls from each of the eight connections, on `accounts`; `tight`: few
-/// credits (small grants, few purchases). Returns how many recharge
-/// requests the payment worker completed and failed.
-fn concurrent_run_equals_its_replay(
+/// credits (small grants, few purchases); connection `w` runs its calls at
+/// `levels[w % levels.len()]`.
+struct Run {
     seed: u64,
     rounds: u32,
     per_worker: usize,
     step_hours: u32,
     tight: bool,
-    accounts: &[&'static str],
-) -> (usize, usize) {
+    accounts: &'static [&'static str],
+    levels: &'static [IsolationLevel],
+}
+
+/// What a run did beyond its calls: the recharge requests the payment
+/// worker completed and failed, and the transactions retried on 40001.
+struct Outcome {
+    paid: usize,
+    failed: usize,
+    retries: u32,
+}
+
+fn concurrent_run_equals_its_replay(r: Run) -> Outcome {
+    let Run {
+        seed,
+        rounds,
+        per_worker,
+        step_hours,
+        tight,
+        accounts,
+        levels,
+    } = r;
     let conc_url = fresh_db(&format!("it_lock_order_{seed}"));
     let serial_url = fresh_db(&format!("it_lock_order_{seed}_serial"));
     setup(&conc_url);
@@ -354,6 +403,7 @@ fn concurrent_run_equals_its_replay(
     let mut done: Vec<Done> = Vec::new();
     let mut holds: Vec<(String, &'static str)> = Vec::new();
     let mut refused: HashMap<String, u32> = HashMap::new();
+    let mut retries = 0;
     for round in 1..=rounds {
         let plan: Vec<Vec<Call>> = (0..WORKERS)
             .map(|_| {
@@ -376,7 +426,7 @@ fn concurrent_run_equals_its_replay(
             .into_iter()
             .enumerate()
             .map(|(w, calls)| {
-                let url = conc_url.clone();
+                let (url, level) = (conc_url.clone(), levels[w % levels.len()]);
                 thread::spawn(move || {
                     let mut c = connect(&url);
                     calls
@@ -384,7 +434,7 @@ fn concurrent_run_equals_its_replay(
                         .enumerate()
                         .map(|(i, call)| {
                             let at = instant(round, step_hours, w * 1000 + i);
-                            let outcome = run(&mut c, &call, &at);
+                            let outcome = run(&mut c, &call, &at, level);
                             (call, at, outcome)
                         })
                         .collect::<Vec<_>>()
@@ -393,7 +443,8 @@ fn concurrent_run_equals_its_replay(
             .collect();
         maintenance.join().unwrap();
         for w in workers {
-            for (call, at, outcome) in w.join().unwrap() {
+            for (call, at, (outcome, tries)) in w.join().unwrap() {
+                retries += tries;
                 match outcome {
                     Ok((result, n)) => {
                         if call.kind == "reserve" && !holds.iter().any(|(id, _)| *id == result) {
@@ -437,7 +488,8 @@ fn concurrent_run_equals_its_replay(
         for (from, to) in &ids {
             call.sql = call.sql.replace(from.as_str(), to);
         }
-        let (result, _) = run(&mut serial, &call, &d.at)
+        let (result, _) = run(&mut serial, &call, &d.at, IsolationLevel::ReadCommitted)
+            .0
             .unwrap_or_else(|code| panic!("replayed in lock order, {d:?} fails with {code}"));
         if matches!(call.kind, "reserve" | "grant" | "purchase" | "payment")
             && !matches!(d.result.as_str(), "none" | "failed")
@@ -475,20 +527,37 @@ fn concurrent_run_equals_its_replay(
         .filter(|d| !matches!(d.result.as_str(), "none" | "failed"))
         .count();
     println!(
-        "seed {seed}: {} calls succeeded, refused {refused:?}, recharge requests paid {paid}, failed {failed}",
+        "seed {seed}: {} calls succeeded, refused {refused:?}, recharge requests paid {paid}, failed {failed}, \
+         {retries} retries on 40001",
         done.len()
     );
-    (paid, failed)
+    Outcome {
+        paid,
+        failed,
+        retries,
+    }
 }
+
+const READ_COMMITTED: [IsolationLevel; 1] = [IsolationLevel::ReadCommitted];
 
 /// Plenty of credits: holds, commits, refunds, keys, switches and
 /// auto-recharge requests, which the payment worker completes and fails.
 #[test]
 fn a_concurrent_run_equals_its_replay_in_lock_order() {
-    let (paid, failed) = concurrent_run_equals_its_replay(11, 24, 8, 6, false, &ACCOUNTS);
+    let o = concurrent_run_equals_its_replay(Run {
+        seed: 11,
+        rounds: 24,
+        per_worker: 8,
+        step_hours: 6,
+        tight: false,
+        accounts: &ACCOUNTS,
+        levels: &READ_COMMITTED,
+    });
     assert!(
-        paid > 0 && failed > 0,
-        "the run covers recharge requests: paid {paid}, failed {failed}"
+        o.paid > 0 && o.failed > 0,
+        "the run covers recharge requests: paid {}, failed {}",
+        o.paid,
+        o.failed
     );
 }
 
@@ -496,10 +565,20 @@ fn a_concurrent_run_equals_its_replay_in_lock_order() {
 /// holds expiring between rounds.
 #[test]
 fn a_concurrent_run_on_scarce_credits_equals_its_replay_in_lock_order() {
-    let (paid, failed) = concurrent_run_equals_its_replay(12, 24, 8, 1, true, &ACCOUNTS);
+    let o = concurrent_run_equals_its_replay(Run {
+        seed: 12,
+        rounds: 24,
+        per_worker: 8,
+        step_hours: 1,
+        tight: true,
+        accounts: &ACCOUNTS,
+        levels: &READ_COMMITTED,
+    });
     assert!(
-        paid > 0 && failed > 0,
-        "the run covers recharge requests: paid {paid}, failed {failed}"
+        o.paid > 0 && o.failed > 0,
+        "the run covers recharge requests: paid {}, failed {}",
+        o.paid,
+        o.failed
     );
 }
 
@@ -508,5 +587,38 @@ fn a_concurrent_run_on_scarce_credits_equals_its_replay_in_lock_order() {
 /// paths recheck their conditions on the row's newest version.
 #[test]
 fn a_concurrent_run_on_one_hot_account_equals_its_replay_in_lock_order() {
-    concurrent_run_equals_its_replay(13, 16, 8, 3, false, &["a1"]);
+    concurrent_run_equals_its_replay(Run {
+        seed: 13,
+        rounds: 16,
+        per_worker: 8,
+        step_hours: 3,
+        tight: false,
+        accounts: &["a1"],
+        levels: &READ_COMMITTED,
+    });
+}
+
+/// Connections at READ COMMITTED, REPEATABLE READ and SERIALIZABLE (three,
+/// three and two of the eight), the latter two retrying on 40001 as an
+/// application does: a call that commits at any level is judged as its
+/// turn at the account's lock left the account.
+#[test]
+fn a_concurrent_run_at_every_isolation_level_equals_its_replay_in_lock_order() {
+    let o = concurrent_run_equals_its_replay(Run {
+        seed: 14,
+        rounds: 24,
+        per_worker: 8,
+        step_hours: 2,
+        tight: false,
+        accounts: &ACCOUNTS,
+        levels: &[
+            IsolationLevel::ReadCommitted,
+            IsolationLevel::RepeatableRead,
+            IsolationLevel::Serializable,
+        ],
+    });
+    assert!(
+        o.retries > 0,
+        "REPEATABLE READ and SERIALIZABLE callers met concurrent writes"
+    );
 }

@@ -2217,6 +2217,7 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_account text;
+    v_failed  boolean := false;
 BEGIN
     PERFORM credits._required(credits_recharge_fail.request_id IS NULL, 'request_id');
     -- A request of an account the caller may not reach does not exist for
@@ -2228,8 +2229,17 @@ BEGIN
         UPDATE credits.recharge_requests r
            SET status = 'failed', reason = credits_recharge_fail.reason, resolved_at = credits._now()
          WHERE r.account_id = v_account AND r.request_id = credits_recharge_fail.request_id AND r.status = 'pending';
+        v_failed := FOUND;
     END IF;
-    IF v_account IS NULL OR NOT FOUND THEN
+    IF v_failed THEN
+        -- A write of the account row, not only its lock: a call at
+        -- REPEATABLE READ or SERIALIZABLE that waited for the lock then
+        -- fails with 40001 and, retried, finds the request failed, as a
+        -- call at READ COMMITTED does. Otherwise it went on with a snapshot
+        -- in which the request was still pending, and a commit that took
+        -- the balance below the threshold requested no recharge.
+        UPDATE credits.accounts a SET recharge_below = a.recharge_below WHERE a.account_id = v_account;
+    ELSE
         PERFORM credits._raise('CR017', format('recharge request %s is not pending', credits_recharge_fail.request_id),
             'It does not exist, or it was already completed or failed.',
             'Only a pending request can be failed.');
