@@ -33,7 +33,7 @@ REVOKE ALL ON FUNCTION
     public.credits_events_ack(bigint[]),
     public.credits_events_purge(interval, boolean, text[]),
     public.credits_account_bind(text, regrole),
-    public.credits_account_unbind(text, regrole)
+    public.credits_account_unbind(text, regrole, boolean)
 FROM PUBLIC;
 REVOKE ALL ON PROCEDURE public.credits_maintenance(integer) FROM PUBLIC;
 
@@ -53,7 +53,7 @@ GRANT EXECUTE ON FUNCTION
     public.credits_recharge_fail(uuid, text),
     public.credits_events_purge(interval, boolean, text[]),
     public.credits_account_bind(text, regrole),
-    public.credits_account_unbind(text, regrole),
+    public.credits_account_unbind(text, regrole, boolean),
     credits._maintenance_batch(integer, text[]),
     credits._maintenance_one(text[]),
     credits._in_transaction_block()
@@ -140,8 +140,8 @@ COMMENT ON FUNCTION public.credits_events_purge(interval, boolean, text[]) IS
     'Deletes events acknowledged more than older_than ago (and unacknowledged ones created before then, if asked). Returns how many.';
 COMMENT ON FUNCTION public.credits_account_bind(text, regrole) IS
     'Binds an account to a role: members of bound roles see and touch only their accounts.';
-COMMENT ON FUNCTION public.credits_account_unbind(text, regrole) IS
-    'Removes a binding of an account to a role.';
+COMMENT ON FUNCTION public.credits_account_unbind(text, regrole, boolean) IS
+    'Removes a binding of an account to a role; a role''s last binding only with last_binding => true (a role bound to no account reaches every account).';
 COMMENT ON FUNCTION public.credits_verify() IS
     'One row per violated invariant of the stored balances, holds, limits and ledger; empty when healthy.';
 

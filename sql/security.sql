@@ -170,7 +170,8 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.credits_account_unbind(account_id text, role regrole) RETURNS void
+CREATE FUNCTION public.credits_account_unbind(account_id text, role regrole, last_binding boolean DEFAULT false)
+RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -180,8 +181,27 @@ DECLARE
     v_account text := credits._ident(credits_account_unbind.account_id, 'account_id', 255);
 BEGIN
     PERFORM credits._required(credits_account_unbind.role IS NULL, 'role');
+    PERFORM credits._required(credits_account_unbind.last_binding IS NULL, 'last_binding');
     PERFORM credits._require_unbound('credits_account_unbind');
     PERFORM credits._lock_account(v_account);
+    -- The role's bindings, locked (after the account, in account order):
+    -- two unbindings of the same role from two accounts take turns, so
+    -- that the second sees the first's and both cannot remove the last.
+    PERFORM 1 FROM credits.account_roles ar WHERE ar.role_id = credits_account_unbind.role
+     ORDER BY ar.account_id FOR UPDATE;
     DELETE FROM credits.account_roles WHERE account_id = v_account AND role_id = credits_account_unbind.role;
+    -- A role bound to no account sees and touches every account: removing
+    -- an existing role's last binding would widen what it reaches, not
+    -- narrow it, so it takes last_binding => true. (A dropped role's
+    -- leftover binding goes without it.)
+    IF FOUND AND NOT credits_account_unbind.last_binding
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = credits_account_unbind.role::oid)
+       AND NOT EXISTS (SELECT 1 FROM credits.account_roles ar WHERE ar.role_id = credits_account_unbind.role) THEN
+        PERFORM credits._raise('CR019',
+            format('account "%s" is the last one bound to role "%s"', v_account, credits_account_unbind.role),
+            'A role bound to no account sees and touches every account: without this binding the role would reach them all.',
+            'Bind the role to its next account first. To retire the role, revoke credits_app, credits_reader and '
+            || 'credits_admin from it, then pass last_binding => true (as to let it reach every account).');
+    END IF;
 END
 $$;

@@ -1685,6 +1685,50 @@ fn with_retries<T>(
     }
 }
 
+/// Two unbindings of one role from its last two accounts take turns on the
+/// role's bindings: the one that waited sees the other's and is refused
+/// (CR019), so the role keeps one binding and never reaches every account.
+/// Each locks a different account, so without the bindings' lock both went
+/// through, each seeing the other's binding in its snapshot.
+#[test]
+fn two_unbindings_racing_never_remove_a_roles_last_binding() {
+    let url = fresh_db("it_unbind_race");
+    let mut admin = connect(&url);
+    admin
+        .batch_execute(
+            "DROP ROLE IF EXISTS it_unbind_race_app;
+             CREATE ROLE it_unbind_race_app IN ROLE credits_app;
+             SELECT credits_plan_upsert(plan_id => 'p', allocation => 100);
+             SELECT credits_account_upsert(account_id => a, plan_id => 'p') FROM unnest(ARRAY['x', 'y']) a;
+             SELECT credits_account_bind(account_id => a, role => 'it_unbind_race_app')
+               FROM unnest(ARRAY['x', 'y']) a;",
+        )
+        .unwrap();
+    let outcome = calls_waiting_for(
+        &url,
+        "SELECT credits_account_unbind(account_id => 'x', role => 'it_unbind_race_app')",
+        &["SELECT credits_account_unbind(account_id => 'y', role => 'it_unbind_race_app')::text"],
+    );
+    assert_eq!(
+        outcome,
+        [Err("CR019".to_string())],
+        "the unbinding that waited finds the role's last binding"
+    );
+    assert_eq!(
+        rows(
+            &mut admin,
+            "SELECT account_id FROM credits.account_roles WHERE role_id = 'it_unbind_race_app'::regrole"
+        ),
+        ["y"]
+    );
+    admin
+        .batch_execute(
+            "SELECT credits_account_unbind(account_id => 'y', role => 'it_unbind_race_app', last_binding => true);
+             DROP ROLE it_unbind_race_app;",
+        )
+        .unwrap();
+}
+
 /// A recharge failure takes the account's lock and is judged in its turn:
 /// a commit that waited for it and took the balance below the threshold
 /// requests a recharge again, at every isolation level. At REPEATABLE READ

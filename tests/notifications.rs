@@ -225,7 +225,7 @@ fn a_transaction_that_raised_events_can_be_prepared_with_credits_notify_off() {
         "SELECT credits_auto_recharge_set(account_id => 'a', enabled => false, pack => 'p20', threshold => 30)",
         "SELECT credits_account_product_set(account_id => 'a', product => 'images', enabled => false)",
         "SELECT credits_account_bind(account_id => 'a', role => 'credits_app')",
-        "SELECT credits_account_unbind(account_id => 'a', role => 'credits_app')",
+        "SELECT credits_account_unbind(account_id => 'a', role => 'credits_app', last_binding => true)",
     ];
     for (i, write) in writes.iter().enumerate() {
         app.batch_execute("BEGIN").unwrap();

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(59);
+SELECT plan(69);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => a, plan_id => 'pro') FROM unnest(ARRAY['a1', 'a2']) a;
@@ -165,6 +165,40 @@ SELECT results_eq($$SELECT account_id FROM credits.account_summary$$, $$VALUES (
 RESET ROLE;
 SELECT is((SELECT status FROM credits.recharge_requests WHERE request_id = :'rq2'), 'pending', 'the request is untouched');
 SELECT is((SELECT allocation FROM credits.plans WHERE plan_id = 'pro'), 100::numeric(20,6), 'and so is the plan');
+
+-- Unbinding narrows what a role reaches, never widens it: a role bound to
+-- no account reaches every account, so its last binding goes only when
+-- asked for by name.
+CREATE ROLE t_unbind IN ROLE credits_app;
+SELECT credits_account_bind(account_id => a, role => 't_unbind') FROM unnest(ARRAY['a1', 'a2']) a;
+SELECT throws_ok($$SELECT credits_account_unbind(account_id => 'a2', role => 't_unbind', last_binding => NULL)$$,
+                 '22004', 'last_binding must not be NULL', 'unbind: last_binding NULL refused');
+SELECT lives_ok($$SELECT credits_account_unbind(account_id => 'a2', role => 't_unbind')$$,
+                'unbind: a binding that is not the role''s last goes');
+SET ROLE t_unbind;
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'a2', amount => 1, product => 'editor')$$, 'CR002', NULL,
+                 'unbind: the role no longer reaches that account');
+RESET ROLE;
+SELECT throws_ok($$SELECT credits_account_unbind(account_id => 'a1', role => 't_unbind')$$, 'CR019',
+                 'account "a1" is the last one bound to role "t_unbind"',
+                 'unbind: the role''s last binding is refused (the role would reach every account)');
+SELECT results_eq($$SELECT account_id FROM credits.account_roles WHERE role_id = 't_unbind'::regrole$$,
+                  $$VALUES ('a1')$$, 'unbind: and stays');
+SET ROLE t_unbind;
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'a2', amount => 1, product => 'editor')$$, 'CR002', NULL,
+                 'unbind: so the role still reaches its account alone');
+RESET ROLE;
+SELECT lives_ok($$SELECT credits_account_unbind(account_id => 'a1', role => 't_unbind', last_binding => true)$$,
+                'unbind: last_binding => true removes the last binding');
+SELECT is_empty($$SELECT 1 FROM credits.account_roles WHERE role_id = 't_unbind'::regrole$$, 'unbind: none left');
+CREATE ROLE t_gone;
+SELECT credits_account_bind(account_id => 'a2', role => 't_gone');
+SELECT 't_gone'::regrole::oid AS gone \gset
+DROP ROLE t_gone;
+SELECT lives_ok(format('SELECT credits_account_unbind(account_id => %L, role => %s::oid::regrole)', 'a2', :'gone'),
+                'unbind: a dropped role''s last binding goes without last_binding (it widens nothing)');
+SELECT is_empty(format('SELECT 1 FROM credits.account_roles WHERE role_id::oid = %s', :'gone'),
+                'unbind: the dropped role''s binding is gone');
 
 -- Hostile objects on the caller's search_path are never picked up.
 CREATE SCHEMA hostile;
