@@ -1191,24 +1191,30 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_account text := credits._ident(credits_account_unbind.account_id, 'account_id', 255);
+    v_role    name;
+    v_reach   regrole[];
 BEGIN
     PERFORM credits._required(credits_account_unbind.role IS NULL, 'role');
     PERFORM credits._required(credits_account_unbind.last_binding IS NULL, 'last_binding');
     PERFORM credits._require_unbound('credits_account_unbind');
     PERFORM credits._lock_account(v_account);
-    -- The role's bindings, locked (after the account, in account order):
-    -- two unbindings of the same role from two accounts take turns, so
-    -- that the second sees the first's and both cannot remove the last.
-    PERFORM 1 FROM credits.account_roles ar WHERE ar.role_id = credits_account_unbind.role
-     ORDER BY ar.account_id FOR UPDATE;
+    -- The roles whose bindings keep the role bound: itself and the roles
+    -- it is a member of (none but itself for a dropped role's OID). Their
+    -- bindings are locked, after the account, in one order: two
+    -- unbindings from two accounts take turns, so that the second sees
+    -- the first's and both cannot remove the last.
+    SELECT r.rolname INTO v_role FROM pg_catalog.pg_roles r WHERE r.oid = credits_account_unbind.role::oid;
+    v_reach := credits._roles_of(v_role) || credits_account_unbind.role;
+    PERFORM 1 FROM credits.account_roles ar WHERE ar.role_id = ANY (v_reach)
+     ORDER BY ar.account_id, ar.role_id FOR UPDATE;
     DELETE FROM credits.account_roles WHERE account_id = v_account AND role_id = credits_account_unbind.role;
-    -- A role bound to no account sees and touches every account: removing
-    -- an existing role's last binding would widen what it reaches, not
-    -- narrow it, so it takes last_binding => true. (A dropped role's
-    -- leftover binding goes without it.)
-    IF FOUND AND NOT credits_account_unbind.last_binding
-       AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = credits_account_unbind.role::oid)
-       AND NOT EXISTS (SELECT 1 FROM credits.account_roles ar WHERE ar.role_id = credits_account_unbind.role) THEN
+    -- A role bound to no account (itself or through a role it is a member
+    -- of) sees and touches every account: removing an existing role's last
+    -- binding would widen what it reaches, not narrow it, so it takes
+    -- last_binding => true. (A dropped role's leftover binding goes
+    -- without it.)
+    IF FOUND AND NOT credits_account_unbind.last_binding AND v_role IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM credits.account_roles ar WHERE ar.role_id = ANY (v_reach)) THEN
         PERFORM credits._raise('CR019',
             format('account "%s" is the last one bound to role "%s"', v_account, credits_account_unbind.role),
             'A role bound to no account sees and touches every account: without this binding the role would reach them all.',

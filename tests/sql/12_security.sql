@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(69);
+SELECT plan(72);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => a, plan_id => 'pro') FROM unnest(ARRAY['a1', 'a2']) a;
@@ -191,6 +191,19 @@ RESET ROLE;
 SELECT lives_ok($$SELECT credits_account_unbind(account_id => 'a1', role => 't_unbind', last_binding => true)$$,
                 'unbind: last_binding => true removes the last binding');
 SELECT is_empty($$SELECT 1 FROM credits.account_roles WHERE role_id = 't_unbind'::regrole$$, 'unbind: none left');
+CREATE ROLE t_group;
+CREATE ROLE t_member IN ROLE t_group, credits_app;
+SELECT credits_account_bind(account_id => 'a2', role => 't_group');
+SELECT credits_account_bind(account_id => 'a1', role => 't_member');
+SELECT lives_ok($$SELECT credits_account_unbind(account_id => 'a1', role => 't_member')$$,
+                'unbind: a role''s own last binding goes while a role it is a member of is bound');
+SET ROLE t_member;
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'a1', amount => 1, product => 'editor')$$, 'CR002', NULL,
+                 'unbind: and the role reaches that role''s accounts alone');
+RESET ROLE;
+SELECT throws_ok($$SELECT credits_account_unbind(account_id => 'a2', role => 't_group')$$, 'CR019',
+                 'account "a2" is the last one bound to role "t_group"',
+                 'unbind: the group''s last binding is refused (it and its members would reach every account)');
 CREATE ROLE t_gone;
 SELECT credits_account_bind(account_id => 'a2', role => 't_gone');
 SELECT 't_gone'::regrole::oid AS gone \gset
