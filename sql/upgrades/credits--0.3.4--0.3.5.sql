@@ -235,6 +235,17 @@
 -- path reads on the locked row's newest version; credits_verify() checks
 -- the copy.
 --
+-- credits_recharge_fail writes the account row, not only its lock: a call
+-- at REPEATABLE READ or SERIALIZABLE that waited for its lock went on with
+-- a snapshot in which the request was still pending, so a commit that
+-- took the balance below the threshold requested no new recharge. It now
+-- fails with 40001 there and, retried, requests.
+--
+-- credits_account_unbind refuses to remove the last binding that keeps an
+-- existing role bound (CR019) unless called with the new last_binding =>
+-- true: a role bound to no account reaches every account. Two unbindings
+-- of one role from two accounts take turns on the role's bindings.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
