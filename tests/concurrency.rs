@@ -1934,6 +1934,99 @@ fn a_mixed_workload_at_repeatable_read_and_serializable_breaks_no_invariant() {
     assert_only_refusals(&states, done);
 }
 
+/// Consumers claiming one queue of events from connections at READ
+/// COMMITTED, REPEATABLE READ and SERIALIZABLE, the latter retrying on
+/// 40001 (a claim that meets another consumer's claim committed after its
+/// snapshot), each acknowledging what it claimed: every event is delivered
+/// once, to one consumer, and none is left behind.
+#[test]
+fn consumers_at_every_isolation_level_claim_each_event_once() {
+    use postgres::IsolationLevel::{ReadCommitted, RepeatableRead, Serializable};
+    const EVENTS: i64 = 600;
+    let url = fresh_db("it_claim_levels");
+    let mut admin = connect(&url);
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO credits.events (account_id, kind, payload, created_at, visible_at)
+             SELECT 'a' || (i % 7), 'usage_alert', jsonb_build_object('i', i), now(), now()
+               FROM generate_series(1, {EVENTS}) i;"
+        ))
+        .unwrap();
+    let levels = [
+        ReadCommitted,
+        ReadCommitted,
+        RepeatableRead,
+        RepeatableRead,
+        Serializable,
+        Serializable,
+    ];
+    let consumers: Vec<_> = levels
+        .into_iter()
+        .enumerate()
+        .map(|(i, level)| {
+            let url = url.clone();
+            thread::spawn(move || {
+                let mut c = connect(&url);
+                let (mut got, mut retries) = (Vec::new(), 0);
+                loop {
+                    let (claimed, tries) = with_retries(&mut c, level, |tx| {
+                        tx.query(
+                            "SELECT event_id FROM credits_events_claim(consumer => $1, max_events => 4,
+                                                                      visibility => '1 hour')",
+                            &[&format!("c{i}")],
+                        )
+                        .map(|rows| rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
+                    });
+                    retries += tries;
+                    let claimed = claimed.unwrap_or_else(|code| panic!("a claim fails with {code}"));
+                    if claimed.is_empty() {
+                        return (got, retries);
+                    }
+                    let (acked, _) = with_retries(&mut c, level, |tx| {
+                        tx.query_one("SELECT credits_events_ack($1)", &[&claimed])
+                            .map(|r| r.get::<_, i32>(0))
+                    });
+                    assert_eq!(acked, Ok(claimed.len() as i32), "a consumer acknowledges what it claimed");
+                    got.extend(claimed);
+                }
+            })
+        })
+        .collect();
+    let mut delivered: Vec<i64> = Vec::new();
+    let mut retries = 0;
+    for consumer in consumers {
+        let (got, tries) = consumer.join().unwrap();
+        delivered.extend(got);
+        retries += tries;
+    }
+    // Events skipped while a claim that then failed with 40001 held them.
+    let late = rows(
+        &mut admin,
+        "SELECT event_id::text FROM credits_events_claim(consumer => 'late', max_events => 1000)",
+    );
+    let unique: HashSet<i64> = delivered.iter().copied().collect();
+    assert_eq!(unique.len(), delivered.len(), "no event is delivered twice");
+    assert_eq!(
+        delivered.len() + late.len(),
+        EVENTS as usize,
+        "every event is delivered ({} late)",
+        late.len()
+    );
+    assert_eq!(
+        count(
+            &mut admin,
+            "SELECT count(*) FROM credits.events WHERE deliveries <> 1"
+        ),
+        0,
+        "each event was claimed once"
+    );
+    eprintln!(
+        "{} events claimed by six consumers, {} late, {retries} retries after 40001",
+        delivered.len(),
+        late.len()
+    );
+}
+
 #[test]
 fn a_purge_skips_the_events_a_consumer_holds_and_never_waits_for_it() {
     let url = fresh_db("it_purge");
