@@ -1685,6 +1685,178 @@ fn with_retries<T>(
     }
 }
 
+/// Every write of an account writes the account's row, so that a call at
+/// REPEATABLE READ that waited for it fails with 40001 and is retried with
+/// a snapshot that sees it, instead of going on with one that does not
+/// (README, Isolation levels). For each write API on one account: a
+/// REPEATABLE READ grant whose snapshot predates the write waits for the
+/// write's lock and fails with 40001 once the write commits. Bindings are
+/// the documented exception: they apply to calls that begin after them.
+/// `credits_recharge_fail` only locked the account until 0.3.5.
+#[test]
+fn a_repeatable_read_call_waiting_for_any_write_of_its_account_fails_with_40001() {
+    let url = fresh_db("it_rr_waits");
+    let mut admin = connect(&url);
+    admin
+        .batch_execute(
+            "DROP ROLE IF EXISTS it_rr_waits_app;
+             CREATE ROLE it_rr_waits_app IN ROLE credits_app;
+             SET credits.now = '2031-01-10 12:00:00+00';
+             SELECT credits_plan_upsert(plan_id => 'p', allocation => 100);
+             SELECT credits_plan_upsert(plan_id => 'q', allocation => 200);
+             SELECT credits_pack_upsert(pack_id => 'pk', credits => 15, price => 5);
+             SELECT credits_account_upsert(account_id => a, plan_id => 'p') FROM unnest(ARRAY['x', 'y']) a;
+             SELECT credits_account_bind(account_id => 'y', role => 'it_rr_waits_app');
+             CREATE TABLE holds (name text PRIMARY KEY, id uuid);
+             INSERT INTO holds
+             SELECT n, credits_reserve(account_id => 'x', amount => 2, product => 'editor')
+               FROM unnest(ARRAY['commit', 'refund']) n;
+             SELECT credits_commit((SELECT id FROM holds WHERE name = 'refund'));",
+        )
+        .unwrap();
+    // Each write, with what it needs first (run before the write's
+    // transaction), and whether a waiting REPEATABLE READ call must retry.
+    let writes: [(&str, &str, bool); 13] = [
+        ("", "SELECT credits_grant(account_id => 'x', amount => 5)", true),
+        (
+            "",
+            "SELECT credits_reserve(account_id => 'x', amount => 1, product => 'editor')",
+            true,
+        ),
+        (
+            "",
+            "SELECT credits_commit((SELECT id FROM holds WHERE name = 'commit'))",
+            true,
+        ),
+        (
+            "",
+            "SELECT credits_refund((SELECT id FROM holds WHERE name = 'refund'), amount => 1)",
+            true,
+        ),
+        (
+            "",
+            "SELECT credits_account_upsert(account_id => 'x', alert_percents => '{50}')",
+            true,
+        ),
+        (
+            "",
+            "SELECT credits_account_upsert(account_id => 'x', plan_id => 'q')",
+            true,
+        ),
+        (
+            "",
+            "SELECT credits_account_product_set(account_id => 'x', product => 'seo', enabled => false)",
+            true,
+        ),
+        (
+            "",
+            "SELECT credits_purchase(account_id => 'x', pack => 'pk', payment_ref => 'pay-1')",
+            true,
+        ),
+        (
+            "",
+            "SELECT credits_auto_recharge_set(account_id => 'x', enabled => true, pack => 'pk', threshold => 1)",
+            true,
+        ),
+        (
+            // A pending request: the threshold above the balance.
+            "SELECT credits_auto_recharge_set(account_id => 'x', enabled => true, pack => 'pk', threshold => 100000)",
+            "SELECT credits_recharge_fail((SELECT request_id FROM credits.recharge_requests WHERE status = 'pending'))",
+            true,
+        ),
+        (
+            "",
+            "SELECT credits_account_bind(account_id => 'x', role => 'it_rr_waits_app')",
+            false,
+        ),
+        (
+            "",
+            "SELECT credits_account_unbind(account_id => 'x', role => 'it_rr_waits_app')",
+            false,
+        ),
+        // Last: a reset with something due, a month later.
+        (
+            "",
+            "SET LOCAL credits.now = '2031-02-15 12:00:00+00'; SELECT credits_reset(account_id => 'x')",
+            true,
+        ),
+    ];
+    for (before, write, retries) in writes {
+        admin
+            .batch_execute(&format!(
+                "SET credits.now = '2031-01-10 12:00:00+00'; {before}"
+            ))
+            .unwrap();
+        let mut a = connect(&url);
+        a.batch_execute(&format!(
+            "SET credits.now = '2031-01-10 12:00:00+00'; BEGIN; {write}"
+        ))
+        .unwrap();
+        let (b_url, (pid_tx, pid_rx)) = (url.clone(), std::sync::mpsc::channel());
+        let b = thread::spawn(move || {
+            let mut b = connect(&b_url);
+            b.batch_execute(
+                "SET credits.now = '2031-01-10 12:00:00+00'; BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1",
+            )
+            .unwrap();
+            pid_tx
+                .send(
+                    b.query_one("SELECT pg_backend_pid()", &[])
+                        .unwrap()
+                        .get::<_, i32>(0),
+                )
+                .unwrap();
+            let outcome = b
+                .query_one(
+                    "SELECT credits_grant(account_id => 'x', amount => 1)::text",
+                    &[],
+                )
+                .map(|_| ())
+                .map_err(|e| sqlstate(&e));
+            b.batch_execute("ROLLBACK").unwrap();
+            outcome
+        });
+        let pid = pid_rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !admin
+            .query_one(
+                "SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)",
+                &[&pid],
+            )
+            .unwrap()
+            .get::<_, bool>(0)
+        {
+            if b.is_finished() {
+                panic!(
+                    "the REPEATABLE READ grant did not wait for {write}: {:?}",
+                    b.join().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the REPEATABLE READ grant never waited for: {write}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        a.batch_execute("COMMIT").unwrap();
+        let outcome = b.join().unwrap();
+        let expected = if retries {
+            Err("40001".to_string())
+        } else {
+            Ok(())
+        };
+        assert_eq!(
+            outcome, expected,
+            "a REPEATABLE READ grant that waited for: {write}"
+        );
+    }
+    admin
+        .batch_execute("SET credits.now = '2031-02-15 12:00:00+00'")
+        .unwrap();
+    assert_verify_empty(&mut admin);
+    admin.batch_execute("DROP ROLE it_rr_waits_app").unwrap();
+}
+
 /// Two unbindings of one role from its last two accounts take turns on the
 /// role's bindings: the one that waited sees the other's and is refused
 /// (CR019), so the role keeps one binding and never reaches every account.
