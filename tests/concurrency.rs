@@ -182,23 +182,52 @@ fn a_false_alarm_under_many_connections_stays_exact_without_deadlock() {
     assert_verify_empty(&mut client);
 }
 
+/// Whether the backend `pid` is waiting for a lock.
+fn waiting_for_lock(client: &mut Client, pid: i32) -> bool {
+    client
+        .query_one(
+            "SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)",
+            &[&pid],
+        )
+        .unwrap()
+        .get(0)
+}
+
 /// Waits until the backend `pid` is waiting for a lock (at most 30 s).
 fn wait_until_blocked(client: &mut Client, pid: i32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let blocked: bool = client
-            .query_one(
-                "SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)",
-                &[&pid],
-            )
-            .unwrap()
-            .get(0);
-        if blocked {
+        if waiting_for_lock(client, pid) {
             return;
         }
         thread::sleep(Duration::from_millis(20));
     }
     panic!("backend {pid} never waited for a lock");
+}
+
+/// Waits until the backend `pid`, which `waiter` drives, is waiting for a
+/// lock (at most 30 s); fails at once, with what `waiter` returned, if it
+/// returned without waiting. Gives `waiter` back.
+fn wait_until_waiting<T: std::fmt::Debug>(
+    client: &mut Client,
+    pid: i32,
+    waiter: thread::JoinHandle<T>,
+) -> thread::JoinHandle<T> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting_for_lock(client, pid) {
+        if waiter.is_finished() {
+            panic!(
+                "backend {pid} returned without waiting for a lock: {:?}",
+                waiter.join().unwrap()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend {pid} never waited for a lock"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    waiter
 }
 
 /// Session A writes `account` with `write` (its clock at 12:00:30, before
@@ -325,11 +354,19 @@ fn writes_committed_while_a_false_alarm_waits_for_the_account_are_not_missed() {
     assert_verify_empty(&mut admin);
 }
 
+/// A call made by a session of its own, given its connection.
+type Waiter<T> = Box<dyn FnOnce(&mut Client) -> T + Send>;
+
 /// Session A runs `write` and keeps its transaction open; then each of
 /// `calls` in a session of its own (all at one pinned instant), started
-/// once the one before waits for A's row lock, so that they get the lock in
-/// that order after A commits. Returns their answers.
-fn calls_waiting_for(url: &str, write: &str, calls: &[&str]) -> Vec<Result<String, String>> {
+/// once the one before waits for a lock, so that they get A's row lock in
+/// that order after A commits. Returns what each returned; fails if one
+/// returned without waiting.
+fn waiting_for<T: std::fmt::Debug + Send + 'static>(
+    url: &str,
+    write: &str,
+    calls: Vec<Waiter<T>>,
+) -> Vec<T> {
     let mut admin = connect(url);
     let mut a = connect(url);
     a.batch_execute("SET credits.now = '2031-01-10 12:00:00+00'; BEGIN")
@@ -337,22 +374,37 @@ fn calls_waiting_for(url: &str, write: &str, calls: &[&str]) -> Vec<Result<Strin
     a.batch_execute(write).unwrap();
     let mut waiting = Vec::new();
     for call in calls {
-        let (b_url, b_call) = (url.to_string(), call.to_string());
+        let b_url = url.to_string();
         let (pid_tx, pid_rx) = std::sync::mpsc::channel();
-        waiting.push(thread::spawn(move || {
+        let b = thread::spawn(move || {
             let mut b = connect(&b_url);
             b.batch_execute("SET credits.now = '2031-01-10 12:00:00+00'")
                 .unwrap();
             let pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
             pid_tx.send(pid).unwrap();
-            b.query_one(b_call.as_str(), &[])
-                .map(|row| row.get::<_, String>(0))
-                .map_err(|e| sqlstate(&e))
-        }));
-        wait_until_blocked(&mut admin, pid_rx.recv().unwrap());
+            call(&mut b)
+        });
+        waiting.push(wait_until_waiting(&mut admin, pid_rx.recv().unwrap(), b));
     }
     a.batch_execute("COMMIT").unwrap();
     waiting.into_iter().map(|b| b.join().unwrap()).collect()
+}
+
+/// `waiting_for` with SQL calls that return one text: their answers or
+/// SQLSTATEs.
+fn calls_waiting_for(url: &str, write: &str, calls: &[&str]) -> Vec<Result<String, String>> {
+    let calls = calls
+        .iter()
+        .map(|call| {
+            let call = call.to_string();
+            Box::new(move |b: &mut Client| {
+                b.query_one(call.as_str(), &[])
+                    .map(|row| row.get::<_, String>(0))
+                    .map_err(|e| sqlstate(&e))
+            }) as Waiter<_>
+        })
+        .collect();
+    waiting_for(url, write, calls)
 }
 
 /// A product switched off for an account is judged under the account's
@@ -1787,59 +1839,24 @@ fn a_repeatable_read_call_waiting_for_any_write_of_its_account_fails_with_40001(
                 "SET credits.now = '2031-01-10 12:00:00+00'; {before}"
             ))
             .unwrap();
-        let mut a = connect(&url);
-        a.batch_execute(&format!(
-            "SET credits.now = '2031-01-10 12:00:00+00'; BEGIN; {write}"
-        ))
-        .unwrap();
-        let (b_url, (pid_tx, pid_rx)) = (url.clone(), std::sync::mpsc::channel());
-        let b = thread::spawn(move || {
-            let mut b = connect(&b_url);
-            b.batch_execute(
-                "SET credits.now = '2031-01-10 12:00:00+00'; BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1",
-            )
-            .unwrap();
-            pid_tx
-                .send(
-                    b.query_one("SELECT pg_backend_pid()", &[])
-                        .unwrap()
-                        .get::<_, i32>(0),
-                )
-                .unwrap();
-            let outcome = b
-                .query_one(
-                    "SELECT credits_grant(account_id => 'x', amount => 1)::text",
-                    &[],
-                )
-                .map(|_| ())
-                .map_err(|e| sqlstate(&e));
-            b.batch_execute("ROLLBACK").unwrap();
-            outcome
-        });
-        let pid = pid_rx.recv().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !admin
-            .query_one(
-                "SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)",
-                &[&pid],
-            )
-            .unwrap()
-            .get::<_, bool>(0)
-        {
-            if b.is_finished() {
-                panic!(
-                    "the REPEATABLE READ grant did not wait for {write}: {:?}",
-                    b.join().unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the REPEATABLE READ grant never waited for: {write}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        a.batch_execute("COMMIT").unwrap();
-        let outcome = b.join().unwrap();
+        let outcome = waiting_for(
+            &url,
+            write,
+            vec![Box::new(|b: &mut Client| {
+                b.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+                    .unwrap();
+                let outcome = b
+                    .query_one(
+                        "SELECT credits_grant(account_id => 'x', amount => 1)::text",
+                        &[],
+                    )
+                    .map(|_| ())
+                    .map_err(|e| sqlstate(&e));
+                b.batch_execute("ROLLBACK").unwrap();
+                outcome
+            })],
+        )
+        .remove(0);
         let expected = if retries {
             Err("40001".to_string())
         } else {
@@ -1933,30 +1950,20 @@ fn a_commit_waiting_for_a_recharge_failure_requests_again_at_every_level() {
                  SELECT credits_reserve(account_id => 'x', amount => 15, product => 'editor') AS id;",
             )
             .unwrap();
-        let mut a = connect(&url);
-        a.batch_execute(
-            "SET credits.now = '2031-01-10 12:00:00+00'; BEGIN;
-             SELECT credits_recharge_fail(request_id => (SELECT request_id FROM credits.recharge_requests),
-                                          reason => 'declined');",
+        let (outcome, retries) = waiting_for(
+            &url,
+            "SELECT credits_recharge_fail(request_id => (SELECT request_id FROM credits.recharge_requests),
+                                          reason => 'declined')",
+            vec![Box::new(move |b: &mut Client| {
+                with_retries(b, level, |tx| {
+                    // The snapshot, taken before the failure commits.
+                    tx.query_one("SELECT 1", &[])?;
+                    tx.query_one("SELECT credits_commit((SELECT id FROM hold))::text", &[])
+                        .map(|row| row.get::<_, String>(0))
+                })
+            })],
         )
-        .unwrap();
-        let (b_url, (pid_tx, pid_rx)) = (url.clone(), std::sync::mpsc::channel());
-        let b = thread::spawn(move || {
-            let mut b = connect(&b_url);
-            b.batch_execute("SET credits.now = '2031-01-10 12:00:00+00'")
-                .unwrap();
-            let pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-            pid_tx.send(pid).unwrap();
-            with_retries(&mut b, level, |tx| {
-                // The snapshot, taken before the failure commits.
-                tx.query_one("SELECT 1", &[])?;
-                tx.query_one("SELECT credits_commit((SELECT id FROM hold))::text", &[])
-                    .map(|row| row.get::<_, String>(0))
-            })
-        });
-        wait_until_blocked(&mut admin, pid_rx.recv().unwrap());
-        a.batch_execute("COMMIT").unwrap();
-        let (outcome, retries) = b.join().unwrap();
+        .remove(0);
         assert!(
             outcome.is_ok(),
             "{name}: the commit goes through: {outcome:?}"
