@@ -63,6 +63,17 @@ echo "== SQL-level tests (pgTAP) again, with foreign session settings"
 "${PSQL[@]}" -d credits_sql_foreign -c "CREATE EXTENSION credits; CREATE EXTENSION pgtap;"
 pg_prove -h 127.0.0.1 -p "$TEST_PORT" -U postgres -d credits_sql_foreign tests/sql/*.sql
 
+# Again with the fast paths off (credits.fast_paths), so that every
+# behaviour the files check is checked on the general path too, also in the
+# common cases that the fast paths otherwise take. Left out: the three
+# files that check which path runs.
+echo "== SQL-level tests (pgTAP) again, with the fast paths off"
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE credits_sql_general" \
+    -c "ALTER DATABASE credits_sql_general SET credits.fast_paths = off"
+"${PSQL[@]}" -d credits_sql_general -c "CREATE EXTENSION credits; CREATE EXTENSION pgtap;"
+pg_prove -h 127.0.0.1 -p "$TEST_PORT" -U postgres -d credits_sql_general \
+    $(ls tests/sql/*.sql | grep -v -e /13_fast_path.sql -e /14_kept_plans.sql -e /15_false_alarm.sql)
+
 echo "== benchmark smoke runs (1 s per run, so that the benchmark, its decomposition and the profile do not rot)"
 bench_smoke() {
     BENCH_SECONDS=1 BENCH_CLIENTS=2 BENCH_ROWS=200 CREDITS_SKIP_INSTALL=1 CREDITS_BENCH_PORT=$((TEST_PORT + 3)) \

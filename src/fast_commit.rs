@@ -26,7 +26,7 @@
 //! with nothing written, and the general path judges the call.
 
 use crate::fast_path::{
-    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, writable, Plans, NUMERIC,
+    arg, enabled, finfo_v1, may_touch, param, plausible_ident, result, text_arg, Plans, NUMERIC,
     TEXT, TID, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
@@ -197,7 +197,7 @@ pub unsafe extern "C-unwind" fn credits_commit_fast(
 }
 
 unsafe fn commit(fcinfo: pg_sys::FunctionCallInfo) -> Option<String> {
-    if !writable() {
+    if !enabled() {
         return None;
     }
     // SAFETY: argument positions and types are those of the SQL declaration.

@@ -14,7 +14,26 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::cell::OnceCell;
+
+static FAST_PATHS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// The setting `credits.fast_paths` (on by default, superuser only): off,
+/// every reserve and commit takes the general path. The pgTAP suite runs a
+/// second time with it off, so that each behaviour it checks is checked on
+/// the general path too, also in the cases the fast paths take.
+pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"credits.fast_paths",
+        c"Lets the reserve and commit fast paths of the credits extension take the common case.",
+        c"Off, every reserve and commit takes the general PL/pgSQL path: the same \
+          results, slower. For tests and diagnosis. Superuser only.",
+        &FAST_PATHS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
 
 /// Argument `n` of the call: `None` when SQL NULL.
 ///
@@ -51,13 +70,19 @@ pub unsafe fn text_arg<'a>(datum: Option<pg_sys::Datum>) -> Option<&'a str> {
     datum.and_then(|d| unsafe { <&str as FromDatum>::from_datum(d, false) })
 }
 
+/// Whether a fast path may take this call: `credits.fast_paths` is on and
+/// the transaction may write.
+pub fn enabled() -> bool {
+    FAST_PATHS.get() && writable()
+}
+
 /// Whether this transaction may write. A fast path declines at once when it
 /// may not: in a read-only transaction or on a hot standby the general path
 /// raises Postgres' own `25006`. (pgrx's `Spi::connect_mut` asks for the
 /// transaction's id first, and on a standby that fails with XX000, "cannot
 /// assign TransactionIds during recovery".) durability.rs calls both write
 /// paths on a streaming standby.
-pub fn writable() -> bool {
+fn writable() -> bool {
     // SAFETY: a plain read of a backend-global flag that Postgres sets when
     // the transaction starts (and on `SET transaction_read_only`).
     !unsafe { pg_sys::XactReadOnly }

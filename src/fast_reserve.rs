@@ -21,7 +21,7 @@
 //! path judges the call.
 
 use crate::fast_path::{
-    arg, finfo_v1, may_touch, param, plausible_ident, result, text_arg, writable, Plans, INTERVAL,
+    arg, enabled, finfo_v1, may_touch, param, plausible_ident, result, text_arg, Plans, INTERVAL,
     JSONB, NUMERIC, TEXT, TIMESTAMPTZ, UUID,
 };
 use pgrx::pg_sys;
@@ -335,7 +335,7 @@ pub unsafe extern "C-unwind" fn credits_reserve_fast(
 }
 
 unsafe fn reserve(fcinfo: pg_sys::FunctionCallInfo) -> Option<pgrx::Uuid> {
-    if !writable() {
+    if !enabled() {
         return None;
     }
     // SAFETY: argument positions and types are those of the SQL declaration.

@@ -185,6 +185,7 @@ pub extern "C-unwind" fn _PG_init() {
     no_backtraces_in_errors();
     clock::init();
     notify::init();
+    fast_path::init();
 }
 
 /// Errors that Postgres raises inside the fast paths' statements (a lock or

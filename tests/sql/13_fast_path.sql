@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(65);
+SELECT plan(72);
 
 CREATE FUNCTION pg_temp.explain_lines(q text) RETURNS SETOF text LANGUAGE plpgsql AS $$
 BEGIN
@@ -180,6 +180,27 @@ SELECT is((SELECT sum(amount) FROM credits.ledger WHERE reservation_id = :'r7' A
           'writing off the 5 it releases to the last period''s allocation');
 SELECT is((SELECT count(*) FROM credits_verify()), 0::bigint, 'and everything verifies');
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
+
+-- credits.fast_paths = off: the fast paths decline every call, having
+-- written nothing, and the general path takes it (scripts/test.sh runs the
+-- other files again so). Only a superuser may turn them off.
+SELECT credits_account_upsert(account_id => 'off', plan_id => 'pro');
+SELECT credits._reserve_fast('off', 5, 'editor', NULL, NULL, '15 minutes', '{}')::text AS r8 \gset
+SET LOCAL credits.fast_paths = off;
+SELECT pg_temp.state() AS before_off \gset
+SELECT is(credits._reserve_fast('off', 5, 'editor', NULL, NULL, '15 minutes', '{}'), NULL,
+          'with credits.fast_paths off the reserve fast path declines the common case');
+SELECT is(credits._commit_fast(:'r8', 5, false, NULL), NULL, 'so does the commit fast path');
+SELECT is(pg_temp.state(), :'before_off', 'having written nothing');
+SELECT is(credits_commit(:'r8', 5), 5::numeric, 'and the general path commits');
+SELECT isnt(credits_reserve(account_id => 'off', amount => 5, product => 'editor'), NULL, 'and reserves');
+RESET credits.fast_paths;
+SELECT isnt(credits._reserve_fast('off', 5, 'editor', NULL, NULL, '15 minutes', '{}'), NULL,
+            'back on, the fast path takes it again');
+CREATE ROLE t_fast_app IN ROLE credits_app;
+SET LOCAL ROLE t_fast_app;
+SELECT throws_ok($$SET credits.fast_paths = off$$, '42501', NULL, 'only a superuser may turn the fast paths off');
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;
