@@ -1,4 +1,4 @@
-.PHONY: demo test bench bench-views bench-decompose bench-profile
+.PHONY: demo test bench bench-views bench-decompose bench-profile mutants
 demo:
 	bash scripts/demo.sh
 test:
@@ -11,3 +11,5 @@ bench-decompose:
 	bash scripts/bench.sh --decompose
 bench-profile:
 	bash scripts/bench.sh --profile
+mutants:
+	bash scripts/mutants.sh

@@ -1,7 +1,7 @@
 # Throwaway Postgres 15 clusters for the demo, the tests and the benchmarks.
 # Source this file; Postgres refuses to run as root, so the cluster runs as
 # the `postgres` user, on a private port, with its socket in its own folder.
-# The ports (25430-25436; the durability test's standby takes the test
+# The ports (25430-25437; the durability test's standby takes the test
 # port + 5) are below Linux's ephemeral range (32768-60999): a port in that
 # range can be held by a client socket in TIME_WAIT (the tests open
 # thousands of connections), and the server then cannot bind it.

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(23);
+SELECT plan(27);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -51,6 +51,25 @@ SELECT is(credits_refund(reservation_id => :'r4', amount => 4, idempotency_key =
 SELECT is(credits_refund(reservation_id => :'r4', amount => 4, idempotency_key => 'rf-1'), 4::numeric,
           'its replay returns the first result');
 SELECT is((SELECT refunded FROM credits.reservations WHERE reservation_id = :'r4'), 4::numeric, 'and refunds once');
+-- Releasing a pending hold whose bucket expired meanwhile: the share drawn
+-- from that bucket is written off at once (an expire row of the
+-- reservation), never given back to it.
+SET LOCAL credits.now = '2026-03-10 12:00:00+00';
+SELECT credits_plan_upsert(plan_id => 'small', allocation => 10, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'promo', plan_id => 'small');
+SELECT credits_grant(account_id => 'promo', amount => 50, kind => 'promo', expires_at => '2026-03-10 13:00:00+00');
+SELECT credits_reserve(account_id => 'promo', amount => 30, product => 'editor', ttl => '3 hours')::text AS rp \gset
+SET LOCAL credits.now = '2026-03-10 14:00:00+00';
+SELECT is(credits_refund(reservation_id => :'rp'), 30::numeric,
+          'a pending hold whose promo expired meanwhile is released whole');
+SELECT results_eq($$SELECT kind, trim_scale(balance), trim_scale(held) FROM credits.buckets
+                     WHERE account_id = 'promo' ORDER BY kind$$,
+                  $$VALUES ('allocation', 10::numeric, 0::numeric), ('promo', 0, 0)$$,
+                  'the allocation gets its 10 back, the expired promo nothing');
+SELECT is((SELECT sum(amount) FROM credits.ledger WHERE reservation_id = :'rp' AND kind = 'expire'), -20::numeric,
+          'the promo''s 20 are written off with an expire row of the reservation');
+SELECT is(pg_temp.fig('promo', 'available'), 10::numeric, 'so that only the allocation is available');
+SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(75);
+SELECT plan(82);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -292,6 +292,34 @@ SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id IN ('
 SELECT credits_account_upsert(account_id => 'ar6', plan_id => 'zero');
 SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar6' AND status = 'pending'), 1::bigint,
           'a plan change that leaves the balance below the threshold writes a request');
+-- A purchase pays an account's debt off first.
+SELECT credits_account_upsert(account_id => 'owes', plan_id => 'pro');
+SELECT credits_commit(credits_reserve(account_id => 'owes', amount => 10, product => 'editor'), 110, force => true);
+SELECT is(pg_temp.fig('owes', 'debt'), 10::numeric, 'an account in debt');
+SELECT credits_purchase(account_id => 'owes', pack => 'p20', payment_ref => 'pi_owes');
+SELECT results_eq($$SELECT trim_scale(balance), trim_scale(debt) FROM credits.accounts WHERE account_id = 'owes'$$,
+                  $$VALUES (190::numeric, 0::numeric)$$, 'buys 200 credits, of which 10 pay its debt');
+SELECT is(pg_temp.fig('owes', 'available'), 190::numeric, 'and 190 are available');
+
+-- Auto-recharge asks when the balance drops below the threshold, not when
+-- it reaches it.
+SELECT credits_account_upsert(account_id => 'edge', plan_id => 'pro');
+SELECT credits_auto_recharge_set(account_id => 'edge', enabled => true, pack => 'p20', threshold => 30);
+SELECT credits_commit(credits_reserve(account_id => 'edge', amount => 70, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'edge'), 0::bigint,
+          'no request at a balance equal to the threshold');
+SELECT credits_commit(credits_reserve(account_id => 'edge', amount => 1, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'edge'), 1::bigint,
+          'a request once it is below');
+-- An alert that a commit beyond its hold reaches exactly is raised; an
+-- alert above the recharge threshold requests no recharge.
+SELECT credits_account_upsert(account_id => 'warn', plan_id => 'pro', alert_percents => '{50}');
+SELECT credits_auto_recharge_set(account_id => 'warn', enabled => true, pack => 'p20', threshold => 10);
+SELECT credits_commit(credits_reserve(account_id => 'warn', amount => 10, product => 'editor'), 50);
+SELECT results_eq($$SELECT kind, payload->>'percent' FROM credits.events WHERE account_id = 'warn'$$,
+                  $$VALUES ('usage_alert', '50')$$, 'a commit beyond its hold to exactly 50% raises the 50% alert');
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'warn'), 0::bigint,
+          'and, 50 above the threshold of 10, no recharge request');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
