@@ -1,6 +1,7 @@
 //! Shared plumbing of the reserve and commit fast paths (`fast_reserve`,
-//! `fast_commit`): raw argument access, SPI plans prepared once per backend
-//! and kept (each prepared when first needed), and the conversions between them.
+//! `fast_commit`): the setting `credits.fast_paths` that turns them off, raw
+//! argument access, SPI plans prepared once per backend and kept (each
+//! prepared when first needed), and the conversions between them.
 //!
 //! A fast path handles the common case only and never raises a domain error:
 //! when anything is unusual it returns NULL without having written anything
@@ -20,9 +21,9 @@ use std::cell::OnceCell;
 static FAST_PATHS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// The setting `credits.fast_paths` (on by default, superuser only): off,
-/// every reserve and commit takes the general path. The pgTAP suite runs a
-/// second time with it off, so that each behaviour it checks is checked on
-/// the general path too, also in the cases the fast paths take.
+/// every reserve and commit takes the general path. `make test` runs the
+/// pgTAP files again with it off, so that each behaviour they check is
+/// checked on the general path too, also in the cases the fast paths take.
 pub fn init() {
     GucRegistry::define_bool_guc(
         c"credits.fast_paths",
