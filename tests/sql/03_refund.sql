@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(27);
+SELECT plan(32);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -70,6 +70,22 @@ SELECT is((SELECT sum(amount) FROM credits.ledger WHERE reservation_id = :'rp' A
           'the promo''s 20 are written off with an expire row of the reservation');
 SELECT is(pg_temp.fig('promo', 'available'), 10::numeric, 'so that only the allocation is available');
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
+-- A refund of a commit that ran into debt takes back what is still owed
+-- of it, and returns what was paid off since as credit.
+SELECT credits_plan_upsert(plan_id => 'hundred', allocation => 100, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'owes', plan_id => 'hundred');
+SELECT credits_reserve(account_id => 'owes', amount => 10, product => 'editor')::text AS rd \gset
+SELECT credits_commit(reservation_id => :'rd', amount => 110, force => true);
+SELECT credits_grant(account_id => 'owes', amount => 4, kind => 'pack');
+SELECT is(pg_temp.fig('owes', 'debt'), 6::numeric, 'a commit of 110 ran 10 into debt, and a pack paid 4 of it');
+SELECT is(credits_refund(reservation_id => :'rd', amount => 30), 30::numeric, 'a refund of 30 of it ...');
+SELECT results_eq(format($$SELECT kind, trim_scale(amount) FROM credits.ledger
+                            WHERE reservation_id = %L AND kind IN ('debt_refund', 'refund') ORDER BY seq$$, :'rd'),
+                  $$VALUES ('debt_refund', 6::numeric), ('refund', 4::numeric), ('refund', 20::numeric)$$,
+                  '... takes back the 6 still owed, returns the 4 paid off as credit, then 20 of the allocation');
+SELECT results_eq($$SELECT trim_scale(balance), trim_scale(debt) FROM credits.accounts WHERE account_id = 'owes'$$,
+                  $$VALUES (24::numeric, 0::numeric)$$, 'so the account owes nothing and holds 24');
+SELECT is(credits_refund(reservation_id => :'rd'), 80::numeric, 'the rest of the refund returns 80');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
