@@ -2,7 +2,7 @@
 # The mutation check of the SQL (make mutants): builds and installs the
 # extension, starts a throwaway cluster and runs scripts/mutants.py, which
 # prints each mutant's outcome; the output is also written to
-# /tmp/credits-mutants.log. About 30 minutes on 2 vCPUs for the whole
+# /tmp/credits-mutants.log. About 30-40 minutes on 2 vCPUs for the whole
 # script; MUT_LINES=A-B narrows it (see scripts/mutants.py). Not part of
 # make test.
 set -euo pipefail
