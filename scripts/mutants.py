@@ -98,7 +98,10 @@ def sites(text):
 def test(text, site, slot):
     """The outcome of one mutant: killed, SURVIVED, or invalid (not installable)."""
     start, end, replacement = site[:3]
-    version, db = f"mutant{slot}", f"credits_mutant{slot}"
+    # Named for this run's process, so that two runs (on two clusters of
+    # one installation) never install each other's mutants.
+    version = f"mutant{os.getpid()}x{slot}"
+    db = f"credits_{version}"
     with open(f"{SHARE}/credits--{version}.sql", "w") as f:
         f.write(text[:start] + replacement + text[end:])
     subprocess.run(PSQL + ["-c", f"DROP DATABASE IF EXISTS {db}"], capture_output=True, check=True)
@@ -158,8 +161,8 @@ def main():
                 counts[outcome] = counts.get(outcome, 0) + 1
                 print(f"{outcome}\t{site[3]}\t{site[4]}\t{site[2].strip() or '(removed)'}\t{site[5]}", flush=True)
     for slot in range(jobs):
-        if os.path.exists(f"{SHARE}/credits--mutant{slot}.sql"):
-            os.remove(f"{SHARE}/credits--mutant{slot}.sql")
+        if os.path.exists(f"{SHARE}/credits--mutant{os.getpid()}x{slot}.sql"):
+            os.remove(f"{SHARE}/credits--mutant{os.getpid()}x{slot}.sql")
     print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), flush=True)
     return 0
 

@@ -3,7 +3,7 @@
 -- tampering breaks), and it reads the ledger a bounded number of times, not
 -- once per reservation.
 \ir helpers.inc
-SELECT plan(20);
+SELECT plan(44);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -19,6 +19,12 @@ SELECT credits_reserve(account_id => 'v', amount => 5, product => 'editor')::tex
 -- w: 10 into overage, and a pending hold of 5 more overage.
 SELECT credits_commit(credits_reserve(account_id => 'w', amount => 110, product => 'editor'));
 SELECT credits_reserve(account_id => 'w', amount => 5, product => 'editor');
+-- b: BYOK, a commit partly refunded; z: a soft limit of 0 of its own.
+SELECT credits_account_upsert(account_id => 'b', plan_id => 'pro', byok => true);
+SELECT credits_reserve(account_id => 'b', amount => 10, product => 'editor')::text AS b1 \gset
+SELECT credits_commit(:'b1');
+SELECT credits_refund(:'b1', 3);
+SELECT credits_account_upsert(account_id => 'z', plan_id => 'pro', limit_mode => 'soft', soft_limit => 0);
 
 -- The invariants credits_verify() reports after running tamper (SQL that
 -- writes the tables behind the API), as 'invariant: account' lines in
@@ -80,6 +86,76 @@ SELECT is(pg_temp.reported($$UPDATE credits.accounts SET products_off = '{seo}' 
           'account products_off copies its switched-off products: v', 'an account row that names a product not switched off');
 SELECT is(pg_temp.reported($$INSERT INTO credits.account_products VALUES ('w', 'editor', false, now())$$),
           'account products_off copies its switched-off products: w', 'a switch-off that the account row does not carry');
+
+-- Each part of the invariants written as one condition is reported on its
+-- own (a mutation of one OR into AND went unnoticed: README, Mutation
+-- check). The CHECK constraint and the ledger's triggers that would refuse
+-- some of these are dropped for the tampering, inside its subtransaction.
+SELECT is(pg_temp.reported($$ALTER TABLE credits.accounts DROP CONSTRAINT accounts_within_limits;
+                              UPDATE credits.accounts SET overage_held = overage_held - 6 WHERE account_id = 'w'$$),
+          'account overage hold equals its pending reservations: w; stored values are valid: w', 'a negative overage hold');
+SELECT is(pg_temp.reported($$ALTER TABLE credits.accounts DROP CONSTRAINT accounts_within_limits;
+                              UPDATE credits.accounts SET debt = -1 WHERE account_id = 'v'$$),
+          'account debt equals its ledger rows: v; stored values are valid: v', 'a negative debt');
+SELECT is(pg_temp.reported($$UPDATE credits.accounts SET soft_limit = -1 WHERE account_id = 'v'$$),
+          'stored values are valid: v', 'a negative soft limit');
+SELECT is(pg_temp.reported($$UPDATE credits.accounts SET limit_mode = 'loose' WHERE account_id = 'v'$$),
+          'stored values are valid: v', 'an unknown limit mode');
+SELECT is(pg_temp.reported($$UPDATE credits.accounts SET period_end = period_start WHERE account_id = 'v'$$),
+          'account next_event is not after anything due: v; stored values are valid: v', 'an empty period');
+SELECT is(pg_temp.reported($$UPDATE credits.buckets SET amount = -1 WHERE account_id = 'v' AND kind = 'allocation'$$),
+          'stored values are valid: v', 'a negative bucket amount');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET status = %L WHERE reservation_id = %L', 'lost', :'c1')),
+          'period usage equals the ledger rows of the period: v; stored values are valid: v; usage roll-up counts every commit: v',
+          'an unknown reservation status');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET amount = 0 WHERE reservation_id = %L', :'c1')),
+          'stored values are valid: v', 'a reservation of nothing');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET overage = -1 WHERE reservation_id = %L', :'c1')),
+          'reservation state is consistent: v; stored values are valid: v', 'a negative reservation overage');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET debt = -1 WHERE reservation_id = %L', :'c1')),
+          'reservation state is consistent: v; stored values are valid: v', 'a negative reservation debt');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET refunded = -1 WHERE reservation_id = %L', :'c1')),
+          'committed charges equal their ledger rows: v; stored values are valid: v', 'a negative refund');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET refunded = charged + 1 WHERE reservation_id = %L', :'c2')),
+          'committed charges equal their ledger rows: v; stored values are valid: v', 'a refund beyond the charge');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET draw_amounts = draw_amounts || 0::numeric WHERE reservation_id = %L',
+                                  :'c1')),
+          'stored values are valid: v', 'draws with more amounts than buckets');
+SELECT is(pg_temp.reported($$ALTER TABLE credits.ledger DISABLE TRIGGER USER;
+                              UPDATE credits.ledger SET kind = 'gift'
+                               WHERE entry_id = (SELECT max(entry_id) FROM credits.ledger WHERE account_id = 'v' AND kind = 'charge')$$),
+          'committed charges equal their ledger rows: v; ledger hash chain is intact: v; '
+          || 'period usage equals the ledger rows of the period: v; stored values are valid: v; usage roll-up equals the ledger: v',
+          'a ledger row of an unknown kind');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET refunded = 1 WHERE reservation_id = %L', :'p1')),
+          'reservation state is consistent: v; stored values are valid: v', 'a pending reservation with a refund');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET debt = 1 WHERE reservation_id = %L', :'p1')),
+          'reservation state is consistent: v', 'a pending reservation with debt');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET amount = amount + 1 WHERE reservation_id = %L', :'p1')),
+          'reservation state is consistent: v', 'a pending reservation whose amount is not its draws and overage');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET charged = NULL WHERE reservation_id = %L', :'c1')),
+          'reservation state is consistent: v', 'a committed reservation without a charge');
+SELECT is(pg_temp.reported(format('UPDATE credits.reservations SET charged = charged + 1 WHERE reservation_id = %L', :'c1')),
+          'committed charges equal their ledger rows: v; reservation state is consistent: v',
+          'a committed reservation whose charge is not its draws, overage and debt');
+SELECT is(pg_temp.reported(format($$UPDATE credits.accounts
+                                      SET next_event = (SELECT expires_at FROM credits.reservations WHERE reservation_id = %L)
+                                                       + interval '1 minute'
+                                    WHERE account_id = 'v'$$, :'p1')),
+          'account next_event is not after anything due: v', 'a next_event after a pending hold expires');
+SELECT is(pg_temp.reported($$SELECT credits_grant(account_id => 'v', amount => 5, kind => 'promo',
+                                                  expires_at => credits._now() + interval '5 minutes');
+                              UPDATE credits.accounts SET next_event = credits._now() + interval '10 minutes'
+                               WHERE account_id = 'v'$$),
+          'account next_event is not after anything due: v',
+          'a next_event after a promo expires (and before the pending hold does)');
+SELECT is(pg_temp.reported($$UPDATE credits.usage_rollup SET overage = overage + 1 WHERE account_id = 'w'$$),
+          'usage roll-up equals the ledger: w', 'a roll-up overage that the ledger does not add up to');
+SELECT is(pg_temp.reported($$UPDATE credits.usage_rollup SET refunded = refunded + 1 WHERE account_id = 'v' AND product = 'seo'$$),
+          'usage roll-up equals the ledger: v', 'a roll-up refund that the ledger does not add up to');
+SELECT is(pg_temp.reported($$UPDATE credits.usage_rollup SET overage_refunded = overage_refunded + 1
+                               WHERE account_id = 'v' AND product = 'seo'$$),
+          'usage roll-up equals the ledger: v', 'a roll-up overage refund that the ledger does not add up to');
 
 -- At scale: 400 actions of one account. credits_verify() reads the ledger in
 -- a few passes; until 0.3.5 it read all of an account's ledger rows once for
