@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(37);
+SELECT plan(38);
 
 SELECT credits_plan_upsert(plan_id => 'hard', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'soft', allocation => 100, reset => 'calendar_month',
@@ -119,6 +119,15 @@ SELECT results_eq($$SELECT trim_scale(period_overage), trim_scale(overage_held),
                   $$VALUES (40::numeric, 10::numeric, 2::numeric)$$,
                   'so that the overage committed and held is exactly the allowance');
 SELECT credits_refund(reservation_id => :'rb');
+-- Overage committed twice on one day and product: the day's roll-up adds
+-- both, billed at the plan's rate.
+SELECT credits_account_upsert(account_id => 'twice', plan_id => 'soft');
+SELECT credits_commit(credits_reserve(account_id => 'twice', amount => 100, product => 'editor'));
+SELECT credits_commit(credits_reserve(account_id => 'twice', amount => 5, product => 'editor'));
+SELECT credits_commit(credits_reserve(account_id => 'twice', amount => 7, product => 'editor'));
+SELECT results_eq($$SELECT used, overage, billable_overage, actions FROM credits.usage_daily WHERE account_id = 'twice'$$,
+                  $$VALUES (100::numeric, 12::numeric, 18::numeric, 3)$$,
+                  'two overage commits of 5 and 7: overage 12, billable 18 at the rate of 1.5');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
