@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(34);
+SELECT plan(37);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -187,6 +187,33 @@ RESET enable_seqscan;
 RESET enable_bitmapscan;
 RESET max_parallel_workers_per_gather;
 
+-- credits_balance() lists the live buckets with what each has left and
+-- holds, and leaves spent ones out; a hold past its ttl is shown given
+-- back, without writing, before any write path has marked it expired.
+SET LOCAL credits.now = '2026-04-01 00:10:00+00';
+SELECT credits_account_upsert(account_id => 'live', plan_id => 'large');
+SELECT credits_commit(credits_reserve(account_id => 'live', amount => 1000, product => 'editor'));
+SELECT credits_grant(account_id => 'live', amount => 20, kind => 'pack')::text AS pack_a \gset
+SET LOCAL credits.now = '2026-04-01 00:10:01+00';
+SELECT credits_grant(account_id => 'live', amount => 1, kind => 'pack')::text AS pack_c \gset
+SELECT credits_grant(account_id => 'live', amount => 5, kind => 'topup')::text AS topup_b \gset
+SELECT credits_reserve(account_id => 'live', amount => 12, product => 'editor', ttl => '10 minutes');
+SELECT credits_reserve(account_id => 'live', amount => 8, product => 'editor', ttl => '1 hour');
+SELECT results_eq($$SELECT x->>'bucket_id', (x->>'remaining')::numeric, (x->>'held')::numeric
+                      FROM jsonb_array_elements(credits_balance('live') -> 'buckets') x
+                     ORDER BY x->>'kind', (x->>'held')::numeric DESC$$,
+                  format($$VALUES (%L, 5::numeric, 15::numeric), (%L, 1::numeric, 0::numeric), (%L, 0::numeric, 5::numeric)$$,
+                         :'pack_a', :'pack_c', :'topup_b'),
+                  'credits_balance lists a pack (5 left, 15 held), the newer pack untouched (1) and the topup (0 left, 5 held), '
+                  || 'not the spent allocation');
+SET LOCAL credits.now = '2026-04-01 00:30:00+00';
+SELECT results_eq($$SELECT x->>'kind', (x->>'remaining')::numeric, (x->>'held')::numeric
+                      FROM jsonb_array_elements(credits_balance('live') -> 'buckets') x
+                     ORDER BY x->>'kind', (x->>'held')::numeric DESC$$,
+                  $$VALUES ('pack', 12::numeric, 8::numeric), ('pack', 1::numeric, 0::numeric), ('topup', 5::numeric, 0::numeric)$$,
+                  'past the first hold''s ttl it shows its 12 given back (to the topup first), the other hold kept');
+SELECT is((SELECT count(*) FROM credits.reservations WHERE account_id = 'live' AND status = 'pending'), 2::bigint,
+          'having written nothing');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
