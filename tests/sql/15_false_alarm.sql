@@ -1,3 +1,4 @@
+-- fast paths only: checks which path runs, so make test does not run it again with credits.fast_paths off.
 \ir helpers.inc
 SELECT plan(39);
 
