@@ -94,7 +94,7 @@ BEGIN
     ELSIF r.status = 'committed' AND r.refunded = 0 THEN
         PERFORM credits._raise('CR011',
             format('reservation %s was already committed with another amount', v_id),
-            format('It was committed for %s; this call asks for %s.', r.charged, v_charge),
+            format('It was committed for %s; this call asks for %s.', trim_scale(r.charged), trim_scale(v_charge)),
             'Repeat the commit with the same amount, or refund the difference with credits_refund().');
     ELSIF r.status IN ('committed', 'released') THEN
         PERFORM credits._raise('CR005',
@@ -231,9 +231,9 @@ BEGIN
             IF v_left > 0 AND NOT _commit.force THEN
                 PERFORM credits._raise('CR001',
                     format('insufficient credits for account "%s"', v_account),
-                    format('needs %s, available %s', v_charge, v_charge - v_left),
+                    format('needs %s, available %s', trim_scale(v_charge), trim_scale(v_charge - v_left)),
                     format('commit at most %s, pass force => true to record the excess as debt, or top up first',
-                           v_charge - v_left));
+                           trim_scale(v_charge - v_left)));
             END IF;
             v_debt := v_left;
         END IF;

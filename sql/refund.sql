@@ -68,8 +68,9 @@ BEGIN
     ELSIF r.status = 'committed' THEN
         IF v_amount > r.charged - r.refunded THEN
             PERFORM credits._raise('CR012',
-                format('refund of %s exceeds what reservation %s has left to refund', v_amount, v_id),
-                format('charged %s, already refunded %s, refundable %s', r.charged, r.refunded, r.charged - r.refunded),
+                format('refund of %s exceeds what reservation %s has left to refund', trim_scale(v_amount), v_id),
+                format('charged %s, already refunded %s, refundable %s',
+                       trim_scale(r.charged), trim_scale(r.refunded), trim_scale(r.charged - r.refunded)),
                 'Refund at most the refundable amount, or leave amount out to refund all that is left.');
         END IF;
         v_return := coalesce(v_amount, r.charged - r.refunded);

@@ -246,6 +246,13 @@
 -- true: a role bound to no account reaches every account. Two unbindings
 -- of one role from two accounts take turns on the role's bindings.
 --
+-- credits_commit's and credits_refund's refusals print amounts as the
+-- reserve's do, without trailing zeros: CR001's DETAIL "needs 39, available
+-- 38" and its HINT "commit at most 38" (it printed 38.000000), CR011's
+-- DETAIL "It was committed for 25; ..." (25.000000), CR012's "charged 30,
+-- already refunded 10, refundable 20"; so does the soft limit's trigger on
+-- a direct write (credits._overage_within_limit). Only messages change.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -2384,5 +2391,425 @@ BEGIN
     -- reads on the locked row's newest version: a reserve that waited for
     -- this call's lock is judged by what it wrote (credits.accounts).
     UPDATE credits.accounts a SET products_off = credits._products_off(v_account) WHERE a.account_id = v_account;
+END
+$$;
+
+-- Amounts in the commit's and the refund's refusals without trailing zeros
+-- (see above).
+CREATE OR REPLACE FUNCTION credits._commit(
+    reservation_id uuid,
+    amount         numeric,
+    force          boolean,
+    account_id     text)
+RETURNS numeric
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_id       uuid    := _commit.reservation_id;
+    v_amount   numeric := _commit.amount;
+    v_account  text    := _commit.account_id;
+    v_now      timestamptz;
+    v_charge   numeric;
+    v_left     numeric;
+    v_take     numeric;
+    v_wo       numeric;
+    v_buckets  uuid[]    := '{}';
+    v_amounts  numeric[] := '{}';
+    v_charged  numeric := 0;   -- taken from bucket balances
+    v_released numeric := 0;   -- hold given back to buckets
+    v_written  numeric := 0;   -- written off from expired buckets
+    v_overage  numeric := 0;
+    v_debt     numeric := 0;
+    v_ov_held  numeric := 0;
+    v_mode     text;
+    v_soft     numeric;
+    v_rate     numeric;
+    v_free_after     numeric;
+    v_recharge_below numeric;
+    v_next_alert     numeric;
+    v_usage          numeric;
+    a          credits.accounts;
+    r          credits.reservations;
+    d          record;
+BEGIN
+    IF v_amount IS NOT NULL AND NOT (v_amount >= 0 AND v_amount < 1e14 AND scale(v_amount) <= 6) THEN
+        v_amount := credits._amount(v_amount, 'amount', true);
+    END IF;
+    IF _commit.force IS NULL THEN
+        PERFORM credits._required(true, 'force');
+    END IF;
+    IF v_account IS NOT NULL AND (length(v_account) NOT BETWEEN 1 AND 255 OR btrim(v_account) = '') THEN
+        PERFORM credits._ident(v_account, 'account_id', 255);
+    END IF;
+    -- Lock the reservation's account first (the reservation is only read
+    -- after the lock, so its state is the latest).
+    SELECT * INTO a FROM credits.accounts
+     WHERE account_id = (SELECT x.account_id FROM credits.reservations x WHERE x.reservation_id = v_id)
+       FOR NO KEY UPDATE;
+    IF NOT FOUND OR a.account_id <> coalesce(v_account, a.account_id) OR NOT credits._may_touch(a.account_id) THEN
+        PERFORM credits._reservation_account(v_id, v_account);
+    END IF;
+    v_account := a.account_id;
+    v_now := credits._now();
+    IF a.next_event <= v_now THEN
+        PERFORM credits._housekeep(v_account, v_now);
+        SELECT * INTO a FROM credits.accounts WHERE account_id = v_account;
+    END IF;
+    SELECT * INTO r FROM credits.reservations WHERE reservation_id = v_id AND account_id = v_account;
+    v_charge := coalesce(v_amount, r.amount);
+
+    IF r.status = 'committed' AND r.refunded = 0 AND r.charged = v_charge THEN
+        RETURN trim_scale(r.charged);
+    ELSIF r.status = 'committed' AND r.refunded = 0 THEN
+        PERFORM credits._raise('CR011',
+            format('reservation %s was already committed with another amount', v_id),
+            format('It was committed for %s; this call asks for %s.', trim_scale(r.charged), trim_scale(v_charge)),
+            'Repeat the commit with the same amount, or refund the difference with credits_refund().');
+    ELSIF r.status IN ('committed', 'released') THEN
+        PERFORM credits._raise('CR005',
+            format('reservation %s is not pending', v_id),
+            format('It is %s.', CASE WHEN r.status = 'committed' THEN 'committed and refunded' ELSE r.status END),
+            'Only a pending (or expired) reservation can be committed; reserve again for a new action.');
+    END IF;
+
+    IF r.byok THEN
+        UPDATE credits.reservations
+           SET status = 'committed', charged = v_charge, period_start = a.period_start, resolved_at = v_now
+         WHERE reservation_id = v_id AND account_id = v_account;
+        PERFORM credits._rollup(v_account, v_now, r.product, 0, 0, 0, 0, 0, 1, v_charge);
+        RETURN trim_scale(v_charge);
+    END IF;
+
+    IF r.status = 'pending' AND v_charge <= r.amount THEN
+        IF r.overage > 0 THEN
+            SELECT p.overage_rate INTO v_rate FROM credits.plans p WHERE p.plan_id = a.plan_id;
+        END IF;
+        -- The common case in one statement: charge the draws in order, give
+        -- back the rest of each (written off if its bucket expired since),
+        -- write the ledger rows, and update the account and the reservation.
+        WITH draws AS (
+            SELECT u.bucket_id, u.amount, u.n,
+                   greatest(least(u.amount, v_charge - coalesce(sum(u.amount) OVER (ORDER BY u.n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)), 0) AS take
+              FROM unnest(r.draw_buckets, r.draw_amounts) WITH ORDINALITY AS u(bucket_id, amount, n)
+        ), changed AS (
+            UPDATE credits.buckets b
+               SET held = b.held - d.amount,
+                   balance = b.balance - d.take - CASE WHEN b.expires_at <= v_now THEN d.amount - d.take ELSE 0 END
+              FROM draws d
+             WHERE b.account_id = v_account AND b.bucket_id = d.bucket_id
+            RETURNING d.bucket_id, d.n, d.amount, d.take,
+                      CASE WHEN b.expires_at <= v_now THEN d.amount - d.take ELSE 0 END AS written
+        ), totals AS (
+            SELECT coalesce(sum(take), 0) AS charged, coalesce(sum(amount), 0) AS released,
+                   coalesce(sum(written), 0) AS written,
+                   coalesce(array_agg(bucket_id ORDER BY n) FILTER (WHERE take > 0), '{}') AS buckets,
+                   coalesce(array_agg(take ORDER BY n) FILTER (WHERE take > 0), '{}') AS amounts
+              FROM changed
+        ), ledger AS (
+            INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, product, action, rate, actor, created_at)
+            SELECT v_account, x.kind, x.amount, x.bucket_id, v_id, x.product, x.action,
+                   CASE WHEN x.kind = 'overage' THEN v_rate END, credits._actor(), v_now
+              FROM (SELECT 'charge' AS kind, -c.take AS amount, c.bucket_id, r.product, r.action, c.n, 0 AS o
+                      FROM changed c WHERE c.take > 0
+                    UNION ALL
+                    SELECT 'expire', -c.written, c.bucket_id, NULL, NULL, c.n, 1 FROM changed c WHERE c.written > 0
+                    UNION ALL
+                    SELECT 'overage', -(v_charge - t.charged), NULL, r.product, r.action, 0, 2
+                      FROM totals t WHERE v_charge > t.charged) x
+             ORDER BY x.o, x.n
+        ), rollup AS (
+            INSERT INTO credits.usage_rollup AS u (account_id, day, product, used, overage, billable_overage, actions)
+            SELECT v_account, (v_now AT TIME ZONE 'UTC')::date, r.product, t.charged, v_charge - t.charged,
+                   coalesce((v_charge - t.charged) * v_rate, 0), 1
+              FROM totals t
+            ON CONFLICT (account_id, day, product) DO UPDATE
+               SET used = u.used + EXCLUDED.used, overage = u.overage + EXCLUDED.overage,
+                   billable_overage = u.billable_overage + EXCLUDED.billable_overage, actions = u.actions + 1
+        ), account AS (
+            UPDATE credits.accounts
+               SET held = held - t.released, balance = balance - t.charged - t.written,
+                   overage_held = overage_held - r.overage,
+                   period_overage = period_overage + (v_charge - t.charged),
+                   period_used = period_used + t.charged
+              FROM totals t
+             WHERE account_id = v_account
+            RETURNING balance AS free, recharge_below, next_alert_at, period_used + period_overage AS usage
+        )
+        UPDATE credits.reservations
+           SET status = 'committed', charged = v_charge, draw_buckets = t.buckets, draw_amounts = t.amounts,
+               overage = v_charge - t.charged,
+               overage_rate = CASE WHEN v_charge > t.charged THEN v_rate END,
+               period_start = a.period_start, resolved_at = v_now
+          FROM totals t, account ac
+         WHERE reservation_id = v_id AND account_id = v_account
+        RETURNING ac.free, ac.recharge_below, ac.next_alert_at, ac.usage
+             INTO v_free_after, v_recharge_below, v_next_alert, v_usage;
+        IF v_usage >= v_next_alert
+           OR (v_free_after < v_recharge_below AND a.balance >= v_recharge_below) THEN
+            PERFORM credits._after_usage(v_account, a.balance, v_now);
+        END IF;
+        RETURN trim_scale(v_charge);
+    END IF;
+
+    v_left := v_charge;
+    IF r.status = 'pending' THEN
+        -- Charge from the draws in order; give back the rest of each draw
+        -- (written off if its bucket expired meanwhile).
+        FOR d IN
+            SELECT u.bucket_id, u.amount, b.expires_at <= v_now AS expired
+              FROM unnest(r.draw_buckets, r.draw_amounts) WITH ORDINALITY AS u(bucket_id, amount, n)
+              JOIN credits.buckets b ON b.account_id = v_account AND b.bucket_id = u.bucket_id
+             ORDER BY u.n
+        LOOP
+            v_take := least(d.amount, v_left);
+            v_wo := CASE WHEN d.expired THEN d.amount - v_take ELSE 0 END;
+            UPDATE credits.buckets SET held = held - d.amount, balance = balance - v_take - v_wo
+             WHERE account_id = v_account AND bucket_id = d.bucket_id;
+            IF v_take > 0 THEN
+                v_buckets := v_buckets || d.bucket_id;
+                v_amounts := v_amounts || v_take;
+            END IF;
+            IF v_wo > 0 THEN
+                INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, actor, created_at)
+                VALUES (v_account, 'expire', -v_wo, d.bucket_id, v_id, credits._actor(), v_now);
+            END IF;
+            v_left := v_left - v_take;
+            v_charged := v_charged + v_take;
+            v_released := v_released + d.amount;
+            v_written := v_written + v_wo;
+        END LOOP;
+        v_overage := least(r.overage, v_left);
+        v_left := v_left - v_overage;
+        v_ov_held := r.overage;
+    END IF;
+
+    IF v_left > 0 THEN
+        -- Beyond the hold: new usage, judged now.
+        SELECT * INTO d FROM credits._draw(v_account, v_left, v_now, false);
+        v_buckets := v_buckets || d.buckets;
+        v_amounts := v_amounts || d.amounts;
+        v_charged := v_charged + d.total;
+        v_left := v_left - d.total;
+        IF v_left > 0 THEN
+            SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, v_now) l;
+            v_take := CASE WHEN v_mode = 'soft'
+                           THEN least(v_left, greatest(v_soft - a.period_overage - a.overage_held - v_overage + v_ov_held, 0))
+                           ELSE 0 END;
+            v_overage := v_overage + v_take;
+            v_left := v_left - v_take;
+            IF v_left > 0 AND NOT _commit.force THEN
+                PERFORM credits._raise('CR001',
+                    format('insufficient credits for account "%s"', v_account),
+                    format('needs %s, available %s', trim_scale(v_charge), trim_scale(v_charge - v_left)),
+                    format('commit at most %s, pass force => true to record the excess as debt, or top up first',
+                           trim_scale(v_charge - v_left)));
+            END IF;
+            v_debt := v_left;
+        END IF;
+    END IF;
+
+    INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, product, action, actor, created_at)
+    SELECT v_account, 'charge', -u.amount, u.bucket_id, v_id, r.product, r.action, credits._actor(), v_now
+      FROM unnest(v_buckets, v_amounts) AS u(bucket_id, amount);
+    IF v_overage > 0 THEN
+        SELECT overage_rate INTO v_rate FROM credits.plans WHERE plan_id = a.plan_id;
+        INSERT INTO credits.ledger (account_id, kind, amount, reservation_id, product, action, rate, actor, created_at)
+        VALUES (v_account, 'overage', -v_overage, v_id, r.product, r.action, v_rate, credits._actor(), v_now);
+    END IF;
+    IF v_debt > 0 THEN
+        INSERT INTO credits.ledger (account_id, kind, amount, reservation_id, product, action, actor, created_at)
+        VALUES (v_account, 'debt', -v_debt, v_id, r.product, r.action, credits._actor(), v_now);
+    END IF;
+
+    PERFORM credits._rollup(v_account, v_now, r.product, v_charged + v_debt, v_overage, 0, 0,
+                            coalesce(v_overage * v_rate, 0), 1, 0);
+    UPDATE credits.accounts
+       SET held = held - v_released, balance = balance - v_charged - v_written,
+           overage_held = overage_held - v_ov_held, period_overage = period_overage + v_overage,
+           period_used = period_used + v_charged + v_debt, debt = debt + v_debt
+     WHERE account_id = v_account
+    RETURNING balance, recharge_below, next_alert_at, period_used + period_overage
+         INTO v_free_after, v_recharge_below, v_next_alert, v_usage;
+    IF v_usage >= v_next_alert
+       OR (v_free_after < v_recharge_below AND a.balance >= v_recharge_below) THEN
+        PERFORM credits._after_usage(v_account, a.balance, v_now);
+    END IF;
+    UPDATE credits.reservations
+       SET status = 'committed', charged = v_charge, draw_buckets = v_buckets, draw_amounts = v_amounts,
+           overage = v_overage, overage_rate = v_rate, debt = v_debt, period_start = a.period_start,
+           resolved_at = v_now
+     WHERE reservation_id = v_id AND account_id = v_account;
+    RETURN trim_scale(v_charge);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION credits._overage_within_limit() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_mode  text;
+    v_limit numeric;
+BEGIN
+    SELECT l.mode, l.soft INTO v_mode, v_limit FROM credits._limit(NEW, credits._now()) l;
+    IF NEW.period_overage + NEW.overage_held > v_limit THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'CR001',
+            MESSAGE = pg_catalog.format('insufficient credits for account "%s"', NEW.account_id),
+            DETAIL = pg_catalog.format('overage would be %s, the %s limit allows %s this period',
+                                       pg_catalog.trim_scale(NEW.period_overage + NEW.overage_held), v_mode,
+                                       pg_catalog.trim_scale(v_limit)),
+            HINT = pg_catalog.format('top up, or wait for the reset on %s',
+                                     pg_catalog.to_char(NEW.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'));
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.credits_refund(
+    reservation_id  uuid,
+    amount          numeric DEFAULT NULL,
+    reason          text DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    account_id      text DEFAULT NULL)
+RETURNS numeric
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_id       uuid    := credits_refund.reservation_id;
+    v_amount   numeric := CASE WHEN credits_refund.amount IS NULL THEN NULL
+                               ELSE credits._amount(credits_refund.amount, 'amount', false) END;
+    v_reason   text    := CASE WHEN credits_refund.reason IS NULL THEN NULL
+                               ELSE credits._ident(credits_refund.reason, 'reason', 1000) END;
+    v_key      text    := CASE WHEN credits_refund.idempotency_key IS NULL THEN NULL
+                               ELSE credits._ident(credits_refund.idempotency_key, 'idempotency_key', 255) END;
+    v_meta     jsonb;
+    v_account  text;
+    v_request  jsonb;
+    v_result   text;
+    v_now      timestamptz;
+    v_return   numeric;
+    v_pos      numeric := 0;
+    v_take     numeric;
+    v_debt     numeric := 0;   -- taken off the account's debt
+    v_credit   numeric := 0;   -- returned to bucket balances
+    v_written  numeric := 0;
+    v_overage  numeric := 0;
+    v_usage    numeric := 0;
+    v_same     boolean;
+    a          credits.accounts;
+    r          credits.reservations;
+    rel        record;
+    nb         record;
+    d          record;
+BEGIN
+    v_account := credits._reservation_account(v_id,
+        CASE WHEN credits_refund.account_id IS NULL THEN NULL
+             ELSE credits._ident(credits_refund.account_id, 'account_id', 255) END);
+    v_meta := CASE WHEN v_reason IS NULL THEN '{}' ELSE jsonb_build_object('reason', v_reason) END;
+    a := credits._lock_account(v_account);
+    v_now := credits._now();
+    v_request := jsonb_build_object('reservation_id', v_id, 'amount', v_amount, 'reason', v_reason);
+    v_result := credits._idempotent_result(v_account, 'refund', v_key, v_request);
+    IF v_result IS NOT NULL THEN
+        RETURN trim_scale(v_result::numeric);
+    END IF;
+    SELECT * INTO r FROM credits.reservations WHERE reservation_id = v_id AND account_id = v_account;
+
+    IF r.status = 'pending' THEN
+        SELECT * INTO rel FROM credits._release_draws(v_account, v_id, r.draw_buckets, r.draw_amounts, v_now);
+        UPDATE credits.accounts
+           SET held = held - rel.released, balance = balance - rel.written_off,
+               overage_held = overage_held - r.overage
+         WHERE account_id = v_account;
+        UPDATE credits.reservations SET status = 'released', resolved_at = v_now, metadata = metadata || v_meta
+         WHERE reservation_id = v_id AND account_id = v_account;
+        v_return := r.amount;
+    ELSIF r.status = 'committed' THEN
+        IF v_amount > r.charged - r.refunded THEN
+            PERFORM credits._raise('CR012',
+                format('refund of %s exceeds what reservation %s has left to refund', trim_scale(v_amount), v_id),
+                format('charged %s, already refunded %s, refundable %s',
+                       trim_scale(r.charged), trim_scale(r.refunded), trim_scale(r.charged - r.refunded)),
+                'Refund at most the refundable amount, or leave amount out to refund all that is left.');
+        END IF;
+        v_return := coalesce(v_amount, r.charged - r.refunded);
+        v_same := r.period_start = a.period_start;
+        IF v_return > 0 AND NOT r.byok THEN
+            -- Parts of the charge in reverse order; the first r.refunded of
+            -- them were returned by earlier refunds.
+            FOR d IN
+                SELECT part, bucket_id, size
+                  FROM (SELECT 'debt' AS part, NULL::uuid AS bucket_id, r.debt AS size, 0 AS n
+                        UNION ALL SELECT 'overage', NULL, r.overage, 1
+                        UNION ALL SELECT 'bucket', u.bucket_id, u.amount, 1 + cardinality(r.draw_buckets) + 1 - u.n
+                          FROM unnest(r.draw_buckets, r.draw_amounts) WITH ORDINALITY AS u(bucket_id, amount, n)) parts
+                 ORDER BY n
+            LOOP
+                v_take := greatest(least(r.refunded + v_return, v_pos + d.size) - greatest(r.refunded, v_pos), 0);
+                v_pos := v_pos + d.size;
+                CONTINUE WHEN v_take = 0;
+                IF d.part = 'debt' THEN
+                    v_usage := v_usage + v_take;
+                    IF least(v_take, a.debt) > 0 THEN
+                        INSERT INTO credits.ledger (account_id, kind, amount, reservation_id, product, action, actor, idempotency_key, metadata, created_at)
+                        VALUES (v_account, 'debt_refund', least(v_take, a.debt), v_id, r.product, r.action, credits._actor(), v_key, v_meta, v_now);
+                        v_debt := least(v_take, a.debt);
+                    END IF;
+                    IF v_take > v_debt THEN
+                        -- The debt was paid off since: return that part as credit.
+                        SELECT * INTO nb FROM credits._new_bucket(v_account, 'adjustment', v_take - v_debt, NULL, v_now, 0,
+                                                                  v_key, v_meta, 'refund', v_id);
+                        v_credit := v_credit + v_take - v_debt;
+                    END IF;
+                ELSIF d.part = 'overage' THEN
+                    INSERT INTO credits.ledger (account_id, kind, amount, reservation_id, product, action, rate, actor, idempotency_key, metadata, created_at)
+                    VALUES (v_account, 'overage_refund', v_take, v_id, r.product, r.action, r.overage_rate, credits._actor(), v_key, v_meta, v_now);
+                    v_overage := v_overage + v_take;
+                ELSE
+                    v_usage := v_usage + v_take;
+                    INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, product, action, actor, idempotency_key, metadata, created_at)
+                    VALUES (v_account, 'refund', v_take, d.bucket_id, v_id, r.product, r.action, credits._actor(), v_key, v_meta, v_now);
+                    IF EXISTS (SELECT 1 FROM credits.buckets
+                                WHERE account_id = v_account AND bucket_id = d.bucket_id AND expires_at <= v_now) THEN
+                        INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, actor, created_at)
+                        VALUES (v_account, 'expire', -v_take, d.bucket_id, v_id, credits._actor(), v_now);
+                        v_written := v_written + v_take;
+                    ELSE
+                        UPDATE credits.buckets SET balance = balance + v_take
+                         WHERE account_id = v_account AND bucket_id = d.bucket_id;
+                    END IF;
+                    v_credit := v_credit + v_take;
+                END IF;
+            END LOOP;
+            PERFORM credits._rollup(v_account, v_now, r.product, 0, 0, v_usage + v_overage, v_overage,
+                                    -v_overage * coalesce(r.overage_rate, 0), 0, 0);
+            UPDATE credits.accounts
+               SET balance = balance + v_credit - v_written, debt = debt - v_debt,
+                   period_used = period_used - CASE WHEN v_same THEN v_usage ELSE 0 END,
+                   period_overage = period_overage - CASE WHEN v_same THEN v_overage ELSE 0 END
+             WHERE account_id = v_account;
+        END IF;
+        IF v_return > 0 AND r.byok THEN
+            PERFORM credits._rollup(v_account, v_now, r.product, 0, 0, 0, 0, 0, 0, -v_return);
+        END IF;
+        UPDATE credits.reservations
+           SET refunded = refunded + v_return, metadata = metadata || v_meta
+         WHERE reservation_id = v_id AND account_id = v_account;
+    ELSE
+        PERFORM credits._raise('CR005',
+            format('reservation %s is not pending', v_id),
+            format('It is %s: its hold was already given back.', r.status),
+            'Nothing is left to refund.');
+    END IF;
+
+    PERFORM credits._idempotent_store(v_account, 'refund', v_key, v_request, trim_scale(v_return)::text, v_now);
+    RETURN trim_scale(v_return);
 END
 $$;

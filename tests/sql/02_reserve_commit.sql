@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(33);
+SELECT plan(37);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -26,8 +26,11 @@ SELECT is((SELECT metadata->>'session' FROM credits.reservations WHERE reservati
 SELECT pg_temp.state() AS before \gset
 SELECT is(credits_commit(reservation_id => :'r1', amount => 25.000), 25::numeric, 'a repeated commit returns the first result');
 SELECT is(pg_temp.state(), :'before', 'and changes nothing');
-SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L, amount => 20)', :'r1'), 'CR011', NULL,
-                 'a repeated commit with another amount fails');
+SELECT is(pg_temp.error_fields(format('SELECT credits_commit(reservation_id => %L, amount => 20.50)', :'r1')),
+          ARRAY['CR011', format('reservation %s was already committed with another amount', :'r1'),
+                'It was committed for 25; this call asks for 20.5.',
+                'Repeat the commit with the same amount, or refund the difference with credits_refund().'],
+          'a repeated commit with another amount fails, and says with which');
 
 -- NULL amount charges the reserved amount; 0 releases everything.
 SELECT credits_reserve(account_id => 'acme', amount => 10, product => 'seo')::text AS r2 \gset
@@ -66,6 +69,24 @@ SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'seo')::tex
 SELECT credits_refund(reservation_id => :'r7');
 SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L)', :'r7'), 'CR005', NULL,
                  'a released reservation cannot be committed');
+-- Draws across buckets: a bucket whose credits are all held is passed
+-- over, and what a commit charges beyond its hold comes from the bucket
+-- it draws on, no other.
+SELECT credits_account_upsert(account_id => 'two', plan_id => 'pro');
+SELECT credits_grant(account_id => 'two', amount => 50, kind => 'pack')::text AS pack \gset
+SELECT credits_reserve(account_id => 'two', amount => 100, product => 'editor');
+SELECT credits_reserve(account_id => 'two', amount => 10, product => 'editor')::text AS rb \gset
+SELECT results_eq(format('SELECT draw_buckets, draw_amounts FROM credits.reservations WHERE reservation_id = %L', :'rb'),
+                  format('VALUES (ARRAY[%L]::uuid[], ARRAY[10]::numeric[])', :'pack'),
+                  'with the allocation wholly held, a reserve draws on the pack alone');
+SELECT is(credits_commit(reservation_id => :'rb', amount => 15), 15::numeric, 'a commit of 5 beyond it');
+SELECT results_eq($$SELECT kind, trim_scale(balance), trim_scale(held) FROM credits.buckets WHERE account_id = 'two' ORDER BY kind$$,
+                  $$VALUES ('allocation', 100::numeric, 100::numeric), ('pack', 35::numeric, 0::numeric)$$,
+                  'takes the 5 from the pack, and leaves the held allocation as it was');
+SELECT results_eq(format($$SELECT trim_scale(amount), bucket_id FROM credits.ledger
+                            WHERE reservation_id = %L ORDER BY entry_id$$, :'rb'),
+                  format($$VALUES (-10::numeric, %1$L::uuid), (-5::numeric, %1$L::uuid)$$, :'pack'),
+                  'charged as the hold''s 10 and the 5 beyond it, both from the pack');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();

@@ -22,8 +22,11 @@ SELECT is(credits_refund(reservation_id => :'r2', amount => 10), 10::numeric, 'a
 SELECT is(pg_temp.fig('acme', 'used'), 20::numeric, 'the period usage goes down');
 SELECT is(pg_temp.fig('acme', 'available'), 80::numeric, 'and the credits come back');
 SELECT pg_temp.state() AS before \gset
-SELECT throws_ok(format('SELECT credits_refund(reservation_id => %L, amount => 21)', :'r2'), 'CR012', NULL,
-                 'an explicit refund larger than what is left fails');
+SELECT is(pg_temp.error_fields(format('SELECT credits_refund(reservation_id => %L, amount => 21.0)', :'r2')),
+          ARRAY['CR012', format('refund of 21 exceeds what reservation %s has left to refund', :'r2'),
+                'charged 30, already refunded 10, refundable 20',
+                'Refund at most the refundable amount, or leave amount out to refund all that is left.'],
+          'an explicit refund larger than what is left fails, and says what is left');
 SELECT is(pg_temp.state(), :'before', 'and changes nothing');
 SELECT is(credits_refund(reservation_id => :'r2'), 20::numeric, 'refund without amount returns all that is left');
 SELECT is(credits_refund(reservation_id => :'r2'), 0::numeric, 'and 0 once nothing is left');

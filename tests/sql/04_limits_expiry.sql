@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(38);
+SELECT plan(42);
 
 SELECT credits_plan_upsert(plan_id => 'hard', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'soft', allocation => 100, reset => 'calendar_month',
@@ -91,8 +91,10 @@ SELECT is(credits_commit(credits_reserve(account_id => 'spent', amount => 100, p
 -- (behind the API, as the owner): growth past the limit is refused however
 -- it is split between the two.
 SELECT credits_account_upsert(account_id => 'split', plan_id => 'soft');
-SELECT throws_ok($$UPDATE credits.accounts SET period_overage = 12, overage_held = 9 WHERE account_id = 'split'$$,
-                 'CR001', 'insufficient credits for account "split"', '12 committed and 9 held pass a soft limit of 20');
+SELECT is(pg_temp.error_fields($$UPDATE credits.accounts SET period_overage = 12, overage_held = 9 WHERE account_id = 'split'$$),
+          ARRAY['CR001', 'insufficient credits for account "split"', 'overage would be 21, the soft limit allows 20 this period',
+                'top up, or wait for the reset on 2026-04-01'],
+          '12 committed and 9 held pass a soft limit of 20');
 UPDATE credits.accounts SET period_overage = 5 WHERE account_id = 'split';
 SELECT throws_ok($$UPDATE credits.accounts SET overage_held = 16 WHERE account_id = 'split'$$,
                  'CR001', 'insufficient credits for account "split"', 'so do 5 committed and then 16 held');
@@ -107,9 +109,10 @@ SELECT credits_account_upsert(account_id => 'room', plan_id => 'soft50');
 SELECT credits_commit(credits_reserve(account_id => 'room', amount => 12, product => 'editor'));
 SELECT credits_reserve(account_id => 'room', amount => 10, product => 'editor')::text AS ra \gset
 SELECT credits_reserve(account_id => 'room', amount => 10, product => 'editor')::text AS rb \gset
-SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L, amount => 39)', :'ra'), 'CR001',
-                 'insufficient credits for account "room"',
-                 'the excess may not pass the allowance: 50 - 2 committed - 10 held elsewhere leaves 38');
+SELECT is(pg_temp.error_fields(format('SELECT credits_commit(reservation_id => %L, amount => 39)', :'ra')),
+          ARRAY['CR001', 'insufficient credits for account "room"', 'needs 39, available 38',
+                'commit at most 38, pass force => true to record the excess as debt, or top up first'],
+          'the excess may not pass the allowance: 50 - 2 committed - 10 held elsewhere leaves 38');
 SELECT is(credits_commit(reservation_id => :'ra', amount => 40, force => true), 40::numeric, 'with force it is charged');
 SELECT results_eq(format($$SELECT trim_scale(overage), trim_scale(debt) FROM credits.reservations
                             WHERE reservation_id = %L$$, :'ra'),
@@ -128,6 +131,29 @@ SELECT credits_commit(credits_reserve(account_id => 'twice', amount => 7, produc
 SELECT results_eq($$SELECT used, overage, billable_overage, actions FROM credits.usage_daily WHERE account_id = 'twice'$$,
                   $$VALUES (100::numeric, 12::numeric, 18::numeric, 3)$$,
                   'two overage commits of 5 and 7: overage 12, billable 18 at the rate of 1.5');
+-- A refused reserve's DETAIL says what the account could hold (README,
+-- credits_reserve): its free credits, and on a soft account the room left
+-- in its allowance after the overage committed and held.
+SELECT credits_account_upsert(account_id => 'dh', plan_id => 'hard');
+SELECT credits_reserve(account_id => 'dh', amount => 70, product => 'editor');
+SELECT is(pg_temp.error_fields($$SELECT credits_reserve(account_id => 'dh', amount => 31, product => 'editor')$$),
+          ARRAY['CR001', 'insufficient credits for account "dh"', 'needs 31, available 30',
+                'top up, or wait for the reset on 2026-04-01'],
+          'a hard account''s refusal: what it needs and the 30 it has free');
+SELECT credits_account_upsert(account_id => 'ds', plan_id => 'soft');
+SELECT credits_commit(credits_reserve(account_id => 'ds', amount => 103, product => 'editor'));
+SELECT credits_reserve(account_id => 'ds', amount => 4, product => 'editor');
+SELECT credits_grant(account_id => 'ds', amount => 2, kind => 'topup');
+SELECT is((pg_temp.error_fields($$SELECT credits_reserve(account_id => 'ds', amount => 16, product => 'editor')$$))[1:3],
+          ARRAY['CR001', 'insufficient credits for account "ds"', 'needs 16, available 15'],
+          'a soft account''s: 2 free and 13 of its allowance of 20 (3 overage committed, 4 held)');
+SELECT is(credits_reserve(account_id => 'ds', amount => 15, product => 'editor') IS NOT NULL, true,
+          'and 15 is held');
+SELECT credits_account_upsert(account_id => 'ds', limit_mode => 'soft', soft_limit => 5);
+SELECT credits_grant(account_id => 'ds', amount => 2, kind => 'topup');
+SELECT is((pg_temp.error_fields($$SELECT credits_reserve(account_id => 'ds', amount => 3, product => 'editor')$$))[1:3],
+          ARRAY['CR001', 'insufficient credits for account "ds"', 'needs 3, available 2'],
+          'an allowance lowered below what is used and held leaves only the free credits');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();

@@ -67,18 +67,6 @@ SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'bc', plan_id => 
 
 -- The roll-forward planner's refusal of a state it cannot start from (only
 -- rows changed by hand reach it now) carries a DETAIL and a HINT too.
-CREATE FUNCTION pg_temp.error_fields(q text) RETURNS text[] LANGUAGE plpgsql AS $f$
-DECLARE
-    v_state text; v_message text; v_detail text; v_hint text;
-BEGIN
-    EXECUTE q;
-    RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    RETURN ARRAY[v_state, split_part(v_message, ':', 1), v_detail, v_hint];
-END
-$f$;
 SELECT is((pg_temp.error_fields($$SELECT credits._roll_plan('{}')$$))[1:2],
           ARRAY['XX001', 'cannot bring the account up to date'], 'roll plan: a state it cannot read is XX001');
 SELECT ok((SELECT coalesce(f[3], '') <> '' AND coalesce(f[4], '') <> ''

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(25);
+SELECT plan(29);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'billing_date');
 SELECT credits_plan_upsert(plan_id => 'team', allocation => 50);
@@ -66,6 +66,18 @@ SELECT credits_reserve(account_id => 'own-keys', amount => 5, product => 'editor
 SELECT is((SELECT next_event FROM credits.accounts WHERE account_id = 'own-keys'),
           (SELECT expires_at FROM credits.reservations WHERE reservation_id = :'b2'),
           'a BYOK hold''s expiry is its account''s next event, as any hold''s is');
+SELECT next_event AS acme_next FROM credits.accounts WHERE account_id = 'acme' \gset
+SELECT credits_reserve(account_id => 'own-keys', amount => 5, product => 'editor', ttl => '1 minute')::text AS b3 \gset
+SELECT credits_reserve(account_id => 'own-keys', amount => 5, product => 'editor', ttl => '5 minutes');
+SELECT is((SELECT next_event FROM credits.accounts WHERE account_id = 'own-keys'),
+          (SELECT expires_at FROM credits.reservations WHERE reservation_id = :'b3'),
+          'an earlier one brings it forward, and a later one leaves it there');
+SELECT is((SELECT next_event FROM credits.accounts WHERE account_id = 'acme'), :'acme_next'::timestamptz,
+          'and no other account''s next event moves');
+SELECT is(credits_commit(reservation_id => :'b3', amount => 6), 6::numeric, 'a BYOK hold is committed');
+SELECT results_eq($$SELECT status, count(*) FROM credits.reservations WHERE account_id = 'own-keys' GROUP BY 1 ORDER BY 1$$,
+                  $$VALUES ('committed', 2::bigint), ('pending', 2::bigint)$$,
+                  'alone: the account''s other holds stay pending');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
