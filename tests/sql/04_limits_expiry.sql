@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(42);
+SELECT plan(45);
 
 SELECT credits_plan_upsert(plan_id => 'hard', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'soft', allocation => 100, reset => 'calendar_month',
@@ -154,6 +154,18 @@ SELECT credits_grant(account_id => 'ds', amount => 2, kind => 'topup');
 SELECT is((pg_temp.error_fields($$SELECT credits_reserve(account_id => 'ds', amount => 3, product => 'editor')$$))[1:3],
           ARRAY['CR001', 'insufficient credits for account "ds"', 'needs 3, available 2'],
           'an allowance lowered below what is used and held leaves only the free credits');
+-- An overage hold past its ttl stops counting at once too, before any
+-- write records it: as reserved, and against the soft allowance.
+SELECT credits_account_upsert(account_id => 'lazy', plan_id => 'soft');
+SELECT credits_reserve(account_id => 'lazy', amount => 110, product => 'editor', ttl => '1 minute');
+SELECT credits_reserve(account_id => 'lazy', amount => 5, product => 'editor', ttl => '1 hour');
+SELECT results_eq($$SELECT reserved, available, overage_available FROM credits.account_summary WHERE account_id = 'lazy'$$,
+                  $$VALUES (115::numeric, 0::numeric, 5::numeric)$$, 'an account holding 100 and 15 overage');
+SET LOCAL credits.now = '2026-03-12 00:02:00+00';
+SELECT results_eq($$SELECT reserved, available, overage_available FROM credits.account_summary WHERE account_id = 'lazy'$$,
+                  $$VALUES (5::numeric, 100::numeric, 15::numeric)$$,
+                  'once the first hold is past its ttl: 5 held (overage), 100 available, 15 of the allowance left');
+SELECT is((SELECT overage_held FROM credits.accounts WHERE account_id = 'lazy'), 15::numeric, 'with nothing written');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(52);
+SELECT plan(54);
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
@@ -190,6 +190,22 @@ SELECT results_eq($$SELECT account_id, allocation, available FROM credits.accoun
 SET LOCAL credits.now = '2027-08-01 00:00:00+00';
 SELECT credits_reset(account_id => 'late1');
 SELECT is((credits_balance('late1') #>> '{summary,allocation}')::numeric, 500::numeric, 'it applies from the next reset');
+
+-- A new anchor moves the end of the account's current period, and the
+-- expiry of what was due to expire with it: its allocation's, not its
+-- pack's, and nothing of another account whose period ends then too.
+SELECT credits_plan_upsert(plan_id => 'anchored', allocation => 10, reset => 'billing_date');
+SELECT credits_account_upsert(account_id => a, plan_id => 'anchored', billing_anchor => '2027-01-20 00:00:00+00')
+  FROM unnest(ARRAY['move', 'stay']) a;
+SELECT credits_grant(account_id => 'move', amount => 5, kind => 'pack');
+SELECT credits_account_upsert(account_id => 'move', billing_anchor => '2027-01-25 00:00:00+00');
+SELECT results_eq($$SELECT account_id, period_end FROM credits.accounts WHERE account_id IN ('move', 'stay') ORDER BY 1$$,
+                  $$VALUES ('move', '2027-08-25 00:00:00+00'::timestamptz), ('stay', '2027-08-20 00:00:00+00'::timestamptz)$$,
+                  'a new anchor moves the current period''s end, of that account only');
+SELECT results_eq($$SELECT account_id, kind, expires_at FROM credits.buckets WHERE account_id IN ('move', 'stay') ORDER BY 1, 2$$,
+                  $$VALUES ('move', 'allocation', '2027-08-25 00:00:00+00'::timestamptz), ('move', 'pack', NULL),
+                           ('stay', 'allocation', '2027-08-20 00:00:00+00'::timestamptz)$$,
+                  'and the expiry of its allocation with it, not its pack''s or another account''s');
 
 SET LOCAL transaction_read_only = on;
 SET LOCAL credits.now = '2027-06-15 00:00:00+00';

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(82);
+SELECT plan(85);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -320,6 +320,22 @@ SELECT results_eq($$SELECT kind, payload->>'percent' FROM credits.events WHERE a
                   $$VALUES ('usage_alert', '50')$$, 'a commit beyond its hold to exactly 50% raises the 50% alert');
 SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'warn'), 0::bigint,
           'and, 50 above the threshold of 10, no recharge request');
+-- Overage is usage: on a soft account, alerts past 100% of the allocation
+-- are raised as the overage reaches them, by a hold's commit as by a
+-- commit beyond its hold.
+SELECT credits_plan_upsert(plan_id => 'over', allocation => 100, reset => 'calendar_month',
+                           limit_mode => 'soft', soft_limit => 50);
+SELECT credits_account_upsert(account_id => 'past', plan_id => 'over', alert_percents => '{100,120,140}');
+SELECT credits_commit(credits_reserve(account_id => 'past', amount => 100, product => 'editor'));
+SELECT credits_commit(credits_reserve(account_id => 'past', amount => 19, product => 'editor'));
+SELECT results_eq($$SELECT payload->>'percent' FROM credits.events WHERE account_id = 'past' ORDER BY event_id$$,
+                  $$VALUES ('100')$$, '100 used and 19 overage: the 100% alert only');
+SELECT credits_commit(credits_reserve(account_id => 'past', amount => 1, product => 'editor'));
+SELECT results_eq($$SELECT payload->>'percent' FROM credits.events WHERE account_id = 'past' ORDER BY event_id$$,
+                  $$VALUES ('100'), ('120')$$, 'the 120% alert at 20 overage');
+SELECT credits_commit(credits_reserve(account_id => 'past', amount => 1, product => 'editor'), 20);
+SELECT results_eq($$SELECT payload->>'percent' FROM credits.events WHERE account_id = 'past' ORDER BY event_id$$,
+                  $$VALUES ('100'), ('120'), ('140')$$, 'and the 140% alert at 40, by a commit beyond its hold');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
