@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(45);
+SELECT plan(46);
 
 SELECT credits_plan_upsert(plan_id => 'hard', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'soft', allocation => 100, reset => 'calendar_month',
@@ -166,6 +166,15 @@ SELECT results_eq($$SELECT reserved, available, overage_available FROM credits.a
                   $$VALUES (5::numeric, 100::numeric, 15::numeric)$$,
                   'once the first hold is past its ttl: 5 held (overage), 100 available, 15 of the allowance left');
 SELECT is((SELECT overage_held FROM credits.accounts WHERE account_id = 'lazy'), 15::numeric, 'with nothing written');
+-- An account's next event is worked out from its own buckets and holds
+-- (here by an account change), never from another account's sooner ones.
+SELECT credits_account_upsert(account_id => 'soon', plan_id => 'hard');
+SELECT credits_grant(account_id => 'soon', amount => 5, kind => 'promo', expires_at => '2026-03-13 00:00:00+00');
+SELECT credits_account_upsert(account_id => 'later', plan_id => 'hard');
+SELECT credits_account_upsert(account_id => 'later', alert_percents => '{50}');
+SELECT results_eq($$SELECT account_id, next_event FROM credits.accounts WHERE account_id IN ('later', 'soon') ORDER BY 1$$,
+                  $$VALUES ('later', '2026-04-01 00:00:00+00'::timestamptz), ('soon', '2026-03-13 00:00:00+00'::timestamptz)$$,
+                  'its period end for an account with nothing sooner, another''s promo for that one');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(29);
+SELECT plan(30);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'billing_date');
 SELECT credits_plan_upsert(plan_id => 'team', allocation => 50);
@@ -28,6 +28,15 @@ SELECT credits_account_upsert(account_id => 'acme', plan_id => 'cal');
 SELECT is(credits_balance('acme') #>> '{summary,period_end}', '2026-04-01T00:00:00.000000Z',
           'moving to a calendar plan ends the period on the 1st');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
+
+-- A plan change retargets the period's allocation and no other bucket.
+SELECT credits_account_upsert(account_id => 'packed', plan_id => 'pro');
+SELECT credits_grant(account_id => 'packed', amount => 60, kind => 'pack');
+SELECT credits_commit(credits_reserve(account_id => 'packed', amount => 30, product => 'editor'));
+SELECT credits_account_upsert(account_id => 'packed', plan_id => 'team');
+SELECT results_eq($$SELECT kind, trim_scale(balance) FROM credits.buckets WHERE account_id = 'packed' ORDER BY kind$$,
+                  $$VALUES ('allocation', 20::numeric), ('pack', 60::numeric)$$,
+                  'a downgrade takes 50 from the allocation and leaves the pack');
 
 -- A downgrade never takes away what a pending hold keeps: the hold was
 -- made under the old plan and may still be committed in full.

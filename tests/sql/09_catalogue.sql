@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(30);
+SELECT plan(31);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -38,6 +38,15 @@ SELECT credits_account_product_set(account_id => 'beta', product => 'editor', en
 SELECT is((SELECT products_off FROM credits.accounts WHERE account_id = 'beta'), NULL,
           'and none once they are switched on again or their switch is removed');
 SELECT credits_account_product_set(account_id => 'beta', product => 'images', enabled => NULL);
+-- Removing one switch leaves the account's others and other accounts' switches.
+SELECT credits_account_product_set(account_id => a, product => p, enabled => false)
+  FROM unnest(ARRAY['acme', 'beta']) a, unnest(ARRAY['seo', 'editor']) p;
+SELECT credits_account_product_set(account_id => 'beta', product => 'seo', enabled => NULL);
+SELECT results_eq($$SELECT account_id, product FROM credits.account_products ORDER BY 1, 2$$,
+                  $$VALUES ('acme', 'editor'), ('acme', 'seo'), ('beta', 'editor')$$,
+                  'removing an account''s switch of a product removes that one only');
+SELECT credits_account_product_set(account_id => a, product => p, enabled => NULL)
+  FROM unnest(ARRAY['acme', 'beta']) a, unnest(ARRAY['seo', 'editor']) p;
 
 -- Prices and cost previews.
 SELECT credits_price_upsert(product => 'images', action => 'generate', unit => 'image', price => 25);

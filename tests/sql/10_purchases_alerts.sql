@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(85);
+SELECT plan(86);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -141,6 +141,9 @@ SELECT credits_purchase(account_id => 'ar', pack => 'p20', payment_ref => (SELEC
 SELECT credits_commit(credits_reserve(account_id => 'ar', amount => 200, product => 'editor'));
 SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'ar'), 3::bigint,
           'a third 20 would pass the monthly cap of 50: no request');
+SELECT results_eq($$SELECT status, count(*) FROM credits.recharge_requests WHERE account_id = 'ar' GROUP BY 1 ORDER BY 1$$,
+                  $$VALUES ('completed', 2::bigint), ('failed', 1::bigint)$$,
+                  'completing a request leaves the account''s failed one failed');
 -- The cap is in the pack's currency: a pack in another currency starts
 -- from what was spent in that one.
 SELECT credits_pack_upsert(pack_id => 'usd20', credits => 200, price => 20, currency => 'usd');
