@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(46);
+SELECT plan(47);
 
 SELECT credits_plan_upsert(plan_id => 'hard', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'soft', allocation => 100, reset => 'calendar_month',
@@ -166,6 +166,9 @@ SELECT results_eq($$SELECT reserved, available, overage_available FROM credits.a
                   $$VALUES (5::numeric, 100::numeric, 15::numeric)$$,
                   'once the first hold is past its ttl: 5 held (overage), 100 available, 15 of the allowance left');
 SELECT is((SELECT overage_held FROM credits.accounts WHERE account_id = 'lazy'), 15::numeric, 'with nothing written');
+SELECT credits_reserve(account_id => 'lazy', amount => 1, product => 'editor');
+SELECT results_eq($$SELECT trim_scale(held), trim_scale(overage_held) FROM credits.accounts WHERE account_id = 'lazy'$$,
+                  $$VALUES (1::numeric, 5::numeric)$$, 'the next write gives the expired hold''s 100 and 10 overage back');
 -- An account's next event is worked out from its own buckets and holds
 -- (here by an account change), never from another account's sooner ones.
 SELECT credits_account_upsert(account_id => 'soon', plan_id => 'hard');

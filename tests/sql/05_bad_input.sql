@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(55);
+SELECT plan(56);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -48,6 +48,7 @@ SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'acme', limit_mod
 -- Grants with expiry.
 SELECT throws_ok($$SELECT credits_grant(account_id => 'acme', amount => 1, kind => 'topup', expires_at => '2026-04-01')$$, '22023', NULL, 'grant: expires_at only for promos');
 SELECT throws_ok($$SELECT credits_grant(account_id => 'acme', amount => 1, kind => 'promo', expires_at => '2026-01-01')$$, '22023', NULL, 'grant: promo expiring in the past');
+SELECT throws_ok($$SELECT credits_grant(account_id => 'acme', amount => 1, kind => 'promo', expires_at => credits._now())$$, '22023', NULL, 'grant: promo expiring now');
 -- Timestamps the reset planner reads back must lie in the years 1 to 9999
 -- (UTC); before 0.3.5 a promo expiring in year 10000, or an anchor there,
 -- was let in and left the account unable to roll forward (XX001), and an

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(86);
+SELECT plan(89);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -229,6 +229,8 @@ SET LOCAL credits.now = '2026-03-10 12:01:00+00';
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w2', max_events => 100, kinds => '{recharge_requested}')),
           (SELECT count(*) FROM credits.events WHERE kind = 'recharge_requested'),
           'unacknowledged events come back after their visibility timeout, filtered by kind');
+SELECT is((SELECT array_agg(DISTINCT deliveries) FROM credits.events WHERE kind = 'recharge_requested'), ARRAY[2],
+          'each delivered a second time');
 SELECT is(credits_events_ack((SELECT array_agg(event_id) FROM credits.events WHERE kind = 'recharge_requested')),
           (SELECT count(*)::integer FROM credits.events WHERE kind = 'recharge_requested'),
           'acknowledged');
@@ -236,6 +238,10 @@ SET LOCAL credits.now = '2026-03-10 12:05:00+00';
 SELECT is((SELECT count(*) FROM credits_events_claim(consumer => 'w3', max_events => 100, kinds => '{recharge_requested}')),
           0::bigint, 'acknowledged events are not delivered again');
 SELECT throws_ok($$SELECT * FROM credits_events_claim(consumer => 'w', max_events => 0)$$, '22023', NULL, 'bad claim sizes');
+SELECT throws_ok($$SELECT * FROM credits_events_claim(consumer => 'w', visibility => '0')$$, '22023', NULL,
+                 'a visibility of 0 is refused');
+SELECT lives_ok($$SELECT * FROM credits_events_claim(consumer => 'w', max_events => 1, visibility => '1 microsecond')$$,
+                'one event with the shortest visibility is a claim');
 
 -- Auto-recharge looks at the balance whenever it may have gone below the
 -- threshold, or what stood in the way may have gone, and writes one

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(37);
+SELECT plan(39);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -51,6 +51,16 @@ SELECT results_eq($$SELECT tag_value, product, actions, net FROM credits_usage_b
 SELECT results_eq($$SELECT tag_value, product, actions, net FROM credits_usage_by_tag('v', 'subject', to_day => '2026-03-10')$$,
                   $$VALUES ('design'::text, 'editor', 1::bigint, 25::numeric), ('research', 'editor', 1, 6)$$,
                   'credits_usage_by_tag: up to the end of a UTC day, at UTC+14 too');
+-- A day runs from its midnight (UTC) included to the next one excluded.
+SELECT credits_account_upsert(account_id => 'vd', plan_id => 'pro');
+SELECT credits_commit(credits_reserve(account_id => 'vd', amount => 1, product => 'editor', metadata => jsonb_build_object('at', t)))
+  FROM unnest(ARRAY['2026-03-12 00:00:00+00', '2026-03-12 23:59:59.999999+00', '2026-03-13 00:00:00+00']::timestamptz[]) t,
+       LATERAL (SELECT set_config('credits.now', t::text, true)) c;
+SELECT results_eq($$SELECT tag_value, actions FROM credits_usage_by_tag('vd', 'at', '2026-03-12', '2026-03-12') ORDER BY 1$$,
+                  $$SELECT to_jsonb(t) #>> '{}', 1::bigint
+                      FROM unnest(ARRAY['2026-03-12 00:00:00+00', '2026-03-12 23:59:59.999999+00']::timestamptz[]) t ORDER BY 1$$,
+                  'credits_usage_by_tag: an action at the day''s first instant is in it, one at the next day''s is not');
+SET LOCAL credits.now = '2026-03-11 09:00:00+00';
 RESET TimeZone;
 SELECT is((SELECT count(*) FROM credits_usage_by_tag('v', 'subject', to_day => '5874897-12-31')), 3::bigint,
           'credits_usage_by_tag: the last date there is, open-ended');
@@ -83,6 +93,9 @@ SELECT results_eq($$SELECT allocation, used, percent_used, reserved, available, 
                   $$VALUES (100::numeric, 100::numeric, 100.00::numeric, 0::numeric, 0::numeric, 6::numeric, 14::numeric,
                             'soft', 20::numeric, '2026-04-01 00:00+00'::timestamptz, 21)$$,
                   'account_summary: the usage ring');
+SELECT results_eq($$SELECT allocation, used, percent_used FROM credits.account_summary WHERE account_id = 'vb'$$,
+                  $$VALUES (0::numeric, 0::numeric, NULL::numeric)$$,
+                  'account_summary: no percentage of an allocation of 0 (BYOK)');
 SELECT results_eq($$SELECT category, count(*) FROM credits.transactions WHERE account_id = 'v' GROUP BY 1 ORDER BY 1$$,
                   $$VALUES ('deduction', 4::bigint), ('refund', 2::bigint), ('reset', 1::bigint)$$,
                   'transactions: categories');

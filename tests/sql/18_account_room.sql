@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(16);
+SELECT plan(18);
 
 -- An account's figures are numeric(20,6): it holds at most
 -- 99999999999999.999999. A reset keeps what outlives the period, carries
@@ -18,8 +18,12 @@ SELECT credits_account_upsert(account_id => 'own', plan_id => 'small', byok => t
 SELECT pg_temp.state() AS before \gset
 -- whale: allocation 4e13 (all unused), rollover cap 1e13. At the reset:
 -- packs + min(1e13, 4e13) + 4e13 must fit, so packs up to 5e13 - 1e-6.
-SELECT throws_ok($$SELECT credits_grant(account_id => 'whale', amount => 50000000000000, kind => 'pack')$$,
-                 '22003', 'account "whale" would not fit its next reset', 'a pack that the next reset could not carry');
+SELECT is(pg_temp.error_fields($$SELECT credits_grant(account_id => 'whale', amount => 50000000000000, kind => 'pack')$$),
+          ARRAY['22003', 'account "whale" would not fit its next reset',
+                'At the reset on 2026-04-01 it would keep 50000000000000 that outlive the period, carry up to 10000000000000 '
+                'and get the 40000000000000 of plan "big": more than 99999999999999.999999, the most an account holds.',
+                'Add fewer credits, or put the account on a plan with a smaller allocation or rollover cap.'],
+          'a pack that the next reset could not carry, with what the reset would add up');
 SELECT throws_ok($$SELECT credits_purchase(account_id => 'whale', pack => 'huge', payment_ref => 'pi_1')$$,
                  '22003', 'account "whale" would not fit its next reset', 'nor bought');
 SELECT throws_ok($$SELECT credits_grant(account_id => 'whale', amount => 50000000000000, kind => 'promo',
@@ -35,6 +39,12 @@ SELECT lives_ok($$SELECT credits_grant(account_id => 'whale', amount => 50000000
                 'so is a top-up that expires at the reset, while the account holds it');
 SELECT throws_ok($$SELECT credits_grant(account_id => 'whale', amount => 0.000001, kind => 'adjustment')$$,
                  '22003', 'account "whale" would not fit its next reset', 'but not one more credit that outlives it');
+SELECT lives_ok($$SELECT credits_grant(account_id => 'whale', amount => 5000000000000, kind => 'topup')$$,
+                'and a second one, to exactly the most an account holds');
+SELECT is((pg_temp.error_fields($$SELECT credits_grant(account_id => 'whale', amount => 0.000001, kind => 'topup')$$))[1:3],
+          ARRAY['22003', 'account "whale" cannot hold more credits',
+                'Its balance of 99999999999999.999999 and the 0.000001 added would pass 99999999999999.999999, the most an account holds.'],
+          'but not one more credit');
 
 -- The plan side: what a reset grants.
 SELECT pg_temp.state() AS before \gset
