@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(31);
+SELECT plan(34);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -48,6 +48,16 @@ SELECT results_eq($$SELECT account_id, product FROM credits.account_products ORD
 SELECT credits_account_product_set(account_id => a, product => p, enabled => NULL)
   FROM unnest(ARRAY['acme', 'beta']) a, unnest(ARRAY['seo', 'editor']) p;
 
+-- Zero is a price, a pack's price and an overage rate: free actions, free
+-- packs, overage not billed.
+SELECT credits_price_upsert(product => 'images', action => 'preview', unit => 'image', price => 0);
+SELECT is(credits_quote(product => 'images', action => 'preview', images => 3), 0::numeric, 'a free action quotes 0');
+SELECT credits_pack_upsert(pack_id => 'gift', credits => 10, price => 0);
+SELECT credits_purchase(account_id => 'beta', pack => 'gift', payment_ref => 'gift-1');
+SELECT is((SELECT trim_scale(price) FROM credits.purchases WHERE account_id = 'beta' AND payment_ref = 'gift-1'), 0::numeric,
+          'a free pack is bought for 0');
+SELECT lives_ok($$SELECT credits_plan_upsert(plan_id => 'unbilled', allocation => 10, limit_mode => 'soft', soft_limit => 5,
+                                             overage_rate => 0)$$, 'a soft plan may bill its overage at 0');
 -- Prices and cost previews.
 SELECT credits_price_upsert(product => 'images', action => 'generate', unit => 'image', price => 25);
 SELECT credits_price_upsert(product => 'editor', action => 'rewrite', unit => 'call', price => 0.5);

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(89);
+SELECT plan(90);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -216,6 +216,14 @@ SELECT throws_ok($$SELECT credits_purchase(account_id => 'ar4', pack => 'p50', p
 SELECT lives_ok(format('SELECT credits_purchase(account_id => %L, pack => %L, payment_ref => %L)', 'ar4', 'p50', :'req5'),
                 'but a request made before its switch to BYOK is completed');
 
+-- Alerts are percentages of the period's allocation: an account whose
+-- plan allocates nothing raises none, whatever it spends of its packs.
+SELECT credits_plan_upsert(plan_id => 'nothing', allocation => 0, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'packs-only', plan_id => 'nothing');
+SELECT credits_grant(account_id => 'packs-only', amount => 50, kind => 'pack');
+SELECT credits_commit(credits_reserve(account_id => 'packs-only', amount => 50, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'packs-only'), 0::bigint,
+          'no alert on an allocation of 0, with the default alert percentages');
 -- BYOK accounts raise no alerts or recharges.
 SELECT credits_account_upsert(account_id => 'own', plan_id => 'pro', byok => true);
 SELECT credits_commit(credits_reserve(account_id => 'own', amount => 500, product => 'editor'));

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(39);
+SELECT plan(40);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -87,6 +87,11 @@ SELECT results_eq($$SELECT product, status, reserved, charged, refunded, net FRO
                            ('editor', 'partially_refunded', 10, 10, 4, 6),
                            ('images', 'partially_refunded', 80, 80, 5, 75)$$,
                   'actions: the failed action shows as refunded');
+SELECT credits_account_upsert(account_id => 'v0', plan_id => 'pro');
+SELECT credits_commit(credits_reserve(account_id => 'v0', amount => 5, product => 'editor'), 0);
+SELECT results_eq($$SELECT status, reserved, charged, refunded, net FROM credits.actions WHERE account_id = 'v0'$$,
+                  $$VALUES ('committed', 5::numeric, 0::numeric, 0::numeric, 0::numeric)$$,
+                  'actions: a commit of 0 is an action that cost nothing, not a refund');
 SELECT results_eq($$SELECT allocation, used, percent_used, reserved, available, overage, overage_available, limit_mode,
                            soft_allowance, next_reset, days_until_reset
                       FROM credits.account_summary WHERE account_id = 'v'$$,
