@@ -14,11 +14,27 @@ pre-check that only decides whether a validator runs, a bound that no
 value reaches). Each line printed is an outcome, the mutated line's number
 in the script, the object it belongs to, the replacement and the line.
 
+MUT_TARGET=library mutates the SQL that the library's fast paths run
+instead (src/fast_reserve.rs, src/fast_commit.rs: statements kept in the
+shared library, which the install script does not hold). Each mutant is a
+copy of the installed library with the same operators changed in those
+statements' bytes, kept to the same length (a shorter replacement padded
+with spaces, a longer one taking spaces next to it, or left out when there
+are none), installed under a name of its own; an extension version of its
+own, whose functions name that copy, runs the pgTAP files with the fast
+paths on. Statements for databases at SQL versions before 0.3.5 (the
+product switches read from their table) are left out: pgTAP runs on the
+current version only. Each line printed is an outcome, the statement's
+number in the library (a part of a statement that begins a line with
+SELECT, UPDATE, INSERT or WITH counts as one), its first line, the
+replacement and the mutated line.
+
 Standard library only; psql and pg_prove must be on PATH.
 MUT_PORT: the cluster's port; MUT_JOBS: mutants tested at once (2);
 MUT_BASE: the script to mutate (the installed default version's);
-MUT_LINES=A-B: only mutants of those lines; MUT_SURVIVORS=LOG: only the
-mutants that survived in an earlier run's output (the same base script)."""
+MUT_LINES=A-B: only mutants of those lines (of those statements, with
+MUT_TARGET=library); MUT_SURVIVORS=LOG: only the mutants that survived in
+an earlier run's output (the same base script)."""
 
 import concurrent.futures as cf
 import os
@@ -123,11 +139,111 @@ def test(text, site, slot):
         subprocess.run(PSQL + ["-c", f"DROP DATABASE IF EXISTS {db}"], capture_output=True)
 
 
+LIBDIR = subprocess.run([PG_CONFIG, "--pkglibdir"], capture_output=True, text=True,
+                        check=True).stdout.strip()
+# A statement of the fast paths starts at the beginning of a line (of the
+# library's printable text) with one of these; a line that does not look
+# like SQL (a Rust message stored next to them) is never mutated.
+STATEMENT = re.compile(r"^(?:SELECT|UPDATE|INSERT|WITH)\b", re.M)
+SQL_LINE = re.compile(r"\$\d|credits\.|^\s*(?:AND|OR|WHERE|SET|SELECT|FROM|JOIN|LEFT|RETURNING|UPDATE|INSERT"
+                      r"|WITH|VALUES|ON|ORDER|LIMIT|CASE|ELSE|WHEN|END|\)|,)")
+NOT_SQL = re.compile(r"assert|precondition|`|Layout|isize")
+
+
+def library_statements(data):
+    """(offset, text) of each statement that the library's fast paths run:
+    the SQL-looking runs of printable bytes that are not pieces of sql/*.sql
+    (the library also holds those, for the schema generator; never run)."""
+    files = "\n".join(open(f).read() for f in sorted(
+        os.path.join("sql", f) for f in os.listdir("sql") if f.endswith(".sql")))
+    out = []
+    for run in re.finditer(rb"[\t\n\x20-\x7e]{40,}", data):
+        text = run.group().decode()
+        if "credits." not in text or text in files:
+            continue
+        starts = [m.start() for m in STATEMENT.finditer(text)]
+        for i, start in enumerate(starts):
+            stmt = text[start:starts[i + 1] if i + 1 < len(starts) else len(text)]
+            # For databases at SQL versions before 0.3.5 only.
+            if "credits.account_products ap" in stmt:
+                continue
+            out.append((run.start() + start, stmt))
+    return out
+
+
+def library_sites(data):
+    """Every (offset, bytes, replacement, statement number, statement, line)."""
+    out = []
+    for number, (offset, stmt) in enumerate(library_statements(data), 1):
+        mask = code_mask(stmt)
+        for pattern, replacement in OPS:
+            for m in re.finditer(pattern, stmt):
+                if not all(mask[m.start():m.end()]):
+                    continue
+                line_start = stmt.rfind("\n", 0, m.start()) + 1
+                line_end = stmt.find("\n", m.end())
+                line = stmt[line_start:line_end if line_end >= 0 else len(stmt)]
+                if not SQL_LINE.search(line) or NOT_SQL.search(line):
+                    continue
+                start, end = m.start(), m.end()
+                extra = len(replacement) - (end - start)
+                if extra < 0:
+                    new = replacement + " " * -extra
+                elif extra == 0:
+                    new = replacement
+                elif stmt[end:end + extra] == " " * extra:
+                    new, end = replacement, end + extra
+                elif stmt[start - extra:start] == " " * extra:
+                    new, start = replacement, start - extra
+                else:
+                    continue
+                first = stmt.strip().split("\n")[0].strip()
+                out.append((offset + start, new.encode(), replacement, number, first, line.strip(), end - start))
+    return sorted(out)
+
+
+def test_library(data, script, site, slot):
+    """The outcome of one mutant of the library: killed, SURVIVED, or invalid."""
+    offset, new, length = site[0], site[1], site[6]
+    assert len(new) == length
+    version = f"mutant{os.getpid()}x{slot}"
+    library = f"credits_{version}"
+    db = f"credits_{version}"
+    # A new file under the name, so that a backend still running the last
+    # mutant keeps the copy it loaded.
+    with open(f"{LIBDIR}/{library}.so.new", "wb") as f:
+        f.write(data[:offset] + new + data[offset + length:])
+    os.chmod(f"{LIBDIR}/{library}.so.new", 0o755)
+    os.replace(f"{LIBDIR}/{library}.so.new", f"{LIBDIR}/{library}.so")
+    with open(f"{SHARE}/credits--{version}.sql", "w") as f:
+        f.write(script.replace("'MODULE_PATHNAME'", f"'$libdir/{library}'"))
+    subprocess.run(PSQL + ["-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True, check=True)
+    subprocess.run(PSQL + ["-c", f"CREATE DATABASE {db}"], capture_output=True, check=True)
+    try:
+        made = subprocess.run(PSQL + ["-d", db, "-c", f"CREATE EXTENSION credits VERSION '{version}'; "
+                                      "CREATE EXTENSION pgtap;"], capture_output=True)
+        if made.returncode != 0:
+            return "invalid"
+        prove = ["pg_prove", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-d", db]
+        run = subprocess.run(prove + TESTS, capture_output=True, timeout=600)
+        return "killed" if run.returncode != 0 else "SURVIVED"
+    finally:
+        subprocess.run(PSQL + ["-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
+
+
 def main():
     version = re.search(r"^default_version = '(.*)'", open(f"{SHARE}/credits.control").read(), re.M).group(1)
     base = os.environ.get("MUT_BASE") or f"{SHARE}/credits--{version}.sql"
     text = open(base).read()
-    todo = sites(text)
+    library = os.environ.get("MUT_TARGET") == "library"
+    if library:
+        base = f"{LIBDIR}/credits.so"
+        data = open(base, "rb").read()
+        todo = library_sites(data)
+        check = lambda site, slot: test_library(data, text, site, slot)
+    else:
+        todo = sites(text)
+        check = lambda site, slot: test(text, site, slot)
     if os.environ.get("MUT_SURVIVORS"):
         kept = set()
         for line in open(os.environ["MUT_SURVIVORS"]):
@@ -148,7 +264,7 @@ def main():
         while True:
             for site in queue if free else ():
                 slot = free.pop()
-                running[pool.submit(test, text, site, slot)] = (site, slot)
+                running[pool.submit(check, site, slot)] = (site, slot)
                 if not free:
                     break
             if not running:
@@ -161,8 +277,10 @@ def main():
                 counts[outcome] = counts.get(outcome, 0) + 1
                 print(f"{outcome}\t{site[3]}\t{site[4]}\t{site[2].strip() or '(removed)'}\t{site[5]}", flush=True)
     for slot in range(jobs):
-        if os.path.exists(f"{SHARE}/credits--mutant{os.getpid()}x{slot}.sql"):
-            os.remove(f"{SHARE}/credits--mutant{os.getpid()}x{slot}.sql")
+        for path in (f"{SHARE}/credits--mutant{os.getpid()}x{slot}.sql",
+                     f"{LIBDIR}/credits_mutant{os.getpid()}x{slot}.so"):
+            if os.path.exists(path):
+                os.remove(path)
     print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), flush=True)
     return 0
 

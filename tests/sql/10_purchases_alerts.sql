@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(90);
+SELECT plan(91);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -353,6 +353,13 @@ SELECT results_eq($$SELECT payload->>'percent' FROM credits.events WHERE account
 SELECT credits_commit(credits_reserve(account_id => 'past', amount => 1, product => 'editor'), 20);
 SELECT results_eq($$SELECT payload->>'percent' FROM credits.events WHERE account_id = 'past' ORDER BY event_id$$,
                   $$VALUES ('100'), ('120'), ('140')$$, 'and the 140% alert at 40, by a commit beyond its hold');
+-- A commit on the fast path counts the period's overage too.
+SELECT credits_account_upsert(account_id => 'past2', plan_id => 'over', alert_percents => '{100,120}');
+SELECT credits_commit(credits_reserve(account_id => 'past2', amount => 110, product => 'editor'));
+SELECT credits_grant(account_id => 'past2', amount => 50, kind => 'pack');
+SELECT credits_commit(credits_reserve(account_id => 'past2', amount => 15, product => 'editor'));
+SELECT results_eq($$SELECT payload->>'percent' FROM credits.events WHERE account_id = 'past2' ORDER BY event_id$$,
+                  $$VALUES ('100'), ('120')$$, 'after 10 overage, 15 from a pack make 125%: the 120% alert');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();

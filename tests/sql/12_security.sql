@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(72);
+SELECT plan(74);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => a, plan_id => 'pro') FROM unnest(ARRAY['a1', 'a2']) a;
@@ -63,6 +63,18 @@ SELECT is((credits_balance('a1') -> 'summary' ->> 'used')::numeric, 4::numeric, 
 RESET ROLE;
 SELECT is((SELECT status FROM credits.reservations WHERE reservation_id = :'r2'), 'pending',
           'the other account''s reservation is untouched');
+-- Also when that account's next_event has come with nothing due: the
+-- reserve fast path's statement for a false alarm checks the binding too.
+SELECT credits_account_upsert(account_id => 'a3', plan_id => 'pro');
+SELECT credits_commit(credits_reserve(account_id => 'a3', amount => 1, product => 'editor', ttl => '1 minute'));
+SET LOCAL credits.now = '2026-03-10 12:05:00+00';
+SELECT pg_temp.state() AS before_a3 \gset
+SET ROLE t_app_a1;
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'a3', amount => 1, product => 'editor')$$, 'CR002', NULL,
+                 'another account is unknown to a bound app also once its next event has come with nothing due');
+RESET ROLE;
+SELECT is(pg_temp.state(), :'before_a3', 'and is left as it was');
+SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 SET ROLE t_reader_a1;
 SELECT results_eq($$SELECT DISTINCT account_id FROM credits.account_summary$$, $$VALUES ('a1')$$,
                   'a bound reader sees only its account in the views');

@@ -1,6 +1,6 @@
 -- fast paths only: checks which path runs, so make test does not run it again with credits.fast_paths off.
 \ir helpers.inc
-SELECT plan(72);
+SELECT plan(76);
 
 CREATE FUNCTION pg_temp.explain_lines(q text) RETURNS SETOF text LANGUAGE plpgsql AS $$
 BEGIN
@@ -124,6 +124,18 @@ SELECT is(pg_temp.state(), :'before', 'a declined fast path writes nothing');
 SELECT credits_reserve(account_id => 'flex', amount => 15, product => 'editor')::text AS r3 \gset
 SELECT is(credits._commit_fast(:'r3', 15, false, NULL), NULL, 'not a hold that took overage');
 SELECT is(credits_commit(:'r3', 15), 15::numeric, 'which the general path commits');
+
+-- The edges of the common case stay on the fast paths: a reserve of
+-- exactly the free credits, and commits of exactly the amount reserved
+-- (given), of 0 and of an amount with six decimals.
+SELECT credits_account_upsert(account_id => 'edges', plan_id => 'pro');
+SELECT credits._reserve_fast('edges', 40, 'editor', NULL, NULL, '15 minutes', '{}')::text AS e1 \gset
+SELECT credits._reserve_fast('edges', 30, 'editor', NULL, NULL, '15 minutes', '{}')::text AS e2 \gset
+SELECT credits._reserve_fast('edges', 30, 'editor', NULL, NULL, '15 minutes', '{}')::text AS e3 \gset
+SELECT is(pg_temp.fig('edges', 'available'), 0::numeric, 'the fast path reserves the last 30 free credits');
+SELECT is(credits._commit_fast(:'e1', 40, false, NULL), 40::numeric, 'it commits exactly the amount reserved');
+SELECT is(credits._commit_fast(:'e2', 0, false, NULL), 0::numeric, 'and 0');
+SELECT is(credits._commit_fast(:'e3', 29.999999, false, NULL), 29.999999::numeric, 'and an amount with six decimals');
 
 -- A hold the first bucket cannot cover is drawn across the buckets.
 SELECT credits_grant(account_id => 'acme', amount => 20, kind => 'topup');

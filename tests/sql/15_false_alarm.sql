@@ -1,6 +1,6 @@
 -- fast paths only: checks which path runs, so make test does not run it again with credits.fast_paths off.
 \ir helpers.inc
-SELECT plan(39);
+SELECT plan(47);
 
 -- next_event is a lower bound: every reserve lowers it to its hold's expiry,
 -- commits and refunds leave it. So an account whose last hold was resolved
@@ -155,6 +155,33 @@ SELECT is(credits._housekeep('calm', '2026-03-10 19:00:00+00'), 0, 'credits._hou
 SELECT is(pg_temp.next_event('calm'), '2026-04-01 00:00:00+00'::timestamptz, 'it moves next_event on');
 SELECT is(pg_temp.calls('_roll_plan'), :plans_before::bigint, 'without building a plan');
 SELECT is((SELECT count(*) FROM credits.ledger), :ledger_before::bigint, 'or writing a ledger row');
+
+-- A false alarm's reserve is judged as any other: the statement that
+-- settles it checks the common case as the usual one does, and leaves a
+-- reserve beyond the free credits, or of a product switched off for the
+-- account or for everyone, to the general path, which refuses it.
+SELECT credits_account_upsert(account_id => 'guard', plan_id => 'pro');
+SELECT credits_reserve(account_id => 'guard', amount => 50, product => 'editor', ttl => '1 hour');
+SELECT credits_commit(credits_reserve(account_id => 'guard', amount => 40, product => 'editor', ttl => '1 minute'));
+SELECT credits_account_product_set(account_id => 'guard', product => 'seo', enabled => false);
+SELECT credits_product_upsert(product => 'retired', enabled => false);
+SET LOCAL credits.now = '2026-03-10 19:05:00+00';
+SELECT ok(pg_temp.next_event('guard') <= '2026-03-10 19:05:00+00' AND NOT pg_temp.roll_does_something('guard', '2026-03-10 19:05:00+00'),
+          'an account holding 50 with 10 free, due with nothing to do');
+SELECT pg_temp.state() AS before \gset
+SELECT is(credits._reserve_fast('guard', 11, 'editor', NULL, NULL, '15 minutes', '{}'), NULL,
+          'the false alarm''s fast path leaves a reserve beyond the free credits');
+SELECT is(credits._reserve_fast('guard', 1, 'seo', NULL, NULL, '15 minutes', '{}'), NULL,
+          'and one of a product switched off for the account');
+SELECT is(credits._reserve_fast('guard', 1, 'retired', NULL, NULL, '15 minutes', '{}'), NULL,
+          'and one of a product disabled for everyone');
+SELECT is(pg_temp.state(), :'before', 'having written nothing');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'guard', amount => 11, product => 'editor')$$, 'CR001', NULL,
+                 'the general path refuses the first');
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'guard', amount => 1, product => 'seo')$$, 'CR009', NULL,
+                 'and the second');
+SELECT isnt(credits._reserve_fast('guard', 10, 'editor', NULL, NULL, '15 minutes', '{}'), NULL,
+            'and the fast path takes a reserve of the 10 free');
 
 SELECT is((SELECT count(*) FROM credits_verify()), 0::bigint, 'everything verifies');
 
