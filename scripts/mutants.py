@@ -172,7 +172,8 @@ def library_statements(data):
 
 
 def library_sites(data):
-    """Every (offset, bytes, replacement, statement number, statement, line)."""
+    """Every (offset in the library, new bytes, replacement, statement number,
+    the statement's first line, the mutated line, length of the bytes replaced)."""
     out = []
     for number, (offset, stmt) in enumerate(library_statements(data), 1):
         mask = code_mask(stmt)

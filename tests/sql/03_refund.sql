@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(32);
+SELECT plan(33);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -29,6 +29,10 @@ SELECT is(pg_temp.error_fields(format('SELECT credits_refund(reservation_id => %
           'an explicit refund larger than what is left fails, and says what is left');
 SELECT is(pg_temp.state(), :'before', 'and changes nothing');
 SELECT is(credits_refund(reservation_id => :'r2'), 20::numeric, 'refund without amount returns all that is left');
+SELECT credits_reserve(account_id => 'acme', amount => 12, product => 'editor')::text AS r2c \gset
+SELECT credits_commit(:'r2c');
+SELECT credits_refund(reservation_id => :'r2c', amount => 5);
+SELECT is(credits_refund(reservation_id => :'r2c', amount => 7), 7::numeric, 'a refund of exactly what is left is allowed');
 SELECT is(credits_refund(reservation_id => :'r2'), 0::numeric, 'and 0 once nothing is left');
 SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L)', :'r2'), 'CR005', NULL,
                  'a refunded reservation cannot be committed again');

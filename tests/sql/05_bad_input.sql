@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(56);
+SELECT plan(58);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -18,6 +18,10 @@ SELECT throws_ok($$SELECT credits_reserve(account_id => 'acme', amount => 1e300,
 SELECT throws_ok($$SELECT credits_reserve(account_id => 'acme', amount => 0.0000001, product => 'editor')$$, '22023', NULL, 'reserve: more than 6 decimals');
 SELECT throws_ok($$SELECT credits_grant(account_id => 'acme', amount => NULL)$$, '22004', NULL, 'grant: NULL amount');
 SELECT throws_ok($$SELECT credits_grant(account_id => 'acme', amount => -1)$$, '22023', NULL, 'grant: negative amount');
+SELECT throws_ok($$SELECT credits_grant(account_id => 'acme', amount => 0)$$, '22023', 'amount must be greater than zero',
+                 'grant: zero amount');
+SELECT throws_ok($$SELECT credits_pack_upsert(pack_id => 'none', credits => 0, price => 1)$$, '22023',
+                 'credits must be greater than zero', 'pack: no credits');
 SELECT throws_ok($$SELECT credits_grant(account_id => 'acme', amount => 'NaN')$$, '22023', NULL, 'grant: NaN');
 SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L, amount => -1)', :'r'), '22023', NULL, 'commit: negative amount');
 SELECT throws_ok(format('SELECT credits_commit(reservation_id => %L, amount => %L)', :'r', 'Infinity'), '22023', NULL, 'commit: Infinity');
