@@ -112,16 +112,21 @@ def sites(text):
     return sorted(out)
 
 
-def test(text, site, slot):
-    """The outcome of one mutant: killed, SURVIVED, or invalid (not installable)."""
-    start, end, replacement = site[:3]
-    # Named for this run's process, so that two runs (on two clusters of
-    # one installation) never install each other's mutants.
-    version = f"mutant{os.getpid()}x{slot}"
+def version_name(slot):
+    """The extension version (and database, and library copy) of a slot's
+    mutant, named for this run's process, so that two runs (on two clusters
+    of one installation) never install each other's mutants."""
+    return f"mutant{os.getpid()}x{slot}"
+
+
+def judge(version, script, runs):
+    """Installs `script` as extension version `version` in a fresh database
+    and runs the pgTAP files of each (files, PGOPTIONS) of `runs`: killed
+    when one fails, SURVIVED, or invalid when it does not install."""
     db = f"credits_{version}"
     with open(f"{SHARE}/credits--{version}.sql", "w") as f:
-        f.write(text[:start] + replacement + text[end:])
-    subprocess.run(PSQL + ["-c", f"DROP DATABASE IF EXISTS {db}"], capture_output=True, check=True)
+        f.write(script)
+    subprocess.run(PSQL + ["-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True, check=True)
     subprocess.run(PSQL + ["-c", f"CREATE DATABASE {db}"], capture_output=True, check=True)
     try:
         made = subprocess.run(PSQL + ["-d", db, "-c", f"CREATE EXTENSION credits VERSION '{version}'; "
@@ -129,14 +134,22 @@ def test(text, site, slot):
         if made.returncode != 0:
             return "invalid"
         prove = ["pg_prove", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-d", db]
-        for files, options in ((TESTS, ""), (GENERAL, "-c credits.fast_paths=off")):
+        for files, options in runs:
             run = subprocess.run(prove + files, capture_output=True, timeout=600,
                                  env=dict(os.environ, PGOPTIONS=options))
             if run.returncode != 0:
                 return "killed"
         return "SURVIVED"
     finally:
-        subprocess.run(PSQL + ["-c", f"DROP DATABASE IF EXISTS {db}"], capture_output=True)
+        subprocess.run(PSQL + ["-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
+
+
+def test(text, site, slot):
+    """The outcome of one mutant of the install script, the fast paths on
+    and then off."""
+    start, end, replacement = site[:3]
+    return judge(version_name(slot), text[:start] + replacement + text[end:],
+                 ((TESTS, ""), (GENERAL, "-c credits.fast_paths=off")))
 
 
 LIBDIR = subprocess.run([PG_CONFIG, "--pkglibdir"], capture_output=True, text=True,
@@ -204,32 +217,18 @@ def library_sites(data):
 
 
 def test_library(data, script, site, slot):
-    """The outcome of one mutant of the library: killed, SURVIVED, or invalid."""
+    """The outcome of one mutant of the library, the fast paths on."""
     offset, new, length = site[0], site[1], site[6]
     assert len(new) == length
-    version = f"mutant{os.getpid()}x{slot}"
+    version = version_name(slot)
     library = f"credits_{version}"
-    db = f"credits_{version}"
     # A new file under the name, so that a backend still running the last
     # mutant keeps the copy it loaded.
     with open(f"{LIBDIR}/{library}.so.new", "wb") as f:
         f.write(data[:offset] + new + data[offset + length:])
     os.chmod(f"{LIBDIR}/{library}.so.new", 0o755)
     os.replace(f"{LIBDIR}/{library}.so.new", f"{LIBDIR}/{library}.so")
-    with open(f"{SHARE}/credits--{version}.sql", "w") as f:
-        f.write(script.replace("'MODULE_PATHNAME'", f"'$libdir/{library}'"))
-    subprocess.run(PSQL + ["-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True, check=True)
-    subprocess.run(PSQL + ["-c", f"CREATE DATABASE {db}"], capture_output=True, check=True)
-    try:
-        made = subprocess.run(PSQL + ["-d", db, "-c", f"CREATE EXTENSION credits VERSION '{version}'; "
-                                      "CREATE EXTENSION pgtap;"], capture_output=True)
-        if made.returncode != 0:
-            return "invalid"
-        prove = ["pg_prove", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-d", db]
-        run = subprocess.run(prove + TESTS, capture_output=True, timeout=600)
-        return "killed" if run.returncode != 0 else "SURVIVED"
-    finally:
-        subprocess.run(PSQL + ["-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
+    return judge(version, script.replace("'MODULE_PATHNAME'", f"'$libdir/{library}'"), ((TESTS, ""),))
 
 
 def main():
@@ -278,8 +277,7 @@ def main():
                 counts[outcome] = counts.get(outcome, 0) + 1
                 print(f"{outcome}\t{site[3]}\t{site[4]}\t{site[2].strip() or '(removed)'}\t{site[5]}", flush=True)
     for slot in range(jobs):
-        for path in (f"{SHARE}/credits--mutant{os.getpid()}x{slot}.sql",
-                     f"{LIBDIR}/credits_mutant{os.getpid()}x{slot}.so"):
+        for path in (f"{SHARE}/credits--{version_name(slot)}.sql", f"{LIBDIR}/credits_{version_name(slot)}.so"):
             if os.path.exists(path):
                 os.remove(path)
     print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), flush=True)
