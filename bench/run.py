@@ -59,6 +59,9 @@ DECOMPOSE_A = from_runs("baseline_one_row.sql", "ceiling_action.sql", "action.sq
     ("floor A without the ledger row", "floor:no_ledger", BASE_A),
     ("floor A with a narrow account row", "floor:narrow_account", BASE_A),
     ("floor A: only the account and the reservation", "floor:account_reservation", BASE_A),
+    ("... without the reservation's partial pending index", "floor:account_reservation+no_pending_index", BASE_A),
+    ("... without the reservation's secondary indexes", "floor:account_reservation+pk_only", BASE_A),
+    ("... with pending holds in a table of their own", "floor:account_reservation+split_holds", BASE_A),
 ] + from_runs("lean_floor_action.sql", "lean_action.sql", "min_reservation_action.sql") + [
     ("minimum A without a reservation row (not ours)", "min_action.sql", BASE_A),
 ]
@@ -84,6 +87,22 @@ FLOOR_CHARGE_BUCKET = """), b AS (
     UPDATE bench_floor.buckets SET held = held - 10, balance = balance - 7
      WHERE account_id = (SELECT account_id FROM r) AND bucket_id = (SELECT bucket_id FROM r)
 """
+FLOOR_RESOLVE = """WITH r AS (
+    UPDATE bench_floor.reservations
+       SET status = 'committed', charged = 7, draw_amounts = ARRAY[7], resolved_at = now()
+     WHERE reservation_id = :r AND status = 'pending'
+    RETURNING account_id, draw_buckets[1] AS bucket_id
+)"""
+FLOOR_RESOLVE_SPLIT = """WITH h AS (
+    DELETE FROM bench_floor.holds WHERE reservation_id = :r RETURNING *
+), r AS (
+    INSERT INTO bench_floor.resolved (reservation_id, account_id, status, product, amount, draw_buckets,
+                                      draw_amounts, charged, period_start, expires_at, created_at, resolved_at)
+    SELECT reservation_id, account_id, 'committed', product, amount, draw_buckets, ARRAY[7], 7,
+           period_start, expires_at, created_at, now()
+      FROM h
+    RETURNING account_id, draw_buckets[1] AS bucket_id
+)"""
 FLOOR_LEDGER = r"\), l AS \(\n    INSERT INTO bench_floor\.ledger.*?FROM r\n"
 FLOOR_ROLLUP = r"\), u AS \(\n    INSERT INTO bench_floor\.usage_rollup.*?actions = u\.actions \+ 1\n"
 
@@ -129,6 +148,13 @@ def floor_variant(names):
             drop(FLOOR_LEDGER)
         elif name == "narrow_account":
             replace("bench_floor.accounts ", "bench_floor.narrow_accounts ")
+        elif name == "no_pending_index":
+            replace("bench_floor.reservations", "bench_floor.reservations_no_pending")
+        elif name == "pk_only":
+            replace("bench_floor.reservations", "bench_floor.reservations_pk_only")
+        elif name == "split_holds":
+            replace(FLOOR_RESOLVE, FLOOR_RESOLVE_SPLIT)
+            replace("INSERT INTO bench_floor.reservations (", "INSERT INTO bench_floor.holds (")
         else:
             sys.exit(f"bench: no floor variant {name}")
     return text

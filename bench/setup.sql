@@ -59,6 +59,23 @@ CREATE TABLE bench_floor.narrow_accounts (account_id text PRIMARY KEY, balance n
                                           held numeric(20,6) NOT NULL, period_used numeric(20,6) NOT NULL,
                                           period_start timestamptz NOT NULL) WITH (fillfactor = 70);
 INSERT INTO bench_floor.narrow_accounts SELECT account_id, balance, held, period_used, period_start FROM credits.accounts;
+-- For make bench-decompose (the reservation variants of floor_action.sql):
+-- the reservation without the sweep's partial pending index, without both
+-- secondary indexes, and split in two tables (pending holds, which the
+-- commit deletes, and resolved actions with the per-action log's index).
+CREATE TABLE bench_floor.reservations_no_pending (LIKE credits.reservations INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+    WITH (fillfactor = 70);
+ALTER TABLE bench_floor.reservations_no_pending ADD PRIMARY KEY (reservation_id, account_id);
+CREATE INDEX ON bench_floor.reservations_no_pending (account_id, created_at);
+CREATE TABLE bench_floor.reservations_pk_only (LIKE credits.reservations INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+    WITH (fillfactor = 70);
+ALTER TABLE bench_floor.reservations_pk_only ADD PRIMARY KEY (reservation_id, account_id);
+CREATE TABLE bench_floor.holds (LIKE credits.reservations INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+ALTER TABLE bench_floor.holds ADD PRIMARY KEY (reservation_id, account_id);
+CREATE INDEX ON bench_floor.holds (account_id, expires_at);
+CREATE TABLE bench_floor.resolved (LIKE credits.reservations INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+ALTER TABLE bench_floor.resolved ADD PRIMARY KEY (reservation_id, account_id);
+CREATE INDEX ON bench_floor.resolved (account_id, created_at);
 -- Warm-up, so that the runs measure the steady state and not the first
 -- minutes after loading: with the write tables empty when ANALYZE ran, the
 -- planner sees them as empty and the plans a session keeps scan them
@@ -71,6 +88,9 @@ SELECT count(credits_commit(credits_reserve(account_id => 'hot', amount => 10, p
   FROM generate_series(1, 200) i;
 SELECT count(lean_commit(lean_reserve(1 + i % :rows, 10), 7)) FROM generate_series(1, 2000) i;
 INSERT INTO bench_floor.reservations SELECT * FROM credits.reservations;
+INSERT INTO bench_floor.reservations_no_pending SELECT * FROM credits.reservations;
+INSERT INTO bench_floor.reservations_pk_only SELECT * FROM credits.reservations;
+INSERT INTO bench_floor.resolved SELECT * FROM credits.reservations;
 INSERT INTO bench_floor.ledger OVERRIDING SYSTEM VALUE SELECT * FROM credits.ledger;
 INSERT INTO bench_floor.usage_rollup SELECT * FROM credits.usage_rollup;
 SELECT setval(pg_get_serial_sequence('bench_floor.ledger', 'entry_id'), (SELECT max(entry_id) FROM bench_floor.ledger));
