@@ -92,15 +92,15 @@ BEGIN
     IF r.status = 'committed' AND r.refunded = 0 AND r.charged = v_charge THEN
         RETURN trim_scale(r.charged);
     ELSIF r.status = 'committed' AND r.refunded = 0 THEN
-        PERFORM credits._raise('CR011',
-            format('reservation %s was already committed with another amount', v_id),
-            format('It was committed for %s; this call asks for %s.', trim_scale(r.charged), trim_scale(v_charge)),
-            'Repeat the commit with the same amount, or refund the difference with credits_refund().');
+        RAISE EXCEPTION USING ERRCODE = 'CR011',
+            MESSAGE = format('reservation %s was already committed with another amount', v_id),
+            DETAIL = format('It was committed for %s; this call asks for %s.', trim_scale(r.charged), trim_scale(v_charge)),
+            HINT = 'Repeat the commit with the same amount, or refund the difference with credits_refund().';
     ELSIF r.status IN ('committed', 'released') THEN
-        PERFORM credits._raise('CR005',
-            format('reservation %s is not pending', v_id),
-            format('It is %s.', CASE WHEN r.status = 'committed' THEN 'committed and refunded' ELSE r.status END),
-            'Only a pending (or expired) reservation can be committed; reserve again for a new action.');
+        RAISE EXCEPTION USING ERRCODE = 'CR005',
+            MESSAGE = format('reservation %s is not pending', v_id),
+            DETAIL = format('It is %s.', CASE WHEN r.status = 'committed' THEN 'committed and refunded' ELSE r.status END),
+            HINT = 'Only a pending (or expired) reservation can be committed; reserve again for a new action.';
     END IF;
 
     IF r.byok THEN
@@ -229,11 +229,11 @@ BEGIN
             v_overage := v_overage + v_take;
             v_left := v_left - v_take;
             IF v_left > 0 AND NOT _commit.force THEN
-                PERFORM credits._raise('CR001',
-                    format('insufficient credits for account "%s"', v_account),
-                    format('needs %s, available %s', trim_scale(v_charge), trim_scale(v_charge - v_left)),
-                    format('commit at most %s, pass force => true to record the excess as debt, or top up first',
-                           trim_scale(v_charge - v_left)));
+                RAISE EXCEPTION USING ERRCODE = 'CR001',
+                    MESSAGE = format('insufficient credits for account "%s"', v_account),
+                    DETAIL = format('needs %s, available %s', trim_scale(v_charge), trim_scale(v_charge - v_left)),
+                    HINT = format('commit at most %s, pass force => true to record the excess as debt, or top up first',
+                                  trim_scale(v_charge - v_left));
             END IF;
             v_debt := v_left;
         END IF;

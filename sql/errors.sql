@@ -1,13 +1,10 @@
--- One place that raises the extension's own errors (SQLSTATE class CR, see
--- the README for the list), always with a DETAIL and a HINT.
-CREATE FUNCTION credits._raise(code text, message text, detail text, hint text)
-RETURNS void
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, DETAIL = detail, HINT = hint;
-END
-$$;
+-- The extension's errors: the function that refuses a call raises the
+-- error itself, RAISE EXCEPTION USING ERRCODE, MESSAGE, DETAIL and HINT (a
+-- code of the class CR for a domain error, the standard one for bad input:
+-- see the README's Errors), not through a helper: a helper called by
+-- PERFORM adds its own frame and the whole text of the call, format()
+-- arguments and all, to the error's CONTEXT. The helpers below are for the
+-- checks that many functions share.
 
 -- Validates an enumerated argument: 22004 for NULL, 22023 for an unknown value.
 CREATE FUNCTION credits._choice(value text, name text, allowed text[]) RETURNS text
@@ -65,10 +62,12 @@ $$;
 
 -- CR002, for every path that meets an account_id it does not know.
 CREATE FUNCTION credits._unknown_account(p_account text) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT credits._raise('CR002',
-        format('unknown account "%s"', p_account),
-        'No credits account has this account_id.',
-        'Create it first with credits_account_upsert(account_id => ..., plan_id => ...).')
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'CR002',
+        MESSAGE = format('unknown account "%s"', p_account),
+        DETAIL = 'No credits account has this account_id.',
+        HINT = 'Create it first with credits_account_upsert(account_id => ..., plan_id => ...).';
+END
 $$;

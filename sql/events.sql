@@ -62,16 +62,18 @@ BEGIN
     PERFORM credits._required(max_events IS NULL, 'max_events');
     PERFORM credits._required(visibility IS NULL, 'visibility');
     IF max_events < 1 OR visibility <= interval '0' THEN
-        PERFORM credits._raise('22023', 'max_events and visibility must be positive',
-            format('max_events is %s, visibility is %s.', max_events, visibility),
-            'Claim at least one event for a positive time, such as 10 events for ''30 seconds''.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'max_events and visibility must be positive',
+            DETAIL = format('max_events is %s, visibility is %s.', max_events, visibility),
+            HINT = 'Claim at least one event for a positive time, such as 10 events for ''30 seconds''.';
     END IF;
     -- As every time the API stores: before the year 10000 (and now +
     -- visibility must not overflow timestamptz).
     IF visibility >= interval '10000 years' OR extract(year FROM (v_now + visibility) AT TIME ZONE 'UTC') >= 10000 THEN
-        PERFORM credits._raise('22023', 'visibility must end before the year 10000',
-            format('visibility is %s, now is %s.', visibility, v_now),
-            'Claim the events for as long as handling them may take, such as ''30 seconds''.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'visibility must end before the year 10000',
+            DETAIL = format('visibility is %s, now is %s.', visibility, v_now),
+            HINT = 'Claim the events for as long as handling them may take, such as ''30 seconds''.';
     END IF;
     RETURN QUERY
     WITH claimable AS (
@@ -133,9 +135,10 @@ BEGIN
     PERFORM credits._required(credits_events_purge.older_than IS NULL, 'older_than');
     PERFORM credits._required(credits_events_purge.unacknowledged IS NULL, 'unacknowledged');
     IF credits_events_purge.older_than < interval '0' THEN
-        PERFORM credits._raise('22023', 'older_than must not be negative',
-            format('older_than is %s.', credits_events_purge.older_than),
-            'Pass how old a handled event must be to go, such as ''30 days''; ''0'' purges every acknowledged event.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'older_than must not be negative',
+            DETAIL = format('older_than is %s.', credits_events_purge.older_than),
+            HINT = 'Pass how old a handled event must be to go, such as ''30 days''; ''0'' purges every acknowledged event.';
     END IF;
     BEGIN
         v_cutoff := credits._now() - credits_events_purge.older_than;

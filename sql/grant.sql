@@ -27,9 +27,10 @@ DECLARE
     nb         record;
 BEGIN
     IF v_expires IS NOT NULL AND v_kind <> 'promo' THEN
-        PERFORM credits._raise('22023', format('expires_at is only for promo grants, not %s', v_kind),
-            'Top-ups expire at the next reset; packs and adjustments never expire.',
-            'Leave expires_at out, or grant kind => ''promo''.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('expires_at is only for promo grants, not %s', v_kind),
+            DETAIL = 'Top-ups expire at the next reset; packs and adjustments never expire.',
+            HINT = 'Leave expires_at out, or grant kind => ''promo''.';
     END IF;
     v_request := jsonb_build_object('amount', v_amount, 'kind', v_kind, 'expires_at', v_expires, 'metadata', v_metadata);
     a := credits._lock_account(v_account);
@@ -39,23 +40,26 @@ BEGIN
         RETURN v_result::uuid;
     END IF;
     IF a.byok THEN
-        PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
-            'BYOK accounts bring their own keys: they have no allocation and no buckets.',
-            'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.');
+        RAISE EXCEPTION USING ERRCODE = 'CR014',
+            MESSAGE = format('account "%s" is BYOK', v_account),
+            DETAIL = 'BYOK accounts bring their own keys: they have no allocation and no buckets.',
+            HINT = 'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.';
     END IF;
     IF v_kind = 'topup' OR (v_kind = 'promo' AND v_expires IS NULL) THEN
         v_expires := a.period_end;
     ELSIF v_kind = 'promo' AND (NOT isfinite(v_expires) OR v_expires <= v_now) THEN
-        PERFORM credits._raise('22023', 'expires_at must be a finite time in the future',
-            format('expires_at is %s, now is %s.', v_expires, v_now),
-            'Pass a later expires_at, or leave it out to expire at the next reset.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'expires_at must be a finite time in the future',
+            DETAIL = format('expires_at is %s, now is %s.', v_expires, v_now),
+            HINT = 'Pass a later expires_at, or leave it out to expire at the next reset.';
     ELSIF v_kind = 'promo' AND extract(year FROM v_expires AT TIME ZONE 'UTC') >= 10000 THEN
         -- The reset planner reads bucket expiries back as ISO 8601 text,
         -- four-digit years: a bucket expiring in year 10000 or later left
         -- its account unable to roll forward (0.3.5).
-        PERFORM credits._raise('22023', 'expires_at must be before the year 10000',
-            format('expires_at is %s.', v_expires),
-            'Pass an expiry before 10000-01-01, or grant kind => ''pack'' for credits that never expire.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'expires_at must be before the year 10000',
+            DETAIL = format('expires_at is %s.', v_expires),
+            HINT = 'Pass an expiry before 10000-01-01, or grant kind => ''pack'' for credits that never expire.';
     END IF;
 
     PERFORM credits._room_check(v_account, v_amount, v_kind IN ('pack', 'adjustment') OR v_expires > a.period_end);

@@ -22,10 +22,10 @@ BEGIN
         RETURN NULL;
     END IF;
     IF k.request <> p_request THEN
-        PERFORM credits._raise('CR006',
-            format('idempotency key "%s" was already used with other arguments', p_key),
-            format('credits_%s for account "%s" first ran with %s; this call has %s.', p_fn, p_account, k.request, p_request),
-            'Use a new key for a new operation, or repeat the first call exactly.');
+        RAISE EXCEPTION USING ERRCODE = 'CR006',
+            MESSAGE = format('idempotency key "%s" was already used with other arguments', p_key),
+            DETAIL = format('credits_%s for account "%s" first ran with %s; this call has %s.', p_fn, p_account, k.request, p_request),
+            HINT = 'Use a new key for a new operation, or repeat the first call exactly.';
     END IF;
     RETURN k.result;
 END

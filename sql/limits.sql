@@ -77,10 +77,11 @@ BEGIN
     SELECT * INTO a FROM credits.accounts WHERE account_id = p_account;
     SELECT * INTO p FROM credits.plans WHERE plan_id = a.plan_id FOR SHARE;
     IF a.balance + p_add > v_max THEN
-        PERFORM credits._raise('22003', format('account "%s" cannot hold more credits', p_account),
-            format('Its balance of %s and the %s added would pass %s, the most an account holds.',
-                   trim_scale(a.balance), trim_scale(p_add), v_max),
-            'Add fewer credits.');
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('account "%s" cannot hold more credits', p_account),
+            DETAIL = format('Its balance of %s and the %s added would pass %s, the most an account holds.',
+                            trim_scale(a.balance), trim_scale(p_add), v_max),
+            HINT = 'Add fewer credits.';
     END IF;
     IF a.byok THEN
         RETURN;
@@ -94,12 +95,13 @@ BEGIN
         v_outliving := v_outliving + p_add;
     END IF;
     IF v_outliving + least(p.rollover_cap, v_unused) + p.allocation > v_max THEN
-        PERFORM credits._raise('22003', format('account "%s" would not fit its next reset', p_account),
-            format('At the reset on %s it would keep %s that outlive the period, carry up to %s and get the %s of plan "%s": '
-                   'more than %s, the most an account holds.',
-                   to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'), trim_scale(v_outliving),
-                   trim_scale(least(p.rollover_cap, v_unused)), trim_scale(p.allocation), p.plan_id, v_max),
-            'Add fewer credits, or put the account on a plan with a smaller allocation or rollover cap.');
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('account "%s" would not fit its next reset', p_account),
+            DETAIL = format('At the reset on %s it would keep %s that outlive the period, carry up to %s and get the %s of plan "%s": '
+                            'more than %s, the most an account holds.',
+                            to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'), trim_scale(v_outliving),
+                            trim_scale(least(p.rollover_cap, v_unused)), trim_scale(p.allocation), p.plan_id, v_max),
+            HINT = 'Add fewer credits, or put the account on a plan with a smaller allocation or rollover cap.';
     END IF;
 END
 $$;

@@ -33,10 +33,11 @@ BEGIN
     -- the rollover cap of it and grants it again: both must fit in an
     -- account (credits._room_check).
     IF v_alloc + least(v_cap, v_alloc) > v_max THEN
-        PERFORM credits._raise('22003', format('plan "%s" grants more than an account holds', v_plan),
-            format('An allocation of %s with a rollover of up to %s would pass %s, the most an account holds.',
-                   trim_scale(v_alloc), trim_scale(least(v_cap, v_alloc)), v_max),
-            'Pass a smaller allocation or rollover cap.');
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('plan "%s" grants more than an account holds', v_plan),
+            DETAIL = format('An allocation of %s with a rollover of up to %s would pass %s, the most an account holds.',
+                            trim_scale(v_alloc), trim_scale(least(v_cap, v_alloc)), v_max),
+            HINT = 'Pass a smaller allocation or rollover cap.';
     END IF;
     -- An edit applies from each account's next reset. An account whose
     -- period has ended but that nothing has rolled forward yet (no call,
@@ -148,36 +149,46 @@ BEGIN
     -- A role bound to accounts changes those accounts only, and creates
     -- none (whether another account exists, it does not learn).
     IF NOT credits._may_touch(v_account) THEN
-        PERFORM credits._raise('42501', format('account "%s" is not bound to role "%s"', v_account, credits._actor()),
-            'A role bound to accounts may change those accounts only; creating an account needs a role bound to no account.',
-            'Call it as a credits_admin role bound to no account, or as a superuser.');
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('account "%s" is not bound to role "%s"', v_account, credits._actor()),
+            DETAIL = 'A role bound to accounts may change those accounts only; creating an account needs a role bound to no account.',
+            HINT = 'Call it as a credits_admin role bound to no account, or as a superuser.';
     END IF;
     IF v_until IS NOT NULL AND NOT isfinite(v_until) THEN
-        PERFORM credits._raise('22023', 'override_until must be a finite timestamp',
-            format('override_until is %s.', v_until), 'Leave it out for an override without end.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'override_until must be a finite timestamp',
+            DETAIL = format('override_until is %s.', v_until),
+            HINT = 'Leave it out for an override without end.';
     END IF;
     IF v_alerts IS NOT NULL AND (array_ndims(v_alerts) > 1
                                  OR EXISTS (SELECT 1 FROM unnest(v_alerts) x WHERE x IS NULL OR x <= 0 OR x > 1000)) THEN
-        PERFORM credits._raise('22023', 'alert_percents must be a list of percentages above 0 and at most 1000',
-            format('alert_percents is %s.', v_alerts), 'Pass percentages of the period allocation, such as {50,80,100}.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'alert_percents must be a list of percentages above 0 and at most 1000',
+            DETAIL = format('alert_percents is %s.', v_alerts),
+            HINT = 'Pass percentages of the period allocation, such as {50,80,100}.';
     END IF;
     IF v_anchor IS NOT NULL AND NOT isfinite(v_anchor) THEN
-        PERFORM credits._raise('22023', 'billing_anchor must be a finite timestamp',
-            format('billing_anchor is %s.', v_anchor), 'Pass the date the account''s billing started.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'billing_anchor must be a finite timestamp',
+            DETAIL = format('billing_anchor is %s.', v_anchor),
+            HINT = 'Pass the date the account''s billing started.';
     END IF;
     IF v_plan IS NOT NULL THEN
         SELECT * INTO p FROM credits.plans WHERE plan_id = v_plan;
         IF NOT FOUND THEN
-            PERFORM credits._raise('CR003', format('unknown plan "%s"', v_plan),
-                'No plan has this plan_id.', 'Create it first with credits_plan_upsert().');
+            RAISE EXCEPTION USING ERRCODE = 'CR003',
+                MESSAGE = format('unknown plan "%s"', v_plan),
+                DETAIL = 'No plan has this plan_id.',
+                HINT = 'Create it first with credits_plan_upsert().';
         END IF;
     END IF;
 
     IF NOT EXISTS (SELECT 1 FROM credits.accounts WHERE account_id = v_account) THEN
         IF v_plan IS NULL THEN
-            PERFORM credits._raise('22004', 'plan_id must not be NULL for a new account',
-                format('Account "%s" does not exist yet.', v_account),
-                'Pass plan_id to create the account.');
+            RAISE EXCEPTION USING ERRCODE = '22004',
+                MESSAGE = 'plan_id must not be NULL for a new account',
+                DETAIL = format('Account "%s" does not exist yet.', v_account),
+                HINT = 'Pass plan_id to create the account.';
         END IF;
         v_now := credits._now();
         v_anchor := coalesce(v_anchor, v_now);

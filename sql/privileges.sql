@@ -91,7 +91,6 @@ GRANT EXECUTE ON FUNCTION
     credits._limit(credits.accounts, timestamptz),
     credits._now(),
     credits._now_stable(),
-    credits._raise(text, text, text, text),
     credits._required(boolean, text),
     credits._unknown_account(text),
     credits._sees_all(),

@@ -36,10 +36,11 @@ BEGIN
     IF NOT FOUND THEN
         INSERT INTO credits.products (product, created_at) VALUES (p_product, p_now) ON CONFLICT DO NOTHING;
     ELSIF NOT v_global OR NOT coalesce(v_account, true) THEN
-        PERFORM credits._raise('CR009', format('product "%s" is disabled', p_product),
-            CASE WHEN NOT v_global THEN 'An admin disabled this product for every account.'
-                 ELSE format('An admin disabled this product for account "%s".', p_account) END,
-            'Enable it with credits_product_upsert(enabled => true) or credits_account_product_set().');
+        RAISE EXCEPTION USING ERRCODE = 'CR009',
+            MESSAGE = format('product "%s" is disabled', p_product),
+            DETAIL = CASE WHEN NOT v_global THEN 'An admin disabled this product for every account.'
+                          ELSE format('An admin disabled this product for account "%s".', p_account) END,
+            HINT = 'Enable it with credits_product_upsert(enabled => true) or credits_account_product_set().';
     END IF;
 END
 $$;

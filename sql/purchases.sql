@@ -109,9 +109,10 @@ BEGIN
     SELECT * INTO pu FROM credits.purchases WHERE account_id = v_account AND payment_ref = v_ref;
     IF FOUND THEN
         IF pu.pack_id <> v_pack THEN
-            PERFORM credits._raise('CR006', format('payment_ref "%s" was already used for pack "%s"', v_ref, pu.pack_id),
-                format('Account "%s" bought pack "%s" with it; this call asks for pack "%s".', v_account, pu.pack_id, v_pack),
-                'Each payment buys one pack: use the payment''s own reference.');
+            RAISE EXCEPTION USING ERRCODE = 'CR006',
+                MESSAGE = format('payment_ref "%s" was already used for pack "%s"', v_ref, pu.pack_id),
+                DETAIL = format('Account "%s" bought pack "%s" with it; this call asks for pack "%s".', v_account, pu.pack_id, v_pack),
+                HINT = 'Each payment buys one pack: use the payment''s own reference.';
         END IF;
         RETURN pu.bucket_id;
     END IF;
@@ -124,10 +125,11 @@ BEGIN
     SELECT * INTO rq FROM credits.recharge_requests r
      WHERE r.account_id = v_account AND r.request_id::text = v_ref AND r.status IN ('pending', 'failed');
     IF FOUND AND rq.pack_id <> v_pack THEN
-        PERFORM credits._raise('CR006', format('payment_ref "%s" is a recharge request for pack "%s"', v_ref, rq.pack_id),
-            format('The request asks for pack "%s" (%s credits for %s %s); this call buys pack "%s".',
-                   rq.pack_id, trim_scale(rq.credits), trim_scale(rq.price), rq.currency, v_pack),
-            'Complete the request with its own pack, or buy another pack with the payment''s own reference.');
+        RAISE EXCEPTION USING ERRCODE = 'CR006',
+            MESSAGE = format('payment_ref "%s" is a recharge request for pack "%s"', v_ref, rq.pack_id),
+            DETAIL = format('The request asks for pack "%s" (%s credits for %s %s); this call buys pack "%s".',
+                            rq.pack_id, trim_scale(rq.credits), trim_scale(rq.price), rq.currency, v_pack),
+            HINT = 'Complete the request with its own pack, or buy another pack with the payment''s own reference.';
     ELSIF FOUND THEN
         pk.pack_id := rq.pack_id;
         pk.credits := rq.credits;
@@ -136,18 +138,22 @@ BEGIN
     ELSE
         SELECT * INTO pk FROM credits.packs WHERE pack_id = v_pack AND active;
         IF NOT FOUND THEN
-            PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
-                'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
+            RAISE EXCEPTION USING ERRCODE = 'CR016',
+                MESSAGE = format('unknown pack "%s"', v_pack),
+                DETAIL = 'No active pack has this pack_id.',
+                HINT = 'Create it with credits_pack_upsert(), or pass an active pack.';
         END IF;
         IF NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
-            PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
-                format('Account "%s" is on a plan without purchases.', v_account),
-                'Upgrade the account to a plan that allows purchases.');
+            RAISE EXCEPTION USING ERRCODE = 'CR010',
+                MESSAGE = format('purchases are not allowed on plan "%s"', a.plan_id),
+                DETAIL = format('Account "%s" is on a plan without purchases.', v_account),
+                HINT = 'Upgrade the account to a plan that allows purchases.';
         END IF;
         IF a.byok THEN
-            PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
-                'BYOK accounts bring their own keys: they have no allocation and no buckets.',
-                'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.');
+            RAISE EXCEPTION USING ERRCODE = 'CR014',
+                MESSAGE = format('account "%s" is BYOK', v_account),
+                DETAIL = 'BYOK accounts bring their own keys: they have no allocation and no buckets.',
+                HINT = 'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.';
         END IF;
     END IF;
 
@@ -199,18 +205,23 @@ BEGIN
     PERFORM credits._required(v_pack IS NULL, 'pack');
     PERFORM credits._required(v_threshold IS NULL, 'threshold');
     IF NOT EXISTS (SELECT 1 FROM credits.packs WHERE pack_id = v_pack AND active) THEN
-        PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
-            'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
+        RAISE EXCEPTION USING ERRCODE = 'CR016',
+            MESSAGE = format('unknown pack "%s"', v_pack),
+            DETAIL = 'No active pack has this pack_id.',
+            HINT = 'Create it with credits_pack_upsert(), or pass an active pack.';
     END IF;
     IF credits_auto_recharge_set.enabled AND a.byok THEN
-        PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
-            'BYOK accounts have no balance to recharge.', 'Leave auto-recharge off for BYOK accounts.');
+        RAISE EXCEPTION USING ERRCODE = 'CR014',
+            MESSAGE = format('account "%s" is BYOK', v_account),
+            DETAIL = 'BYOK accounts have no balance to recharge.',
+            HINT = 'Leave auto-recharge off for BYOK accounts.';
     END IF;
     IF credits_auto_recharge_set.enabled
        AND NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
-        PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
-            'Auto-recharge buys packs, and this plan allows no purchases.',
-            'Upgrade the account to a plan that allows purchases.');
+        RAISE EXCEPTION USING ERRCODE = 'CR010',
+            MESSAGE = format('purchases are not allowed on plan "%s"', a.plan_id),
+            DETAIL = 'Auto-recharge buys packs, and this plan allows no purchases.',
+            HINT = 'Upgrade the account to a plan that allows purchases.';
     END IF;
     INSERT INTO credits.auto_recharge (account_id, enabled, pack_id, threshold, monthly_cap, updated_at)
     VALUES (v_account, credits_auto_recharge_set.enabled, v_pack, v_threshold, v_cap, credits._now())
@@ -258,9 +269,10 @@ BEGIN
         -- the balance below the threshold requested no recharge.
         UPDATE credits.accounts a SET recharge_below = a.recharge_below WHERE a.account_id = v_account;
     ELSE
-        PERFORM credits._raise('CR017', format('recharge request %s is not pending', credits_recharge_fail.request_id),
-            'It does not exist, or it was already completed or failed.',
-            'Only a pending request can be failed.');
+        RAISE EXCEPTION USING ERRCODE = 'CR017',
+            MESSAGE = format('recharge request %s is not pending', credits_recharge_fail.request_id),
+            DETAIL = 'It does not exist, or it was already completed or failed.',
+            HINT = 'Only a pending request can be failed.';
     END IF;
 END
 $$;

@@ -69,17 +69,19 @@ BEGIN
       FROM credits.prices p
      WHERE p.product = v_product AND p.action = v_action AND p.tier = v_tier;
     IF v_priced = 0 THEN
-        PERFORM credits._raise('CR015', format('no price for product "%s", action "%s", tier "%s"', v_product, v_action, v_tier),
-            'The price catalogue has no entry for this action.',
-            'Add one with credits_price_upsert(product => ..., action => ..., unit => ..., price => ...).');
+        RAISE EXCEPTION USING ERRCODE = 'CR015',
+            MESSAGE = format('no price for product "%s", action "%s", tier "%s"', v_product, v_action, v_tier),
+            DETAIL = 'The price catalogue has no entry for this action.',
+            HINT = 'Add one with credits_price_upsert(product => ..., action => ..., unit => ..., price => ...).';
     END IF;
     v_cost := ceil(v_cost * 1000000) / 1000000;
     -- No account holds more (numeric(20,6)): a reserve of it would fail
     -- with 22003 anyway.
     IF v_cost > 99999999999999.999999 THEN
-        PERFORM credits._raise('22003', format('the quote of %s credits is out of range', trim_scale(v_cost)),
-            'No amount may exceed 99999999999999.999999 (numeric(20,6)).',
-            'Check the quantities and the prices of the action.');
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('the quote of %s credits is out of range', trim_scale(v_cost)),
+            DETAIL = 'No amount may exceed 99999999999999.999999 (numeric(20,6)).',
+            HINT = 'Check the quantities and the prices of the action.';
     END IF;
     RETURN trim_scale(v_cost);
 END

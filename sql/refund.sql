@@ -67,11 +67,11 @@ BEGIN
         v_return := r.amount;
     ELSIF r.status = 'committed' THEN
         IF v_amount > r.charged - r.refunded THEN
-            PERFORM credits._raise('CR012',
-                format('refund of %s exceeds what reservation %s has left to refund', trim_scale(v_amount), v_id),
-                format('charged %s, already refunded %s, refundable %s',
-                       trim_scale(r.charged), trim_scale(r.refunded), trim_scale(r.charged - r.refunded)),
-                'Refund at most the refundable amount, or leave amount out to refund all that is left.');
+            RAISE EXCEPTION USING ERRCODE = 'CR012',
+                MESSAGE = format('refund of %s exceeds what reservation %s has left to refund', trim_scale(v_amount), v_id),
+                DETAIL = format('charged %s, already refunded %s, refundable %s',
+                                trim_scale(r.charged), trim_scale(r.refunded), trim_scale(r.charged - r.refunded)),
+                HINT = 'Refund at most the refundable amount, or leave amount out to refund all that is left.';
         END IF;
         v_return := coalesce(v_amount, r.charged - r.refunded);
         v_same := r.period_start = a.period_start;
@@ -137,10 +137,10 @@ BEGIN
            SET refunded = refunded + v_return, metadata = metadata || v_meta
          WHERE reservation_id = v_id AND account_id = v_account;
     ELSE
-        PERFORM credits._raise('CR005',
-            format('reservation %s is not pending', v_id),
-            format('It is %s: its hold was already given back.', r.status),
-            'Nothing is left to refund.');
+        RAISE EXCEPTION USING ERRCODE = 'CR005',
+            MESSAGE = format('reservation %s is not pending', v_id),
+            DETAIL = format('It is %s: its hold was already given back.', r.status),
+            HINT = 'Nothing is left to refund.';
     END IF;
 
     PERFORM credits._idempotent_store(v_account, 'refund', v_key, v_request, trim_scale(v_return)::text, v_now);

@@ -90,15 +90,18 @@ BEGIN
     END IF;
     IF v_ttl IS NULL OR v_ttl <= interval '0' THEN
         PERFORM credits._required(v_ttl IS NULL, 'ttl');
-        PERFORM credits._raise('22023', 'ttl must be positive',
-            format('ttl is %s.', v_ttl), 'Pass how long the hold may stay pending, such as ''15 minutes''.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'ttl must be positive',
+            DETAIL = format('ttl is %s.', v_ttl),
+            HINT = 'Pass how long the hold may stay pending, such as ''15 minutes''.';
     END IF;
     -- A hold must end before the year 10000, as a promo grant must (and
     -- now + ttl must not overflow timestamptz: 22008 without a word of why).
     IF v_ttl >= interval '10000 years' OR extract(year FROM (v_now + v_ttl) AT TIME ZONE 'UTC') >= 10000 THEN
-        PERFORM credits._raise('22023', 'ttl must end before the year 10000',
-            format('ttl is %s, now is %s.', v_ttl, v_now),
-            'Pass how long the hold may stay pending, such as ''15 minutes''.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'ttl must end before the year 10000',
+            DETAIL = format('ttl is %s, now is %s.', v_ttl, v_now),
+            HINT = 'Pass how long the hold may stay pending, such as ''15 minutes''.';
     END IF;
     IF v_metadata IS NULL OR jsonb_typeof(v_metadata) <> 'object' THEN
         v_metadata := credits._metadata(v_metadata);
@@ -139,9 +142,10 @@ BEGIN
         RETURN v_id;
     END IF;
     IF a.debt > 0 THEN
-        PERFORM credits._raise('CR008', format('account "%s" is in debt', v_account),
-            format('The account owes %s credits from a forced commit.', trim_scale(a.debt)),
-            'Grant credits to pay the debt off (credits_grant), or wait for the next allocation.');
+        RAISE EXCEPTION USING ERRCODE = 'CR008',
+            MESSAGE = format('account "%s" is in debt', v_account),
+            DETAIL = format('The account owes %s credits from a forced commit.', trim_scale(a.debt)),
+            HINT = 'Grant credits to pay the debt off (credits_grant), or wait for the next allocation.';
     END IF;
 
     v_free := a.balance - a.held;
@@ -149,12 +153,12 @@ BEGIN
         SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, v_now) l;
         v_overage := v_amount - v_free;
         IF v_mode <> 'soft' OR a.period_overage + a.overage_held + v_overage > v_soft THEN
-            PERFORM credits._raise('CR001',
-                format('insufficient credits for account "%s"', v_account),
-                format('needs %s, available %s', trim_scale(v_amount),
-                       trim_scale(v_free + CASE WHEN v_mode = 'soft'
-                                     THEN greatest(v_soft - a.period_overage - a.overage_held, 0) ELSE 0 END)),
-                format('top up, or wait for the reset on %s', to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD')));
+            RAISE EXCEPTION USING ERRCODE = 'CR001',
+                MESSAGE = format('insufficient credits for account "%s"', v_account),
+                DETAIL = format('needs %s, available %s', trim_scale(v_amount),
+                                trim_scale(v_free + CASE WHEN v_mode = 'soft'
+                                              THEN greatest(v_soft - a.period_overage - a.overage_held, 0) ELSE 0 END)),
+                HINT = format('top up, or wait for the reset on %s', to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'));
         END IF;
     END IF;
 
@@ -200,15 +204,16 @@ BEGIN
     PERFORM credits._required(p_reservation IS NULL, 'reservation_id');
     SELECT account_id INTO v_account FROM credits.reservations WHERE reservation_id = p_reservation;
     IF NOT FOUND OR NOT credits._may_touch(v_account) THEN
-        PERFORM credits._raise('CR004', format('unknown reservation %s', p_reservation),
-            'No reservation has this id (among the accounts this role may reach).',
-            'Pass the uuid that credits_reserve() returned.');
+        RAISE EXCEPTION USING ERRCODE = 'CR004',
+            MESSAGE = format('unknown reservation %s', p_reservation),
+            DETAIL = 'No reservation has this id (among the accounts this role may reach).',
+            HINT = 'Pass the uuid that credits_reserve() returned.';
     END IF;
     IF p_account IS NOT NULL AND p_account <> v_account THEN
-        PERFORM credits._raise('CR007',
-            format('reservation %s does not belong to account "%s"', p_reservation, p_account),
-            'The account_id given does not match the reservation''s account.',
-            'Pass the account the reservation was made for, or leave account_id out.');
+        RAISE EXCEPTION USING ERRCODE = 'CR007',
+            MESSAGE = format('reservation %s does not belong to account "%s"', p_reservation, p_account),
+            DETAIL = 'The account_id given does not match the reservation''s account.',
+            HINT = 'Pass the account the reservation was made for, or leave account_id out.';
     END IF;
     RETURN v_account;
 END

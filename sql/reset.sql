@@ -23,13 +23,16 @@ DECLARE
     a         record;
 BEGIN
     IF NOT isfinite(v_as_of) THEN
-        PERFORM credits._raise('22023', 'as_of must be a finite timestamp',
-            format('as_of is %s.', v_as_of), 'Leave as_of out to reset up to now.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'as_of must be a finite timestamp',
+            DETAIL = format('as_of is %s.', v_as_of),
+            HINT = 'Leave as_of out to reset up to now.';
     END IF;
     IF v_as_of > v_now THEN
-        PERFORM credits._raise('22023', 'as_of may not be later than the clock',
-            format('as_of is %s, the clock says %s.', v_as_of, v_now),
-            'Leave as_of out to reset up to now.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'as_of may not be later than the clock',
+            DETAIL = format('as_of is %s, the clock says %s.', v_as_of, v_now),
+            HINT = 'Leave as_of out to reset up to now.';
     END IF;
     FOR a IN
         SELECT c.account_id FROM credits.accounts c

@@ -136,10 +136,11 @@ LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
     IF NOT credits._sees_all() THEN
-        PERFORM credits._raise('42501', format('%s needs a role bound to no account', p_function),
-            format('Role "%s" is bound to accounts: it works on those accounts only, and %s changes what every account shares or who reaches which.',
-                   credits._actor(), p_function),
-            'Call it as a credits_admin role bound to no account, or as a superuser.');
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('%s needs a role bound to no account', p_function),
+            DETAIL = format('Role "%s" is bound to accounts: it works on those accounts only, and %s changes what every account shares or who reaches which.',
+                            credits._actor(), p_function),
+            HINT = 'Call it as a credits_admin role bound to no account, or as a superuser.';
     END IF;
 END
 $$;
@@ -160,8 +161,10 @@ BEGIN
     -- reports it. (Unbinding takes any OID, to remove what a dropped role
     -- left behind.)
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = credits_account_bind.role::oid) THEN
-        PERFORM credits._raise('42704', format('role with OID %s does not exist', credits_account_bind.role::oid),
-            'Only an existing role can be bound to an account.', 'Pass the role''s name, such as ''app_acme''.');
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('role with OID %s does not exist', credits_account_bind.role::oid),
+            DETAIL = 'Only an existing role can be bound to an account.',
+            HINT = 'Pass the role''s name, such as ''app_acme''.';
     END IF;
     PERFORM credits._lock_account(v_account);
     INSERT INTO credits.account_roles (account_id, role_id, created_at)
@@ -203,11 +206,11 @@ BEGIN
     -- without it.)
     IF FOUND AND NOT credits_account_unbind.last_binding AND v_role IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM credits.account_roles ar WHERE ar.role_id = ANY (v_reach)) THEN
-        PERFORM credits._raise('CR019',
-            format('account "%s" is the last one bound to role "%s"', v_account, credits_account_unbind.role),
-            'A role bound to no account sees and touches every account: without this binding the role would reach them all.',
-            'Bind the role to its next account first. To retire the role, revoke credits_app, credits_reader and '
-            || 'credits_admin from it, then pass last_binding => true (as to let it reach every account).');
+        RAISE EXCEPTION USING ERRCODE = 'CR019',
+            MESSAGE = format('account "%s" is the last one bound to role "%s"', v_account, credits_account_unbind.role),
+            DETAIL = 'A role bound to no account sees and touches every account: without this binding the role would reach them all.',
+            HINT = 'Bind the role to its next account first. To retire the role, revoke credits_app, credits_reader and '
+                   || 'credits_admin from it, then pass last_binding => true (as to let it reach every account).';
     END IF;
 END
 $$;

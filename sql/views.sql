@@ -112,9 +112,10 @@ BEGIN
     PERFORM credits._required(from_day IS NULL, 'from_day');
     PERFORM credits._required(to_day IS NULL, 'to_day');
     IF NOT (isfinite(from_day) AND isfinite(to_day)) OR to_day - from_day >= 3660 THEN
-        PERFORM credits._raise('22023', 'the range of days must be finite and at most 3660 days',
-            format('from_day is %s, to_day is %s.', from_day, to_day),
-            'Ask for at most 3660 days (about ten years) at a time, or read months from credits.usage_monthly.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'the range of days must be finite and at most 3660 days',
+            DETAIL = format('from_day is %s, to_day is %s.', from_day, to_day),
+            HINT = 'Ask for at most 3660 days (about ten years) at a time, or read months from credits.usage_monthly.';
     END IF;
     RETURN QUERY
     WITH products AS (

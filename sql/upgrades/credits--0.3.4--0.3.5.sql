@@ -253,6 +253,15 @@
 -- already refunded 10, refundable 20"; so does the soft limit's trigger on
 -- a direct write (credits._overage_within_limit). Only messages change.
 --
+-- The extension's own errors are raised by the function that refuses the
+-- call (RAISE EXCEPTION USING ERRCODE, MESSAGE, DETAIL, HINT) instead of
+-- through credits._raise, which is dropped: an error's CONTEXT had that
+-- helper's frame and the whole text of the statement that called it, the
+-- format() arguments of its message, DETAIL and HINT included (six lines
+-- for the reserve's CR001, in the client's error and in the server log of
+-- every refusal). Same SQLSTATEs, messages, DETAILs and HINTs.
+-- credits._unknown_account becomes PL/pgSQL for the same reason.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -751,9 +760,10 @@ BEGIN
     PERFORM credits._required(credits_events_purge.older_than IS NULL, 'older_than');
     PERFORM credits._required(credits_events_purge.unacknowledged IS NULL, 'unacknowledged');
     IF credits_events_purge.older_than < interval '0' THEN
-        PERFORM credits._raise('22023', 'older_than must not be negative',
-            format('older_than is %s.', credits_events_purge.older_than),
-            'Pass how old a handled event must be to go, such as ''30 days''; ''0'' purges every acknowledged event.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'older_than must not be negative',
+            DETAIL = format('older_than is %s.', credits_events_purge.older_than),
+            HINT = 'Pass how old a handled event must be to go, such as ''30 days''; ''0'' purges every acknowledged event.';
     END IF;
     BEGIN
         v_cutoff := credits._now() - credits_events_purge.older_than;
@@ -1029,9 +1039,10 @@ DECLARE
     nb         record;
 BEGIN
     IF v_expires IS NOT NULL AND v_kind <> 'promo' THEN
-        PERFORM credits._raise('22023', format('expires_at is only for promo grants, not %s', v_kind),
-            'Top-ups expire at the next reset; packs and adjustments never expire.',
-            'Leave expires_at out, or grant kind => ''promo''.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('expires_at is only for promo grants, not %s', v_kind),
+            DETAIL = 'Top-ups expire at the next reset; packs and adjustments never expire.',
+            HINT = 'Leave expires_at out, or grant kind => ''promo''.';
     END IF;
     v_request := jsonb_build_object('amount', v_amount, 'kind', v_kind, 'expires_at', v_expires, 'metadata', v_metadata);
     a := credits._lock_account(v_account);
@@ -1041,23 +1052,26 @@ BEGIN
         RETURN v_result::uuid;
     END IF;
     IF a.byok THEN
-        PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
-            'BYOK accounts bring their own keys: they have no allocation and no buckets.',
-            'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.');
+        RAISE EXCEPTION USING ERRCODE = 'CR014',
+            MESSAGE = format('account "%s" is BYOK', v_account),
+            DETAIL = 'BYOK accounts bring their own keys: they have no allocation and no buckets.',
+            HINT = 'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.';
     END IF;
     IF v_kind = 'topup' OR (v_kind = 'promo' AND v_expires IS NULL) THEN
         v_expires := a.period_end;
     ELSIF v_kind = 'promo' AND (NOT isfinite(v_expires) OR v_expires <= v_now) THEN
-        PERFORM credits._raise('22023', 'expires_at must be a finite time in the future',
-            format('expires_at is %s, now is %s.', v_expires, v_now),
-            'Pass a later expires_at, or leave it out to expire at the next reset.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'expires_at must be a finite time in the future',
+            DETAIL = format('expires_at is %s, now is %s.', v_expires, v_now),
+            HINT = 'Pass a later expires_at, or leave it out to expire at the next reset.';
     ELSIF v_kind = 'promo' AND extract(year FROM v_expires AT TIME ZONE 'UTC') >= 10000 THEN
         -- The reset planner reads bucket expiries back as ISO 8601 text,
         -- four-digit years: a bucket expiring in year 10000 or later left
         -- its account unable to roll forward (0.3.5).
-        PERFORM credits._raise('22023', 'expires_at must be before the year 10000',
-            format('expires_at is %s.', v_expires),
-            'Pass an expiry before 10000-01-01, or grant kind => ''pack'' for credits that never expire.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'expires_at must be before the year 10000',
+            DETAIL = format('expires_at is %s.', v_expires),
+            HINT = 'Pass an expiry before 10000-01-01, or grant kind => ''pack'' for credits that never expire.';
     END IF;
 
     PERFORM credits._room_check(v_account, v_amount, v_kind IN ('pack', 'adjustment') OR v_expires > a.period_end);
@@ -1189,8 +1203,10 @@ BEGIN
     -- reports it. (Unbinding takes any OID, to remove what a dropped role
     -- left behind.)
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = credits_account_bind.role::oid) THEN
-        PERFORM credits._raise('42704', format('role with OID %s does not exist', credits_account_bind.role::oid),
-            'Only an existing role can be bound to an account.', 'Pass the role''s name, such as ''app_acme''.');
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('role with OID %s does not exist', credits_account_bind.role::oid),
+            DETAIL = 'Only an existing role can be bound to an account.',
+            HINT = 'Pass the role''s name, such as ''app_acme''.';
     END IF;
     PERFORM credits._lock_account(v_account);
     INSERT INTO credits.account_roles (account_id, role_id, created_at)
@@ -1233,11 +1249,11 @@ BEGIN
     -- without it.)
     IF FOUND AND NOT credits_account_unbind.last_binding AND v_role IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM credits.account_roles ar WHERE ar.role_id = ANY (v_reach)) THEN
-        PERFORM credits._raise('CR019',
-            format('account "%s" is the last one bound to role "%s"', v_account, credits_account_unbind.role),
-            'A role bound to no account sees and touches every account: without this binding the role would reach them all.',
-            'Bind the role to its next account first. To retire the role, revoke credits_app, credits_reader and '
-            || 'credits_admin from it, then pass last_binding => true (as to let it reach every account).');
+        RAISE EXCEPTION USING ERRCODE = 'CR019',
+            MESSAGE = format('account "%s" is the last one bound to role "%s"', v_account, credits_account_unbind.role),
+            DETAIL = 'A role bound to no account sees and touches every account: without this binding the role would reach them all.',
+            HINT = 'Bind the role to its next account first. To retire the role, revoke credits_app, credits_reader and '
+                   || 'credits_admin from it, then pass last_binding => true (as to let it reach every account).';
     END IF;
 END
 $$;
@@ -1273,10 +1289,11 @@ BEGIN
     SELECT * INTO a FROM credits.accounts WHERE account_id = p_account;
     SELECT * INTO p FROM credits.plans WHERE plan_id = a.plan_id FOR SHARE;
     IF a.balance + p_add > v_max THEN
-        PERFORM credits._raise('22003', format('account "%s" cannot hold more credits', p_account),
-            format('Its balance of %s and the %s added would pass %s, the most an account holds.',
-                   trim_scale(a.balance), trim_scale(p_add), v_max),
-            'Add fewer credits.');
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('account "%s" cannot hold more credits', p_account),
+            DETAIL = format('Its balance of %s and the %s added would pass %s, the most an account holds.',
+                            trim_scale(a.balance), trim_scale(p_add), v_max),
+            HINT = 'Add fewer credits.';
     END IF;
     IF a.byok THEN
         RETURN;
@@ -1290,12 +1307,13 @@ BEGIN
         v_outliving := v_outliving + p_add;
     END IF;
     IF v_outliving + least(p.rollover_cap, v_unused) + p.allocation > v_max THEN
-        PERFORM credits._raise('22003', format('account "%s" would not fit its next reset', p_account),
-            format('At the reset on %s it would keep %s that outlive the period, carry up to %s and get the %s of plan "%s": '
-                   'more than %s, the most an account holds.',
-                   to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'), trim_scale(v_outliving),
-                   trim_scale(least(p.rollover_cap, v_unused)), trim_scale(p.allocation), p.plan_id, v_max),
-            'Add fewer credits, or put the account on a plan with a smaller allocation or rollover cap.');
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('account "%s" would not fit its next reset', p_account),
+            DETAIL = format('At the reset on %s it would keep %s that outlive the period, carry up to %s and get the %s of plan "%s": '
+                            'more than %s, the most an account holds.',
+                            to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'), trim_scale(v_outliving),
+                            trim_scale(least(p.rollover_cap, v_unused)), trim_scale(p.allocation), p.plan_id, v_max),
+            HINT = 'Add fewer credits, or put the account on a plan with a smaller allocation or rollover cap.';
     END IF;
 END
 $$;
@@ -1325,9 +1343,10 @@ BEGIN
     SELECT * INTO pu FROM credits.purchases WHERE account_id = v_account AND payment_ref = v_ref;
     IF FOUND THEN
         IF pu.pack_id <> v_pack THEN
-            PERFORM credits._raise('CR006', format('payment_ref "%s" was already used for pack "%s"', v_ref, pu.pack_id),
-                format('Account "%s" bought pack "%s" with it; this call asks for pack "%s".', v_account, pu.pack_id, v_pack),
-                'Each payment buys one pack: use the payment''s own reference.');
+            RAISE EXCEPTION USING ERRCODE = 'CR006',
+                MESSAGE = format('payment_ref "%s" was already used for pack "%s"', v_ref, pu.pack_id),
+                DETAIL = format('Account "%s" bought pack "%s" with it; this call asks for pack "%s".', v_account, pu.pack_id, v_pack),
+                HINT = 'Each payment buys one pack: use the payment''s own reference.';
         END IF;
         RETURN pu.bucket_id;
     END IF;
@@ -1340,10 +1359,11 @@ BEGIN
     SELECT * INTO rq FROM credits.recharge_requests r
      WHERE r.account_id = v_account AND r.request_id::text = v_ref AND r.status IN ('pending', 'failed');
     IF FOUND AND rq.pack_id <> v_pack THEN
-        PERFORM credits._raise('CR006', format('payment_ref "%s" is a recharge request for pack "%s"', v_ref, rq.pack_id),
-            format('The request asks for pack "%s" (%s credits for %s %s); this call buys pack "%s".',
-                   rq.pack_id, trim_scale(rq.credits), trim_scale(rq.price), rq.currency, v_pack),
-            'Complete the request with its own pack, or buy another pack with the payment''s own reference.');
+        RAISE EXCEPTION USING ERRCODE = 'CR006',
+            MESSAGE = format('payment_ref "%s" is a recharge request for pack "%s"', v_ref, rq.pack_id),
+            DETAIL = format('The request asks for pack "%s" (%s credits for %s %s); this call buys pack "%s".',
+                            rq.pack_id, trim_scale(rq.credits), trim_scale(rq.price), rq.currency, v_pack),
+            HINT = 'Complete the request with its own pack, or buy another pack with the payment''s own reference.';
     ELSIF FOUND THEN
         pk.pack_id := rq.pack_id;
         pk.credits := rq.credits;
@@ -1352,18 +1372,22 @@ BEGIN
     ELSE
         SELECT * INTO pk FROM credits.packs WHERE pack_id = v_pack AND active;
         IF NOT FOUND THEN
-            PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
-                'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
+            RAISE EXCEPTION USING ERRCODE = 'CR016',
+                MESSAGE = format('unknown pack "%s"', v_pack),
+                DETAIL = 'No active pack has this pack_id.',
+                HINT = 'Create it with credits_pack_upsert(), or pass an active pack.';
         END IF;
         IF NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
-            PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
-                format('Account "%s" is on a plan without purchases.', v_account),
-                'Upgrade the account to a plan that allows purchases.');
+            RAISE EXCEPTION USING ERRCODE = 'CR010',
+                MESSAGE = format('purchases are not allowed on plan "%s"', a.plan_id),
+                DETAIL = format('Account "%s" is on a plan without purchases.', v_account),
+                HINT = 'Upgrade the account to a plan that allows purchases.';
         END IF;
         IF a.byok THEN
-            PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
-                'BYOK accounts bring their own keys: they have no allocation and no buckets.',
-                'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.');
+            RAISE EXCEPTION USING ERRCODE = 'CR014',
+                MESSAGE = format('account "%s" is BYOK', v_account),
+                DETAIL = 'BYOK accounts bring their own keys: they have no allocation and no buckets.',
+                HINT = 'Switch the account off BYOK with credits_account_upsert(byok => false) to give it credits.';
         END IF;
     END IF;
 
@@ -1420,10 +1444,11 @@ BEGIN
     -- the rollover cap of it and grants it again: both must fit in an
     -- account (credits._room_check).
     IF v_alloc + least(v_cap, v_alloc) > v_max THEN
-        PERFORM credits._raise('22003', format('plan "%s" grants more than an account holds', v_plan),
-            format('An allocation of %s with a rollover of up to %s would pass %s, the most an account holds.',
-                   trim_scale(v_alloc), trim_scale(least(v_cap, v_alloc)), v_max),
-            'Pass a smaller allocation or rollover cap.');
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('plan "%s" grants more than an account holds', v_plan),
+            DETAIL = format('An allocation of %s with a rollover of up to %s would pass %s, the most an account holds.',
+                            trim_scale(v_alloc), trim_scale(least(v_cap, v_alloc)), v_max),
+            HINT = 'Pass a smaller allocation or rollover cap.';
     END IF;
     -- An edit applies from each account's next reset. An account whose
     -- period has ended but that nothing has rolled forward yet (no call,
@@ -1500,36 +1525,46 @@ BEGIN
     -- A role bound to accounts changes those accounts only, and creates
     -- none (whether another account exists, it does not learn).
     IF NOT credits._may_touch(v_account) THEN
-        PERFORM credits._raise('42501', format('account "%s" is not bound to role "%s"', v_account, credits._actor()),
-            'A role bound to accounts may change those accounts only; creating an account needs a role bound to no account.',
-            'Call it as a credits_admin role bound to no account, or as a superuser.');
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('account "%s" is not bound to role "%s"', v_account, credits._actor()),
+            DETAIL = 'A role bound to accounts may change those accounts only; creating an account needs a role bound to no account.',
+            HINT = 'Call it as a credits_admin role bound to no account, or as a superuser.';
     END IF;
     IF v_until IS NOT NULL AND NOT isfinite(v_until) THEN
-        PERFORM credits._raise('22023', 'override_until must be a finite timestamp',
-            format('override_until is %s.', v_until), 'Leave it out for an override without end.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'override_until must be a finite timestamp',
+            DETAIL = format('override_until is %s.', v_until),
+            HINT = 'Leave it out for an override without end.';
     END IF;
     IF v_alerts IS NOT NULL AND (array_ndims(v_alerts) > 1
                                  OR EXISTS (SELECT 1 FROM unnest(v_alerts) x WHERE x IS NULL OR x <= 0 OR x > 1000)) THEN
-        PERFORM credits._raise('22023', 'alert_percents must be a list of percentages above 0 and at most 1000',
-            format('alert_percents is %s.', v_alerts), 'Pass percentages of the period allocation, such as {50,80,100}.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'alert_percents must be a list of percentages above 0 and at most 1000',
+            DETAIL = format('alert_percents is %s.', v_alerts),
+            HINT = 'Pass percentages of the period allocation, such as {50,80,100}.';
     END IF;
     IF v_anchor IS NOT NULL AND NOT isfinite(v_anchor) THEN
-        PERFORM credits._raise('22023', 'billing_anchor must be a finite timestamp',
-            format('billing_anchor is %s.', v_anchor), 'Pass the date the account''s billing started.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'billing_anchor must be a finite timestamp',
+            DETAIL = format('billing_anchor is %s.', v_anchor),
+            HINT = 'Pass the date the account''s billing started.';
     END IF;
     IF v_plan IS NOT NULL THEN
         SELECT * INTO p FROM credits.plans WHERE plan_id = v_plan;
         IF NOT FOUND THEN
-            PERFORM credits._raise('CR003', format('unknown plan "%s"', v_plan),
-                'No plan has this plan_id.', 'Create it first with credits_plan_upsert().');
+            RAISE EXCEPTION USING ERRCODE = 'CR003',
+                MESSAGE = format('unknown plan "%s"', v_plan),
+                DETAIL = 'No plan has this plan_id.',
+                HINT = 'Create it first with credits_plan_upsert().';
         END IF;
     END IF;
 
     IF NOT EXISTS (SELECT 1 FROM credits.accounts WHERE account_id = v_account) THEN
         IF v_plan IS NULL THEN
-            PERFORM credits._raise('22004', 'plan_id must not be NULL for a new account',
-                format('Account "%s" does not exist yet.', v_account),
-                'Pass plan_id to create the account.');
+            RAISE EXCEPTION USING ERRCODE = '22004',
+                MESSAGE = 'plan_id must not be NULL for a new account',
+                DETAIL = format('Account "%s" does not exist yet.', v_account),
+                HINT = 'Pass plan_id to create the account.';
         END IF;
         v_now := credits._now();
         v_anchor := coalesce(v_anchor, v_now);
@@ -1679,15 +1714,18 @@ BEGIN
     END IF;
     IF v_ttl IS NULL OR v_ttl <= interval '0' THEN
         PERFORM credits._required(v_ttl IS NULL, 'ttl');
-        PERFORM credits._raise('22023', 'ttl must be positive',
-            format('ttl is %s.', v_ttl), 'Pass how long the hold may stay pending, such as ''15 minutes''.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'ttl must be positive',
+            DETAIL = format('ttl is %s.', v_ttl),
+            HINT = 'Pass how long the hold may stay pending, such as ''15 minutes''.';
     END IF;
     -- A hold must end before the year 10000, as a promo grant must (and
     -- now + ttl must not overflow timestamptz: 22008 without a word of why).
     IF v_ttl >= interval '10000 years' OR extract(year FROM (v_now + v_ttl) AT TIME ZONE 'UTC') >= 10000 THEN
-        PERFORM credits._raise('22023', 'ttl must end before the year 10000',
-            format('ttl is %s, now is %s.', v_ttl, v_now),
-            'Pass how long the hold may stay pending, such as ''15 minutes''.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'ttl must end before the year 10000',
+            DETAIL = format('ttl is %s, now is %s.', v_ttl, v_now),
+            HINT = 'Pass how long the hold may stay pending, such as ''15 minutes''.';
     END IF;
     IF v_metadata IS NULL OR jsonb_typeof(v_metadata) <> 'object' THEN
         v_metadata := credits._metadata(v_metadata);
@@ -1728,9 +1766,10 @@ BEGIN
         RETURN v_id;
     END IF;
     IF a.debt > 0 THEN
-        PERFORM credits._raise('CR008', format('account "%s" is in debt', v_account),
-            format('The account owes %s credits from a forced commit.', trim_scale(a.debt)),
-            'Grant credits to pay the debt off (credits_grant), or wait for the next allocation.');
+        RAISE EXCEPTION USING ERRCODE = 'CR008',
+            MESSAGE = format('account "%s" is in debt', v_account),
+            DETAIL = format('The account owes %s credits from a forced commit.', trim_scale(a.debt)),
+            HINT = 'Grant credits to pay the debt off (credits_grant), or wait for the next allocation.';
     END IF;
 
     v_free := a.balance - a.held;
@@ -1738,12 +1777,12 @@ BEGIN
         SELECT l.mode, l.soft INTO v_mode, v_soft FROM credits._limit(a, v_now) l;
         v_overage := v_amount - v_free;
         IF v_mode <> 'soft' OR a.period_overage + a.overage_held + v_overage > v_soft THEN
-            PERFORM credits._raise('CR001',
-                format('insufficient credits for account "%s"', v_account),
-                format('needs %s, available %s', trim_scale(v_amount),
-                       trim_scale(v_free + CASE WHEN v_mode = 'soft'
-                                     THEN greatest(v_soft - a.period_overage - a.overage_held, 0) ELSE 0 END)),
-                format('top up, or wait for the reset on %s', to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD')));
+            RAISE EXCEPTION USING ERRCODE = 'CR001',
+                MESSAGE = format('insufficient credits for account "%s"', v_account),
+                DETAIL = format('needs %s, available %s', trim_scale(v_amount),
+                                trim_scale(v_free + CASE WHEN v_mode = 'soft'
+                                              THEN greatest(v_soft - a.period_overage - a.overage_held, 0) ELSE 0 END)),
+                HINT = format('top up, or wait for the reset on %s', to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'));
         END IF;
     END IF;
 
@@ -1779,16 +1818,18 @@ BEGIN
     PERFORM credits._required(max_events IS NULL, 'max_events');
     PERFORM credits._required(visibility IS NULL, 'visibility');
     IF max_events < 1 OR visibility <= interval '0' THEN
-        PERFORM credits._raise('22023', 'max_events and visibility must be positive',
-            format('max_events is %s, visibility is %s.', max_events, visibility),
-            'Claim at least one event for a positive time, such as 10 events for ''30 seconds''.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'max_events and visibility must be positive',
+            DETAIL = format('max_events is %s, visibility is %s.', max_events, visibility),
+            HINT = 'Claim at least one event for a positive time, such as 10 events for ''30 seconds''.';
     END IF;
     -- As every time the API stores: before the year 10000 (and now +
     -- visibility must not overflow timestamptz).
     IF visibility >= interval '10000 years' OR extract(year FROM (v_now + visibility) AT TIME ZONE 'UTC') >= 10000 THEN
-        PERFORM credits._raise('22023', 'visibility must end before the year 10000',
-            format('visibility is %s, now is %s.', visibility, v_now),
-            'Claim the events for as long as handling them may take, such as ''30 seconds''.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'visibility must end before the year 10000',
+            DETAIL = format('visibility is %s, now is %s.', visibility, v_now),
+            HINT = 'Claim the events for as long as handling them may take, such as ''30 seconds''.';
     END IF;
     RETURN QUERY
     WITH claimable AS (
@@ -1829,9 +1870,10 @@ BEGIN
     PERFORM credits._required(from_day IS NULL, 'from_day');
     PERFORM credits._required(to_day IS NULL, 'to_day');
     IF NOT (isfinite(from_day) AND isfinite(to_day)) OR to_day - from_day >= 3660 THEN
-        PERFORM credits._raise('22023', 'the range of days must be finite and at most 3660 days',
-            format('from_day is %s, to_day is %s.', from_day, to_day),
-            'Ask for at most 3660 days (about ten years) at a time, or read months from credits.usage_monthly.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'the range of days must be finite and at most 3660 days',
+            DETAIL = format('from_day is %s, to_day is %s.', from_day, to_day),
+            HINT = 'Ask for at most 3660 days (about ten years) at a time, or read months from credits.usage_monthly.';
     END IF;
     RETURN QUERY
     WITH products AS (
@@ -1985,13 +2027,16 @@ DECLARE
     a         record;
 BEGIN
     IF NOT isfinite(v_as_of) THEN
-        PERFORM credits._raise('22023', 'as_of must be a finite timestamp',
-            format('as_of is %s.', v_as_of), 'Leave as_of out to reset up to now.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'as_of must be a finite timestamp',
+            DETAIL = format('as_of is %s.', v_as_of),
+            HINT = 'Leave as_of out to reset up to now.';
     END IF;
     IF v_as_of > v_now THEN
-        PERFORM credits._raise('22023', 'as_of may not be later than the clock',
-            format('as_of is %s, the clock says %s.', v_as_of, v_now),
-            'Leave as_of out to reset up to now.');
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'as_of may not be later than the clock',
+            DETAIL = format('as_of is %s, the clock says %s.', v_as_of, v_now),
+            HINT = 'Leave as_of out to reset up to now.';
     END IF;
     FOR a IN
         SELECT c.account_id FROM credits.accounts c
@@ -2039,18 +2084,23 @@ BEGIN
     PERFORM credits._required(v_pack IS NULL, 'pack');
     PERFORM credits._required(v_threshold IS NULL, 'threshold');
     IF NOT EXISTS (SELECT 1 FROM credits.packs WHERE pack_id = v_pack AND active) THEN
-        PERFORM credits._raise('CR016', format('unknown pack "%s"', v_pack),
-            'No active pack has this pack_id.', 'Create it with credits_pack_upsert(), or pass an active pack.');
+        RAISE EXCEPTION USING ERRCODE = 'CR016',
+            MESSAGE = format('unknown pack "%s"', v_pack),
+            DETAIL = 'No active pack has this pack_id.',
+            HINT = 'Create it with credits_pack_upsert(), or pass an active pack.';
     END IF;
     IF credits_auto_recharge_set.enabled AND a.byok THEN
-        PERFORM credits._raise('CR014', format('account "%s" is BYOK', v_account),
-            'BYOK accounts have no balance to recharge.', 'Leave auto-recharge off for BYOK accounts.');
+        RAISE EXCEPTION USING ERRCODE = 'CR014',
+            MESSAGE = format('account "%s" is BYOK', v_account),
+            DETAIL = 'BYOK accounts have no balance to recharge.',
+            HINT = 'Leave auto-recharge off for BYOK accounts.';
     END IF;
     IF credits_auto_recharge_set.enabled
        AND NOT (SELECT p.purchases_allowed FROM credits.plans p WHERE p.plan_id = a.plan_id) THEN
-        PERFORM credits._raise('CR010', format('purchases are not allowed on plan "%s"', a.plan_id),
-            'Auto-recharge buys packs, and this plan allows no purchases.',
-            'Upgrade the account to a plan that allows purchases.');
+        RAISE EXCEPTION USING ERRCODE = 'CR010',
+            MESSAGE = format('purchases are not allowed on plan "%s"', a.plan_id),
+            DETAIL = 'Auto-recharge buys packs, and this plan allows no purchases.',
+            HINT = 'Upgrade the account to a plan that allows purchases.';
     END IF;
     INSERT INTO credits.auto_recharge (account_id, enabled, pack_id, threshold, monthly_cap, updated_at)
     VALUES (v_account, credits_auto_recharge_set.enabled, v_pack, v_threshold, v_cap, credits._now())
@@ -2203,10 +2253,11 @@ LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
     IF NOT credits._sees_all() THEN
-        PERFORM credits._raise('42501', format('%s needs a role bound to no account', p_function),
-            format('Role "%s" is bound to accounts: it works on those accounts only, and %s changes what every account shares or who reaches which.',
-                   credits._actor(), p_function),
-            'Call it as a credits_admin role bound to no account, or as a superuser.');
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('%s needs a role bound to no account', p_function),
+            DETAIL = format('Role "%s" is bound to accounts: it works on those accounts only, and %s changes what every account shares or who reaches which.',
+                            credits._actor(), p_function),
+            HINT = 'Call it as a credits_admin role bound to no account, or as a superuser.';
     END IF;
 END
 $$;
@@ -2289,9 +2340,10 @@ BEGIN
         -- the balance below the threshold requested no recharge.
         UPDATE credits.accounts a SET recharge_below = a.recharge_below WHERE a.account_id = v_account;
     ELSE
-        PERFORM credits._raise('CR017', format('recharge request %s is not pending', credits_recharge_fail.request_id),
-            'It does not exist, or it was already completed or failed.',
-            'Only a pending request can be failed.');
+        RAISE EXCEPTION USING ERRCODE = 'CR017',
+            MESSAGE = format('recharge request %s is not pending', credits_recharge_fail.request_id),
+            DETAIL = 'It does not exist, or it was already completed or failed.',
+            HINT = 'Only a pending request can be failed.';
     END IF;
 END
 $$;
@@ -2324,17 +2376,19 @@ BEGIN
       FROM credits.prices p
      WHERE p.product = v_product AND p.action = v_action AND p.tier = v_tier;
     IF v_priced = 0 THEN
-        PERFORM credits._raise('CR015', format('no price for product "%s", action "%s", tier "%s"', v_product, v_action, v_tier),
-            'The price catalogue has no entry for this action.',
-            'Add one with credits_price_upsert(product => ..., action => ..., unit => ..., price => ...).');
+        RAISE EXCEPTION USING ERRCODE = 'CR015',
+            MESSAGE = format('no price for product "%s", action "%s", tier "%s"', v_product, v_action, v_tier),
+            DETAIL = 'The price catalogue has no entry for this action.',
+            HINT = 'Add one with credits_price_upsert(product => ..., action => ..., unit => ..., price => ...).';
     END IF;
     v_cost := ceil(v_cost * 1000000) / 1000000;
     -- No account holds more (numeric(20,6)): a reserve of it would fail
     -- with 22003 anyway.
     IF v_cost > 99999999999999.999999 THEN
-        PERFORM credits._raise('22003', format('the quote of %s credits is out of range', trim_scale(v_cost)),
-            'No amount may exceed 99999999999999.999999 (numeric(20,6)).',
-            'Check the quantities and the prices of the action.');
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('the quote of %s credits is out of range', trim_scale(v_cost)),
+            DETAIL = 'No amount may exceed 99999999999999.999999 (numeric(20,6)).',
+            HINT = 'Check the quantities and the prices of the action.';
     END IF;
     RETURN trim_scale(v_cost);
 END
@@ -2464,15 +2518,15 @@ BEGIN
     IF r.status = 'committed' AND r.refunded = 0 AND r.charged = v_charge THEN
         RETURN trim_scale(r.charged);
     ELSIF r.status = 'committed' AND r.refunded = 0 THEN
-        PERFORM credits._raise('CR011',
-            format('reservation %s was already committed with another amount', v_id),
-            format('It was committed for %s; this call asks for %s.', trim_scale(r.charged), trim_scale(v_charge)),
-            'Repeat the commit with the same amount, or refund the difference with credits_refund().');
+        RAISE EXCEPTION USING ERRCODE = 'CR011',
+            MESSAGE = format('reservation %s was already committed with another amount', v_id),
+            DETAIL = format('It was committed for %s; this call asks for %s.', trim_scale(r.charged), trim_scale(v_charge)),
+            HINT = 'Repeat the commit with the same amount, or refund the difference with credits_refund().';
     ELSIF r.status IN ('committed', 'released') THEN
-        PERFORM credits._raise('CR005',
-            format('reservation %s is not pending', v_id),
-            format('It is %s.', CASE WHEN r.status = 'committed' THEN 'committed and refunded' ELSE r.status END),
-            'Only a pending (or expired) reservation can be committed; reserve again for a new action.');
+        RAISE EXCEPTION USING ERRCODE = 'CR005',
+            MESSAGE = format('reservation %s is not pending', v_id),
+            DETAIL = format('It is %s.', CASE WHEN r.status = 'committed' THEN 'committed and refunded' ELSE r.status END),
+            HINT = 'Only a pending (or expired) reservation can be committed; reserve again for a new action.';
     END IF;
 
     IF r.byok THEN
@@ -2601,11 +2655,11 @@ BEGIN
             v_overage := v_overage + v_take;
             v_left := v_left - v_take;
             IF v_left > 0 AND NOT _commit.force THEN
-                PERFORM credits._raise('CR001',
-                    format('insufficient credits for account "%s"', v_account),
-                    format('needs %s, available %s', trim_scale(v_charge), trim_scale(v_charge - v_left)),
-                    format('commit at most %s, pass force => true to record the excess as debt, or top up first',
-                           trim_scale(v_charge - v_left)));
+                RAISE EXCEPTION USING ERRCODE = 'CR001',
+                    MESSAGE = format('insufficient credits for account "%s"', v_account),
+                    DETAIL = format('needs %s, available %s', trim_scale(v_charge), trim_scale(v_charge - v_left)),
+                    HINT = format('commit at most %s, pass force => true to record the excess as debt, or top up first',
+                                  trim_scale(v_charge - v_left));
             END IF;
             v_debt := v_left;
         END IF;
@@ -2733,11 +2787,11 @@ BEGIN
         v_return := r.amount;
     ELSIF r.status = 'committed' THEN
         IF v_amount > r.charged - r.refunded THEN
-            PERFORM credits._raise('CR012',
-                format('refund of %s exceeds what reservation %s has left to refund', trim_scale(v_amount), v_id),
-                format('charged %s, already refunded %s, refundable %s',
-                       trim_scale(r.charged), trim_scale(r.refunded), trim_scale(r.charged - r.refunded)),
-                'Refund at most the refundable amount, or leave amount out to refund all that is left.');
+            RAISE EXCEPTION USING ERRCODE = 'CR012',
+                MESSAGE = format('refund of %s exceeds what reservation %s has left to refund', trim_scale(v_amount), v_id),
+                DETAIL = format('charged %s, already refunded %s, refundable %s',
+                                trim_scale(r.charged), trim_scale(r.refunded), trim_scale(r.charged - r.refunded)),
+                HINT = 'Refund at most the refundable amount, or leave amount out to refund all that is left.';
         END IF;
         v_return := coalesce(v_amount, r.charged - r.refunded);
         v_same := r.period_start = a.period_start;
@@ -2803,13 +2857,107 @@ BEGIN
            SET refunded = refunded + v_return, metadata = metadata || v_meta
          WHERE reservation_id = v_id AND account_id = v_account;
     ELSE
-        PERFORM credits._raise('CR005',
-            format('reservation %s is not pending', v_id),
-            format('It is %s: its hold was already given back.', r.status),
-            'Nothing is left to refund.');
+        RAISE EXCEPTION USING ERRCODE = 'CR005',
+            MESSAGE = format('reservation %s is not pending', v_id),
+            DETAIL = format('It is %s: its hold was already given back.', r.status),
+            HINT = 'Nothing is left to refund.';
     END IF;
 
     PERFORM credits._idempotent_store(v_account, 'refund', v_key, v_request, trim_scale(v_return)::text, v_now);
     RETURN trim_scale(v_return);
 END
 $$;
+
+-- Raised by the function that refuses the call (see the top of this file).
+
+-- CR002, for every path that meets an account_id it does not know.
+CREATE OR REPLACE FUNCTION credits._unknown_account(p_account text) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'CR002',
+        MESSAGE = format('unknown account "%s"', p_account),
+        DETAIL = 'No credits account has this account_id.',
+        HINT = 'Create it first with credits_account_upsert(account_id => ..., plan_id => ...).';
+END
+$$;
+
+-- The stored result of a replay, NULL for a first call; a reuse of the key
+-- with other arguments fails with CR006.
+CREATE OR REPLACE FUNCTION credits._idempotent_result(p_account text, p_fn text, p_key text, p_request jsonb)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    k credits.idempotency_keys;
+BEGIN
+    IF p_key IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO k FROM credits.idempotency_keys
+     WHERE account_id = p_account AND fn = p_fn AND key = p_key;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF k.request <> p_request THEN
+        RAISE EXCEPTION USING ERRCODE = 'CR006',
+            MESSAGE = format('idempotency key "%s" was already used with other arguments', p_key),
+            DETAIL = format('credits_%s for account "%s" first ran with %s; this call has %s.', p_fn, p_account, k.request, p_request),
+            HINT = 'Use a new key for a new operation, or repeat the first call exactly.';
+    END IF;
+    RETURN k.result;
+END
+$$;
+
+-- Checks that a product may be used by an account, registering it on first use.
+CREATE OR REPLACE FUNCTION credits._product_allowed(p_account text, p_product text, p_now timestamptz) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_global  boolean;
+    v_account boolean;
+BEGIN
+    SELECT p.enabled, ap.enabled INTO v_global, v_account
+      FROM credits.products p
+      LEFT JOIN credits.account_products ap ON ap.account_id = p_account AND ap.product = p.product
+     WHERE p.product = p_product;
+    IF NOT FOUND THEN
+        INSERT INTO credits.products (product, created_at) VALUES (p_product, p_now) ON CONFLICT DO NOTHING;
+    ELSIF NOT v_global OR NOT coalesce(v_account, true) THEN
+        RAISE EXCEPTION USING ERRCODE = 'CR009',
+            MESSAGE = format('product "%s" is disabled', p_product),
+            DETAIL = CASE WHEN NOT v_global THEN 'An admin disabled this product for every account.'
+                          ELSE format('An admin disabled this product for account "%s".', p_account) END,
+            HINT = 'Enable it with credits_product_upsert(enabled => true) or credits_account_product_set().';
+    END IF;
+END
+$$;
+
+-- The account a reservation belongs to, for commit and refund: CR004 when
+-- there is no such reservation or the caller may not reach its account,
+-- CR007 when the caller names another account.
+CREATE OR REPLACE FUNCTION credits._reservation_account(p_reservation uuid, p_account text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_account text;
+BEGIN
+    PERFORM credits._required(p_reservation IS NULL, 'reservation_id');
+    SELECT account_id INTO v_account FROM credits.reservations WHERE reservation_id = p_reservation;
+    IF NOT FOUND OR NOT credits._may_touch(v_account) THEN
+        RAISE EXCEPTION USING ERRCODE = 'CR004',
+            MESSAGE = format('unknown reservation %s', p_reservation),
+            DETAIL = 'No reservation has this id (among the accounts this role may reach).',
+            HINT = 'Pass the uuid that credits_reserve() returned.';
+    END IF;
+    IF p_account IS NOT NULL AND p_account <> v_account THEN
+        RAISE EXCEPTION USING ERRCODE = 'CR007',
+            MESSAGE = format('reservation %s does not belong to account "%s"', p_reservation, p_account),
+            DETAIL = 'The account_id given does not match the reservation''s account.',
+            HINT = 'Pass the account the reservation was made for, or leave account_id out.';
+    END IF;
+    RETURN v_account;
+END
+$$;
+
+DROP FUNCTION credits._raise(text, text, text, text);

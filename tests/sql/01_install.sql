@@ -37,7 +37,7 @@ $$;
 SELECT is(pg_temp.internal_executable('credits_reader', NULL),
           ARRAY['credits._account_state(text,timestamp with time zone)', 'credits._bound_accounts()',
                 'credits._limit(credits.accounts,timestamp with time zone)', 'credits._now()', 'credits._now_stable()',
-                'credits._raise(text,text,text,text)', 'credits._required(boolean,text)',
+                'credits._required(boolean,text)',
                 'credits._roll_input(text,timestamp with time zone)', 'credits._roll_plan(jsonb)', 'credits._sees_all()',
                 'credits._unknown_account(text)'],
           'the reader may run the read-side internal functions only');

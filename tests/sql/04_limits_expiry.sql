@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(47);
+SELECT plan(49);
 
 SELECT credits_plan_upsert(plan_id => 'hard', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'soft', allocation => 100, reset => 'calendar_month',
@@ -113,6 +113,9 @@ SELECT is(pg_temp.error_fields(format('SELECT credits_commit(reservation_id => %
           ARRAY['CR001', 'insufficient credits for account "room"', 'needs 39, available 38',
                 'commit at most 38, pass force => true to record the excess as debt, or top up first'],
           'the excess may not pass the allowance: 50 - 2 committed - 10 held elsewhere leaves 38');
+SELECT matches(pg_temp.error_context(format('SELECT credits_commit(reservation_id => %L, amount => 39)', :'ra')),
+               '^PL/pgSQL function credits\._commit\([a-z, ]+\) line [0-9]+ at RAISE\nSQL statement "SELECT credits_commit\(',
+               'so does the commit''s');
 SELECT is(credits_commit(reservation_id => :'ra', amount => 40, force => true), 40::numeric, 'with force it is charged');
 SELECT results_eq(format($$SELECT trim_scale(overage), trim_scale(debt) FROM credits.reservations
                             WHERE reservation_id = %L$$, :'ra'),
@@ -140,6 +143,12 @@ SELECT is(pg_temp.error_fields($$SELECT credits_reserve(account_id => 'dh', amou
           ARRAY['CR001', 'insufficient credits for account "dh"', 'needs 31, available 30',
                 'top up, or wait for the reset on 2026-04-01'],
           'a hard account''s refusal: what it needs and the 30 it has free');
+-- The function that refuses a call raises the error itself: its CONTEXT
+-- is that function's line (and the test's own frame, which error_context
+-- adds), no helper's frame and no text of an internal statement.
+SELECT matches(pg_temp.error_context($$SELECT credits_reserve(account_id => 'dh', amount => 31, product => 'editor')$$),
+               '^PL/pgSQL function credits\._reserve\([a-z, ]+\) line [0-9]+ at RAISE\nSQL statement "SELECT credits_reserve\(',
+               'the reserve''s refusal names credits._reserve''s RAISE and nothing in between');
 SELECT credits_account_upsert(account_id => 'ds', plan_id => 'soft');
 SELECT credits_commit(credits_reserve(account_id => 'ds', amount => 103, product => 'editor'));
 SELECT credits_reserve(account_id => 'ds', amount => 4, product => 'editor');

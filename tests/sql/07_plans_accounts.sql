@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(30);
+SELECT plan(31);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'billing_date');
 SELECT credits_plan_upsert(plan_id => 'team', allocation => 50);
@@ -69,6 +69,9 @@ SELECT is(credits_commit(reservation_id => :'b1', amount => 7000), 7000::numeric
 SELECT is((SELECT count(*) FROM credits.ledger WHERE account_id = 'own-keys'), 0::bigint, 'and has no balance effect');
 SELECT ok((SELECT byok AND charged = 7000 FROM credits.reservations WHERE reservation_id = :'b1'), 'it is logged as BYOK usage');
 SELECT throws_ok($$SELECT credits_grant(account_id => 'own-keys', amount => 5)$$, 'CR014', NULL, 'BYOK accounts take no grants');
+SELECT matches(pg_temp.error_context($$SELECT credits_grant(account_id => 'own-keys', amount => 5)$$),
+               '^PL/pgSQL function (public\.)?credits_grant\([a-z, ]+\) line [0-9]+ at RAISE\nSQL statement "SELECT credits_grant\(',
+               'the refusal''s CONTEXT is credits_grant''s RAISE: no helper''s frame, no internal statement');
 SELECT throws_ok($$SELECT credits_reserve(account_id => 'own-keys', amount => 'NaN', product => 'editor')$$, '22023', NULL,
                  'BYOK reserves still check their input');
 SELECT credits_reserve(account_id => 'own-keys', amount => 5, product => 'editor', ttl => '10 minutes')::text AS b2 \gset
