@@ -43,12 +43,10 @@ DECLARE
     v_charge   numeric;
     v_left     numeric;
     v_take     numeric;
-    v_wo       numeric;
     v_buckets  uuid[]    := '{}';
     v_amounts  numeric[] := '{}';
     v_charged  numeric := 0;   -- taken from bucket balances
     v_released numeric := 0;   -- hold given back to buckets
-    v_written  numeric := 0;   -- written off from expired buckets
     v_overage  numeric := 0;
     v_debt     numeric := 0;
     v_ov_held  numeric := 0;
@@ -184,32 +182,27 @@ BEGIN
 
     v_left := v_charge;
     IF r.status = 'pending' THEN
-        -- Charge from the draws in order; give back the rest of each draw
-        -- (written off if its bucket expired meanwhile).
+        -- A commit of more than the hold (the statement above took every
+        -- commit within it): each draw is charged whole, in order, even
+        -- from a bucket that expired meanwhile (nothing of the hold is left
+        -- to give back or write off), then the overage held; the excess is
+        -- judged below as new usage.
         FOR d IN
-            SELECT u.bucket_id, u.amount, b.expires_at <= v_now AS expired
+            SELECT u.bucket_id, u.amount
               FROM unnest(r.draw_buckets, r.draw_amounts) WITH ORDINALITY AS u(bucket_id, amount, n)
-              JOIN credits.buckets b ON b.account_id = v_account AND b.bucket_id = u.bucket_id
              ORDER BY u.n
         LOOP
-            v_take := least(d.amount, v_left);
-            v_wo := CASE WHEN d.expired THEN d.amount - v_take ELSE 0 END;
-            UPDATE credits.buckets SET held = held - d.amount, balance = balance - v_take - v_wo
+            UPDATE credits.buckets SET held = held - d.amount, balance = balance - d.amount
              WHERE account_id = v_account AND bucket_id = d.bucket_id;
-            IF v_take > 0 THEN
+            IF d.amount > 0 THEN
                 v_buckets := v_buckets || d.bucket_id;
-                v_amounts := v_amounts || v_take;
+                v_amounts := v_amounts || d.amount;
             END IF;
-            IF v_wo > 0 THEN
-                INSERT INTO credits.ledger (account_id, kind, amount, bucket_id, reservation_id, actor, created_at)
-                VALUES (v_account, 'expire', -v_wo, d.bucket_id, v_id, credits._actor(), v_now);
-            END IF;
-            v_left := v_left - v_take;
-            v_charged := v_charged + v_take;
+            v_left := v_left - d.amount;
+            v_charged := v_charged + d.amount;
             v_released := v_released + d.amount;
-            v_written := v_written + v_wo;
         END LOOP;
-        v_overage := least(r.overage, v_left);
+        v_overage := r.overage;
         v_left := v_left - v_overage;
         v_ov_held := r.overage;
     END IF;
@@ -255,7 +248,7 @@ BEGIN
     PERFORM credits._rollup(v_account, v_now, r.product, v_charged + v_debt, v_overage, 0, 0,
                             coalesce(v_overage * v_rate, 0), 1, 0);
     UPDATE credits.accounts
-       SET held = held - v_released, balance = balance - v_charged - v_written,
+       SET held = held - v_released, balance = balance - v_charged,
            overage_held = overage_held - v_ov_held, period_overage = period_overage + v_overage,
            period_used = period_used + v_charged + v_debt, debt = debt + v_debt
      WHERE account_id = v_account

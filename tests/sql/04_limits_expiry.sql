@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(49);
+SELECT plan(52);
 
 SELECT credits_plan_upsert(plan_id => 'hard', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'soft', allocation => 100, reset => 'calendar_month',
@@ -87,6 +87,24 @@ SELECT results_eq($$SELECT account_id, available FROM credits.account_summary WH
                   'credits refunded to a spent promo, or released to a held one, expire with it');
 SELECT is(credits_commit(credits_reserve(account_id => 'spent', amount => 100, product => 'editor')), 100::numeric,
           'and the rest is there to spend');
+-- A hold drawn from a promo that expired while it was pending, committed
+-- for more than the hold: the promo's draw is charged whole (nothing of the
+-- hold is left to write off), the excess comes from the pack.
+SELECT credits_account_upsert(account_id => 'past', plan_id => 'zero');
+SET LOCAL credits.now = '2026-03-10 12:00:00+00';
+SELECT credits_grant(account_id => 'past', amount => 10, kind => 'promo', expires_at => '2026-03-11 00:00+00')::text AS past_promo \gset
+SELECT credits_grant(account_id => 'past', amount => 100, kind => 'pack')::text AS past_pack \gset
+SELECT credits_reserve(account_id => 'past', amount => 10, product => 'editor', ttl => '30 days')::text AS past1 \gset
+SET LOCAL credits.now = '2026-03-12 00:00:00+00';
+SELECT is(credits_commit(reservation_id => :'past1', amount => 15), 15::numeric, 'a commit of 15 on a hold of 10 whose promo expired');
+SELECT results_eq(format($$SELECT kind, trim_scale(amount), bucket_id::text FROM credits.ledger
+                            WHERE account_id = 'past' AND created_at = '2026-03-12 00:00:00+00' ORDER BY entry_id$$),
+                  format($$VALUES ('charge', -10::numeric, %L), ('charge', -5::numeric, %L)$$, :'past_promo', :'past_pack'),
+                  'charges the promo''s 10 whole and 5 from the pack, and writes nothing off');
+SELECT results_eq($$SELECT kind, trim_scale(balance), trim_scale(held) FROM credits.buckets
+                     WHERE account_id = 'past' ORDER BY kind$$,
+                  $$VALUES ('pack', 95::numeric, 0::numeric), ('promo', 0::numeric, 0::numeric)$$,
+                  'so the promo is spent and the pack holds the other 95');
 -- The soft limit's trigger judges the overage committed and held together
 -- (behind the API, as the owner): growth past the limit is refused however
 -- it is split between the two.
