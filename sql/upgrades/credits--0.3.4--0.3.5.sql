@@ -257,9 +257,10 @@
 -- call (RAISE EXCEPTION USING ERRCODE, MESSAGE, DETAIL, HINT) instead of
 -- through credits._raise, which is dropped: an error's CONTEXT had that
 -- helper's frame and the whole text of the statement that called it, the
--- format() arguments of its message, DETAIL and HINT included (six lines
--- for the reserve's CR001, in the client's error and in the server log of
--- every refusal). Same SQLSTATEs, messages, DETAILs and HINTs.
+-- format() arguments of its message, DETAIL and HINT included (eight
+-- lines of CONTEXT for the reserve's CR001, now one, in the client's error
+-- and in the server log of every refusal). Same SQLSTATEs, messages,
+-- DETAILs and HINTs.
 -- credits._unknown_account becomes PL/pgSQL for the same reason.
 --
 -- credits._commit's path for a commit of more than its hold loses a
