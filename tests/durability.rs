@@ -134,9 +134,9 @@ const STATE: &str = "SELECT concat_ws(' ', account_id, balance, held, overage_he
                      FROM credits.accounts ORDER BY account_id";
 
 /// The schema of the extension, as text lines sorted: functions (with their
-/// body, privileges and comment), columns, constraints, indexes, triggers,
-/// policies, relations (with row security, privileges, options, comment),
-/// views and the tables pg_dump keeps.
+/// body, privileges and comment), columns (with their comment),
+/// constraints, indexes, triggers, policies, relations (with row security,
+/// privileges, options, comment), views and the tables pg_dump keeps.
 const FINGERPRINT: &str = r#"
 SELECT x FROM (
   SELECT 'fn ' || p.oid::regprocedure::text || ' ' || md5(pg_get_functiondef(p.oid)) || ' '
@@ -147,6 +147,7 @@ SELECT x FROM (
   UNION ALL
   SELECT 'col ' || c.relname || ' ' || a.attnum || ' ' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
          || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '')
+         || ' ' || coalesce(col_description(a.attrelid, a.attnum), '')
     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
    WHERE c.relnamespace = 'credits'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped

@@ -263,6 +263,9 @@
 -- DETAILs and HINTs.
 -- credits._unknown_account becomes PL/pgSQL for the same reason.
 --
+-- Every column of the usage views has a comment (\d+, and BI tools that
+-- show column descriptions).
+--
 -- credits._commit's path for a commit of more than its hold loses a
 -- write-off it could never make: there every draw of the hold is charged
 -- whole, even from a bucket that expired meanwhile. Same results.
@@ -2959,3 +2962,90 @@ END
 $$;
 
 DROP FUNCTION credits._raise(text, text, text, text);
+
+-- What each column of the usage views means, for \d+ and for BI tools that
+-- show column descriptions (Metabase, Superset, Grafana).
+COMMENT ON COLUMN credits.account_summary.account_id IS 'The account.';
+COMMENT ON COLUMN credits.account_summary.plan_id IS 'The account''s plan.';
+COMMENT ON COLUMN credits.account_summary.byok IS 'Bring-your-own-key account: usage logged, never metered.';
+COMMENT ON COLUMN credits.account_summary.limit_mode IS 'The limit in force: hard or soft (the plan''s, or the account''s override).';
+COMMENT ON COLUMN credits.account_summary.soft_allowance IS 'The soft limit in force: overage allowed per period once every bucket is empty (used when limit_mode is soft).';
+COMMENT ON COLUMN credits.account_summary.allocation IS 'The current period''s allocation.';
+COMMENT ON COLUMN credits.account_summary.used IS 'Charged to buckets this period (allocation, rollover, top-ups, promos, packs), debt included.';
+COMMENT ON COLUMN credits.account_summary.percent_used IS '100 x used / allocation, 2 decimals; NULL when the allocation is 0.';
+COMMENT ON COLUMN credits.account_summary.reserved IS 'Held by pending reservations (overage held included).';
+COMMENT ON COLUMN credits.account_summary.available IS 'What the live buckets hold beyond the pending holds.';
+COMMENT ON COLUMN credits.account_summary.overage IS 'Charged past the buckets this period (soft limit).';
+COMMENT ON COLUMN credits.account_summary.overage_available IS 'What the soft allowance still allows this period, after the overage charged and held.';
+COMMENT ON COLUMN credits.account_summary.debt IS 'Owed from commits forced past the limit; reserves fail while it is above 0.';
+COMMENT ON COLUMN credits.account_summary.period_start IS 'Start of the current billing period.';
+COMMENT ON COLUMN credits.account_summary.period_end IS 'End of the current billing period (exclusive).';
+COMMENT ON COLUMN credits.account_summary.next_reset IS 'When the next period starts (the period end).';
+COMMENT ON COLUMN credits.account_summary.days_until_reset IS 'Days until the next reset, rounded up.';
+COMMENT ON COLUMN credits.account_summary.override_until IS 'End of the account''s limit override; NULL when none is in force or it has no end.';
+
+COMMENT ON COLUMN credits.usage_daily.account_id IS 'The account.';
+COMMENT ON COLUMN credits.usage_daily.day IS 'The UTC day.';
+COMMENT ON COLUMN credits.usage_daily.product IS 'The AI product.';
+COMMENT ON COLUMN credits.usage_daily.used IS 'Charged to buckets (and as debt) on the day.';
+COMMENT ON COLUMN credits.usage_daily.overage IS 'Charged past the buckets on the day (soft limit).';
+COMMENT ON COLUMN credits.usage_daily.refunded IS 'Given back on the day (overage first), whatever day the charge was.';
+COMMENT ON COLUMN credits.usage_daily.net_used IS 'used + overage - refunded (negative on a day that gave back more than it used).';
+COMMENT ON COLUMN credits.usage_daily.billable_overage IS 'Overage x the plan''s overage rate, net of refunds.';
+COMMENT ON COLUMN credits.usage_daily.actions IS 'Actions committed on the day.';
+COMMENT ON COLUMN credits.usage_daily.byok_used IS 'Usage of BYOK accounts (never metered).';
+
+COMMENT ON COLUMN credits.usage_monthly.account_id IS 'The account.';
+COMMENT ON COLUMN credits.usage_monthly.month IS 'The first day of the UTC calendar month.';
+COMMENT ON COLUMN credits.usage_monthly.product IS 'The AI product.';
+COMMENT ON COLUMN credits.usage_monthly.used IS 'Charged to buckets (and as debt) in the month.';
+COMMENT ON COLUMN credits.usage_monthly.overage IS 'Charged past the buckets in the month (soft limit).';
+COMMENT ON COLUMN credits.usage_monthly.refunded IS 'Given back in the month (overage first), whatever month the charge was.';
+COMMENT ON COLUMN credits.usage_monthly.net_used IS 'used + overage - refunded.';
+COMMENT ON COLUMN credits.usage_monthly.billable_overage IS 'Overage x the plan''s overage rate, net of refunds.';
+COMMENT ON COLUMN credits.usage_monthly.actions IS 'Actions committed in the month.';
+COMMENT ON COLUMN credits.usage_monthly.byok_used IS 'Usage of BYOK accounts (never metered).';
+
+COMMENT ON COLUMN credits.transactions.entry_id IS 'The ledger row''s id, increasing.';
+COMMENT ON COLUMN credits.transactions.account_id IS 'The account.';
+COMMENT ON COLUMN credits.transactions.created_at IS 'When the row was written.';
+COMMENT ON COLUMN credits.transactions.category IS 'purchase, grant, reset, deduction, refund, expiry or debt_payment.';
+COMMENT ON COLUMN credits.transactions.kind IS 'The ledger row''s kind (charge, overage, refund, allocation, rollover, topup, pack, expire, ...).';
+COMMENT ON COLUMN credits.transactions.amount IS 'The change of the balance: positive adds credits, negative takes them.';
+COMMENT ON COLUMN credits.transactions.product IS 'The AI product, for usage rows.';
+COMMENT ON COLUMN credits.transactions.action IS 'The action label given to credits_reserve, for usage rows.';
+COMMENT ON COLUMN credits.transactions.reservation_id IS 'The reservation the row belongs to, for usage rows.';
+COMMENT ON COLUMN credits.transactions.bucket_id IS 'The credit bucket the row changed.';
+COMMENT ON COLUMN credits.transactions.project IS 'The reservation''s metadata->>''project''.';
+COMMENT ON COLUMN credits.transactions.session IS 'The reservation''s metadata->>''session''.';
+COMMENT ON COLUMN credits.transactions.actor IS 'The role that made the call.';
+COMMENT ON COLUMN credits.transactions.idempotency_key IS 'The idempotency key of the call, if any.';
+COMMENT ON COLUMN credits.transactions.metadata IS 'The row''s metadata: a grant''s, or a refund''s reason.';
+
+COMMENT ON COLUMN credits.actions.reservation_id IS 'The reservation (what credits_reserve returned).';
+COMMENT ON COLUMN credits.actions.account_id IS 'The account.';
+COMMENT ON COLUMN credits.actions.created_at IS 'When it was reserved.';
+COMMENT ON COLUMN credits.actions.resolved_at IS 'When it was committed, released or marked expired; NULL before (a hold past its ttl shows as expired before a write marks it).';
+COMMENT ON COLUMN credits.actions.product IS 'The AI product.';
+COMMENT ON COLUMN credits.actions.action IS 'The action label given to credits_reserve.';
+COMMENT ON COLUMN credits.actions.status IS 'pending, committed, refunded (failed actions show so), partially_refunded or expired.';
+COMMENT ON COLUMN credits.actions.reserved IS 'The amount reserved.';
+COMMENT ON COLUMN credits.actions.charged IS 'The amount committed; 0 until then.';
+COMMENT ON COLUMN credits.actions.refunded IS 'The amount refunded of the charge.';
+COMMENT ON COLUMN credits.actions.net IS 'charged - refunded.';
+COMMENT ON COLUMN credits.actions.overage IS 'What a pending hold holds, or a commit charged, past the buckets; 0 for a hold released or expired.';
+COMMENT ON COLUMN credits.actions.byok IS 'Reserved on a BYOK account (not metered).';
+COMMENT ON COLUMN credits.actions.expires_at IS 'When the hold stops counting if not committed (created_at + ttl).';
+COMMENT ON COLUMN credits.actions.project IS 'metadata->>''project''.';
+COMMENT ON COLUMN credits.actions.session IS 'metadata->>''session''.';
+COMMENT ON COLUMN credits.actions.metadata IS 'The metadata given to credits_reserve, with a refund''s reason added.';
+
+COMMENT ON COLUMN credits.metrics.account_id IS 'The account.';
+COMMENT ON COLUMN credits.metrics.product IS 'The AI product.';
+COMMENT ON COLUMN credits.metrics.actions_total IS 'Actions committed since the start (a counter).';
+COMMENT ON COLUMN credits.metrics.used_total IS 'Charged to buckets (and as debt) since the start.';
+COMMENT ON COLUMN credits.metrics.overage_total IS 'Charged past the buckets since the start.';
+COMMENT ON COLUMN credits.metrics.refunded_total IS 'Given back since the start.';
+COMMENT ON COLUMN credits.metrics.billable_overage_total IS 'Overage x rate, net of refunds, since the start.';
+COMMENT ON COLUMN credits.metrics.byok_used_total IS 'Usage of BYOK accounts since the start.';
+COMMENT ON COLUMN credits.metrics.scrape_time IS 'The time of the read (the extension''s clock).';

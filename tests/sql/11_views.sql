@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(40);
+SELECT plan(41);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -233,6 +233,13 @@ SELECT results_eq($$SELECT x->>'kind', (x->>'remaining')::numeric, (x->>'held'):
 SELECT is((SELECT count(*) FROM credits.reservations WHERE account_id = 'live' AND status = 'pending'), 2::bigint,
           'having written nothing');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
+-- Every column of every usage view says what it means (\d+, BI tools).
+SELECT is_empty($$SELECT c.relname || '.' || a.attname FROM pg_catalog.pg_attribute a
+                    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                   WHERE c.relnamespace = 'credits'::regnamespace AND c.relkind = 'v'
+                     AND a.attnum > 0 AND NOT a.attisdropped
+                     AND coalesce(pg_catalog.col_description(c.oid, a.attnum), '') = ''$$,
+                'every column of the usage views has a comment');
 
 SELECT * FROM finish();
 ROLLBACK;
