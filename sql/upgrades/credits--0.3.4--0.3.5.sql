@@ -2971,11 +2971,11 @@ COMMENT ON COLUMN credits.account_summary.byok IS 'Bring-your-own-key account: u
 COMMENT ON COLUMN credits.account_summary.limit_mode IS 'The limit in force: hard or soft (the plan''s, or the account''s override).';
 COMMENT ON COLUMN credits.account_summary.soft_allowance IS 'The soft limit in force: overage allowed per period once every bucket is empty (used when limit_mode is soft).';
 COMMENT ON COLUMN credits.account_summary.allocation IS 'The current period''s allocation.';
-COMMENT ON COLUMN credits.account_summary.used IS 'Charged to buckets this period (allocation, rollover, top-ups, promos, packs), debt included.';
+COMMENT ON COLUMN credits.account_summary.used IS 'Charged to buckets this period (allocation, rollover, top-ups, promos, packs) and as debt, less what refunds gave back of it.';
 COMMENT ON COLUMN credits.account_summary.percent_used IS '100 x used / allocation, 2 decimals; NULL when the allocation is 0.';
 COMMENT ON COLUMN credits.account_summary.reserved IS 'Held by pending reservations (overage held included).';
 COMMENT ON COLUMN credits.account_summary.available IS 'What the live buckets hold beyond the pending holds.';
-COMMENT ON COLUMN credits.account_summary.overage IS 'Charged past the buckets this period (soft limit).';
+COMMENT ON COLUMN credits.account_summary.overage IS 'Charged past the buckets this period (soft limit), less what refunds gave back of it.';
 COMMENT ON COLUMN credits.account_summary.overage_available IS 'What the soft allowance still allows this period, after the overage charged and held.';
 COMMENT ON COLUMN credits.account_summary.debt IS 'Owed from commits forced past the limit; reserves fail while it is above 0.';
 COMMENT ON COLUMN credits.account_summary.period_start IS 'Start of the current billing period.';
@@ -3012,9 +3012,9 @@ COMMENT ON COLUMN credits.transactions.created_at IS 'When the row was written.'
 COMMENT ON COLUMN credits.transactions.category IS 'purchase, grant, reset, deduction, refund, expiry or debt_payment.';
 COMMENT ON COLUMN credits.transactions.kind IS 'The ledger row''s kind (charge, overage, refund, allocation, rollover, topup, pack, expire, ...).';
 COMMENT ON COLUMN credits.transactions.amount IS 'The change of the balance: positive adds credits, negative takes them.';
-COMMENT ON COLUMN credits.transactions.product IS 'The AI product, for usage rows.';
-COMMENT ON COLUMN credits.transactions.action IS 'The action label given to credits_reserve, for usage rows.';
-COMMENT ON COLUMN credits.transactions.reservation_id IS 'The reservation the row belongs to, for usage rows.';
+COMMENT ON COLUMN credits.transactions.product IS 'The AI product, on the rows of an action that carry it (charges, overage, refunds).';
+COMMENT ON COLUMN credits.transactions.action IS 'The action label given to credits_reserve, on rows of an action.';
+COMMENT ON COLUMN credits.transactions.reservation_id IS 'The reservation the row belongs to, on rows of an action.';
 COMMENT ON COLUMN credits.transactions.bucket_id IS 'The credit bucket the row changed.';
 COMMENT ON COLUMN credits.transactions.project IS 'The reservation''s metadata->>''project''.';
 COMMENT ON COLUMN credits.transactions.session IS 'The reservation''s metadata->>''session''.';
