@@ -194,10 +194,8 @@ BEGIN
         LOOP
             UPDATE credits.buckets SET held = held - d.amount, balance = balance - d.amount
              WHERE account_id = v_account AND bucket_id = d.bucket_id;
-            IF d.amount > 0 THEN
-                v_buckets := v_buckets || d.bucket_id;
-                v_amounts := v_amounts || d.amount;
-            END IF;
+            v_buckets := v_buckets || d.bucket_id;
+            v_amounts := v_amounts || d.amount;
             v_left := v_left - d.amount;
             v_charged := v_charged + d.amount;
             v_released := v_released + d.amount;
