@@ -25,6 +25,15 @@ CREATE INDEX events_by_account ON credits.events (account_id, created_at);
 SELECT pg_catalog.pg_extension_config_dump('credits.events', '');
 SELECT pg_catalog.pg_extension_config_dump('credits.events_event_id_seq', '');
 COMMENT ON TABLE credits.events IS 'Events outbox (alerts, recharge requests): claim with credits_events_claim(), ack with credits_events_ack().';
+COMMENT ON COLUMN credits.events.event_id IS 'The event''s id, increasing.';
+COMMENT ON COLUMN credits.events.account_id IS 'The account.';
+COMMENT ON COLUMN credits.events.kind IS 'usage_alert or recharge_requested.';
+COMMENT ON COLUMN credits.events.payload IS 'The event''s details (README, Events).';
+COMMENT ON COLUMN credits.events.created_at IS 'When its cause was written.';
+COMMENT ON COLUMN credits.events.visible_at IS 'When it may be claimed: at once, or when the last claim''s visibility runs out.';
+COMMENT ON COLUMN credits.events.deliveries IS 'How many times it was claimed.';
+COMMENT ON COLUMN credits.events.claimed_by IS 'The consumer of the last claim; NULL: never claimed.';
+COMMENT ON COLUMN credits.events.acked_at IS 'When a consumer acknowledged it; NULL: not yet.';
 
 CREATE FUNCTION credits._emit(p_account text, p_kind text, p_payload jsonb, p_now timestamptz) RETURNS bigint
 LANGUAGE plpgsql

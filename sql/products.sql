@@ -20,6 +20,14 @@ SELECT pg_catalog.pg_extension_config_dump('credits.products', '');
 SELECT pg_catalog.pg_extension_config_dump('credits.account_products', '');
 COMMENT ON TABLE credits.products IS 'AI products: registered on first use; enabled unless an admin disabled them.';
 COMMENT ON TABLE credits.account_products IS 'Per-account product switches: enabled = false disables a product for one account.';
+COMMENT ON COLUMN credits.products.product IS 'The AI product, as given to credits_reserve.';
+COMMENT ON COLUMN credits.products.enabled IS 'false: disabled for every account (reserves fail with CR009).';
+COMMENT ON COLUMN credits.products.description IS 'What the product is, for people.';
+COMMENT ON COLUMN credits.products.created_at IS 'When it was registered.';
+COMMENT ON COLUMN credits.account_products.account_id IS 'The account.';
+COMMENT ON COLUMN credits.account_products.product IS 'The AI product.';
+COMMENT ON COLUMN credits.account_products.enabled IS 'false: disabled for this account (CR009); true does not enable a product disabled for everyone.';
+COMMENT ON COLUMN credits.account_products.updated_at IS 'When it was last set.';
 
 -- Checks that a product may be used by an account, registering it on first use.
 CREATE FUNCTION credits._product_allowed(p_account text, p_product text, p_now timestamptz) RETURNS void

@@ -61,6 +61,38 @@ COMMENT ON TABLE credits.packs IS 'Credit packs for sale: credits, price and cur
 COMMENT ON TABLE credits.purchases IS 'Purchased packs, one per payment reference and account.';
 COMMENT ON TABLE credits.auto_recharge IS 'Auto-recharge per account: pack, threshold and monthly spending cap.';
 COMMENT ON TABLE credits.recharge_requests IS 'Recharge requests written by auto-recharge: pending, completed or failed.';
+COMMENT ON COLUMN credits.packs.pack_id IS 'The pack''s name.';
+COMMENT ON COLUMN credits.packs.credits IS 'Credits a purchase of the pack grants (a pack bucket, never expiring).';
+COMMENT ON COLUMN credits.packs.price IS 'Its price, in currency.';
+COMMENT ON COLUMN credits.packs.currency IS 'The currency of price.';
+COMMENT ON COLUMN credits.packs.active IS 'false: no longer for sale (purchases and auto-recharge refuse it).';
+COMMENT ON COLUMN credits.packs.updated_at IS 'When it was last changed.';
+COMMENT ON COLUMN credits.purchases.account_id IS 'The account.';
+COMMENT ON COLUMN credits.purchases.purchase_id IS 'The purchase.';
+COMMENT ON COLUMN credits.purchases.pack_id IS 'The pack bought.';
+COMMENT ON COLUMN credits.purchases.credits IS 'Credits granted (the pack''s at the time).';
+COMMENT ON COLUMN credits.purchases.price IS 'Price paid (the pack''s at the time).';
+COMMENT ON COLUMN credits.purchases.currency IS 'The currency of price.';
+COMMENT ON COLUMN credits.purchases.payment_ref IS 'The payment''s reference (a recharge request''s id for auto-recharge): one purchase per reference and account.';
+COMMENT ON COLUMN credits.purchases.bucket_id IS 'The pack bucket it granted.';
+COMMENT ON COLUMN credits.purchases.auto_recharge IS 'It completed a recharge request.';
+COMMENT ON COLUMN credits.purchases.created_at IS 'When it was recorded.';
+COMMENT ON COLUMN credits.auto_recharge.account_id IS 'The account.';
+COMMENT ON COLUMN credits.auto_recharge.enabled IS 'Whether auto-recharge is on.';
+COMMENT ON COLUMN credits.auto_recharge.pack_id IS 'The pack it requests.';
+COMMENT ON COLUMN credits.auto_recharge.threshold IS 'It requests the pack when the balance (pending holds included) falls below this.';
+COMMENT ON COLUMN credits.auto_recharge.monthly_cap IS 'At most this much (in the pack''s currency) requested or bought by auto-recharge per calendar month (UTC; failed requests do not count).';
+COMMENT ON COLUMN credits.auto_recharge.updated_at IS 'When it was last set.';
+COMMENT ON COLUMN credits.recharge_requests.account_id IS 'The account.';
+COMMENT ON COLUMN credits.recharge_requests.request_id IS 'The request: pass it as credits_purchase''s payment_ref to complete it.';
+COMMENT ON COLUMN credits.recharge_requests.pack_id IS 'The pack requested.';
+COMMENT ON COLUMN credits.recharge_requests.credits IS 'Its credits at the time.';
+COMMENT ON COLUMN credits.recharge_requests.price IS 'Its price at the time (counted against the monthly cap).';
+COMMENT ON COLUMN credits.recharge_requests.currency IS 'The currency of price.';
+COMMENT ON COLUMN credits.recharge_requests.status IS 'pending, failed (credits_recharge_fail) or completed (credits_purchase with the request''s id, also after it failed).';
+COMMENT ON COLUMN credits.recharge_requests.reason IS 'Why it failed, as given to credits_recharge_fail.';
+COMMENT ON COLUMN credits.recharge_requests.created_at IS 'When auto-recharge wrote it.';
+COMMENT ON COLUMN credits.recharge_requests.resolved_at IS 'When it completed or failed; NULL while pending.';
 
 CREATE FUNCTION public.credits_pack_upsert(pack_id text, credits numeric, price numeric,
                                            currency text DEFAULT 'USD', active boolean DEFAULT true)

@@ -14,6 +14,12 @@ CREATE TABLE credits.prices (
 );
 SELECT pg_catalog.pg_extension_config_dump('credits.prices', '');
 COMMENT ON TABLE credits.prices IS 'Price catalogue: credits per unit (call, 1k input/output tokens, image, second) per product, action and model tier.';
+COMMENT ON COLUMN credits.prices.product IS 'The AI product.';
+COMMENT ON COLUMN credits.prices.action IS 'The action.';
+COMMENT ON COLUMN credits.prices.tier IS 'The model tier (default standard).';
+COMMENT ON COLUMN credits.prices.unit IS 'call, input_tokens_1k, output_tokens_1k, image or second.';
+COMMENT ON COLUMN credits.prices.price IS 'Credits per unit.';
+COMMENT ON COLUMN credits.prices.updated_at IS 'When it was last set.';
 
 CREATE FUNCTION public.credits_price_upsert(product text, action text, unit text, price numeric,
                                             tier text DEFAULT 'standard')

@@ -23,6 +23,9 @@ CREATE TABLE credits.account_roles (
 CREATE INDEX account_roles_by_role ON credits.account_roles (role_id);
 SELECT pg_catalog.pg_extension_config_dump('credits.account_roles', '');
 COMMENT ON TABLE credits.account_roles IS 'Accounts bound to roles: members of a bound role see and touch only their accounts.';
+COMMENT ON COLUMN credits.account_roles.account_id IS 'The account.';
+COMMENT ON COLUMN credits.account_roles.role_id IS 'The role bound to it: its members see and touch only their bound accounts.';
+COMMENT ON COLUMN credits.account_roles.created_at IS 'When the binding was made.';
 
 -- The roles whose bindings apply to p_role: p_role and every role it is a
 -- member of, directly or through other roles (as pg_has_role(..., 'MEMBER')

@@ -8,19 +8,29 @@ CREATE TABLE credits.usage_rollup (
     account_id       text NOT NULL,
     day              date NOT NULL,
     product          text NOT NULL,
-    used             numeric(20,6) NOT NULL DEFAULT 0,  -- charged to buckets and as debt
-    overage          numeric(20,6) NOT NULL DEFAULT 0,  -- charged past every bucket
-    refunded         numeric(20,6) NOT NULL DEFAULT 0,  -- given back (overage refunds included)
+    used             numeric(20,6) NOT NULL DEFAULT 0,
+    overage          numeric(20,6) NOT NULL DEFAULT 0,
+    refunded         numeric(20,6) NOT NULL DEFAULT 0,
     overage_refunded numeric(20,6) NOT NULL DEFAULT 0,
-    billable_overage numeric(20,6) NOT NULL DEFAULT 0,  -- overage x rate, net of refunds
-    actions          integer NOT NULL DEFAULT 0,        -- commits
-    byok_used        numeric(20,6) NOT NULL DEFAULT 0,  -- BYOK usage, net of refunds
+    billable_overage numeric(20,6) NOT NULL DEFAULT 0,
+    actions          integer NOT NULL DEFAULT 0,
+    byok_used        numeric(20,6) NOT NULL DEFAULT 0,
     PRIMARY KEY (account_id, day, product)
 ) WITH (fillfactor = 70);
 -- The all-accounts monthly report reads one month of every account.
 CREATE INDEX usage_rollup_by_month ON credits.usage_rollup ((date_trunc('month', day::timestamp)::date));
 SELECT pg_catalog.pg_extension_config_dump('credits.usage_rollup', '');
 COMMENT ON TABLE credits.usage_rollup IS 'Usage per account, UTC day and product, maintained with every commit and refund.';
+COMMENT ON COLUMN credits.usage_rollup.account_id IS 'The account.';
+COMMENT ON COLUMN credits.usage_rollup.day IS 'The UTC day of the commits and refunds.';
+COMMENT ON COLUMN credits.usage_rollup.product IS 'The AI product.';
+COMMENT ON COLUMN credits.usage_rollup.used IS 'Charged to buckets and as debt (refunds are in refunded).';
+COMMENT ON COLUMN credits.usage_rollup.overage IS 'Charged past every bucket.';
+COMMENT ON COLUMN credits.usage_rollup.refunded IS 'Given back by refunds (overage refunds included).';
+COMMENT ON COLUMN credits.usage_rollup.overage_refunded IS 'The part of refunded that was overage.';
+COMMENT ON COLUMN credits.usage_rollup.billable_overage IS 'Overage x rate, net of refunds.';
+COMMENT ON COLUMN credits.usage_rollup.actions IS 'Commits.';
+COMMENT ON COLUMN credits.usage_rollup.byok_used IS 'BYOK usage, net of refunds.';
 
 -- Adds to the usage roll-up row of an account, UTC day and product (the
 -- general commit and refund paths; the commit fast path writes its own).

@@ -233,13 +233,13 @@ SELECT results_eq($$SELECT x->>'kind', (x->>'remaining')::numeric, (x->>'held'):
 SELECT is((SELECT count(*) FROM credits.reservations WHERE account_id = 'live' AND status = 'pending'), 2::bigint,
           'having written nothing');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
--- Every column of every usage view says what it means (\d+, BI tools).
+-- Every column of every usage view and table says what it means (\d+, BI tools).
 SELECT is_empty($$SELECT c.relname || '.' || a.attname FROM pg_catalog.pg_attribute a
                     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
-                   WHERE c.relnamespace = 'credits'::regnamespace AND c.relkind = 'v'
+                   WHERE c.relnamespace = 'credits'::regnamespace AND c.relkind IN ('v', 'r')
                      AND a.attnum > 0 AND NOT a.attisdropped
                      AND coalesce(pg_catalog.col_description(c.oid, a.attnum), '') = ''$$,
-                'every column of the usage views has a comment');
+                'every column of the usage views and of the tables has a comment');
 
 SELECT * FROM finish();
 ROLLBACK;
