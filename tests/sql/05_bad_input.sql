@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(58);
+SELECT plan(60);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -69,6 +69,10 @@ SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'far', plan_id =>
 SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'bc', plan_id => 'pro',
                                                  billing_anchor => make_timestamptz(-1, 6, 1, 0, 0, 0, 'UTC'))$$,
                  '22008', 'billing_anchor is out of range', 'account: anchor in 1 BC');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'inf', plan_id => 'pro', billing_anchor => 'infinity')$$,
+                 '22023', 'billing_anchor must be a finite timestamp', 'account: an anchor at infinity');
+SELECT throws_ok($$SELECT credits_account_upsert(account_id => 'acme', billing_anchor => '-infinity')$$,
+                 '22023', 'billing_anchor must be a finite timestamp', 'account: a new anchor at -infinity');
 
 -- The roll-forward planner's refusal of a state it cannot start from (only
 -- rows changed by hand reach it now) carries a DETAIL and a HINT too.

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(54);
+SELECT plan(55);
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 
 SELECT credits_plan_upsert(plan_id => 'cap30', allocation => 100, reset => 'calendar_month', rollover_cap => 30);
@@ -46,8 +46,10 @@ SELECT is((SELECT expires_at FROM credits.buckets WHERE account_id = 'cap30' AND
           '2026-05-01 00:00+00'::timestamptz, 'expiring at the end of the next period');
 
 -- Rollover never compounds past the cap.
+-- (A reset at the very instant the periods end rolls them, as a pg_cron
+-- job at midnight on the 1st does.)
 SET LOCAL credits.now = '2026-05-01 00:00:00+00';
-SELECT credits_reset();
+SELECT is(credits_reset(), 3, 'a reset at the very instant the periods end rolls the three accounts');
 SELECT is(pg_temp.fig('cap30', 'available'), 139::numeric, 'still 30 + 100 + 9 after another unused month');
 
 -- Catching up over missed periods equals resetting on time.

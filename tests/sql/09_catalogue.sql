@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(34);
+SELECT plan(35);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -71,6 +71,8 @@ SELECT is(credits_quote(product => 'editor', action => 'rewrite', tier => 'premi
           'model tiers have their own prices');
 SELECT is(credits_quote(product => 'editor', action => 'rewrite', calls => 1, input_tokens => 1, output_tokens => 0),
           0.501::numeric, 'exact numeric, rounded up to the micro-credit only when needed');
+SELECT is(credits_quote(product => 'editor', action => 'rewrite', calls => 0, input_tokens => 2000), 2::numeric,
+          'calls => 0 quotes the tokens alone');
 SELECT throws_ok($$SELECT credits_quote(product => 'editor', action => 'summarize')$$, 'CR015', NULL, 'no price: CR015');
 SELECT throws_ok($$SELECT credits_quote(product => 'images', action => 'generate', images => 99999999999999)$$, '22003',
                  'the quote of 2499999999999975 credits is out of range', 'a quote no amount can hold: 22003');

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(91);
+SELECT plan(97);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'free', allocation => 10, reset => 'calendar_month', purchases_allowed => false);
@@ -360,6 +360,35 @@ SELECT credits_grant(account_id => 'past2', amount => 50, kind => 'pack');
 SELECT credits_commit(credits_reserve(account_id => 'past2', amount => 15, product => 'editor'));
 SELECT results_eq($$SELECT payload->>'percent' FROM credits.events WHERE account_id = 'past2' ORDER BY event_id$$,
                   $$VALUES ('100'), ('120')$$, 'after 10 overage, 15 from a pack make 125%: the 120% alert');
+
+-- Turning auto-recharge on at a balance equal to the threshold requests
+-- nothing; a pack no longer for sale is refused, whatever else is; a
+-- threshold and a cap of 0 are taken (auto-recharge that never buys).
+SELECT credits_account_upsert(account_id => 'eqt', plan_id => 'pro');
+SELECT credits_auto_recharge_set(account_id => 'eqt', enabled => true, pack => 'p20', threshold => 100);
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'eqt'), 0::bigint,
+          'credits_auto_recharge_set at a balance equal to the threshold requests nothing');
+SELECT credits_pack_upsert(pack_id => 'retired', credits => 10, price => 1, currency => 'EUR', active => false);
+SELECT throws_ok($$SELECT credits_auto_recharge_set(account_id => 'eqt', enabled => true, pack => 'retired', threshold => 5)$$,
+                 'CR016', NULL, 'an inactive pack is refused, while other packs are for sale');
+SELECT lives_ok($$SELECT credits_auto_recharge_set(account_id => 'eqt', enabled => true, threshold => 0, monthly_cap => 0)$$,
+                'a threshold and a monthly cap of 0 are taken');
+SELECT results_eq($$SELECT trim_scale(threshold), trim_scale(monthly_cap) FROM credits.auto_recharge WHERE account_id = 'eqt'$$,
+                  $$VALUES (0::numeric, 0::numeric)$$, 'and stored');
+
+-- A request made at the first instant of a month counts against that
+-- month's cap.
+SET LOCAL credits.now = '2026-05-01 00:00:00+00';
+SELECT credits_account_upsert(account_id => 'month1', plan_id => 'pro');
+SELECT credits_auto_recharge_set(account_id => 'month1', enabled => true, pack => 'p20', threshold => 150, monthly_cap => 30);
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'month1'), 1::bigint,
+          'a request at 00:00 on the 1st (100 below 150)');
+SELECT credits_purchase(account_id => 'month1', pack => 'p20',
+                        payment_ref => (SELECT request_id::text FROM credits.recharge_requests WHERE account_id = 'month1'));
+SET LOCAL credits.now = '2026-05-10 00:00:00+00';
+SELECT credits_commit(credits_reserve(account_id => 'month1', amount => 200, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.recharge_requests WHERE account_id = 'month1'), 1::bigint,
+          'below the threshold again on the 10th: another 20 would pass the cap of 30, so no request');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();

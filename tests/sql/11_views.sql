@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(41);
+SELECT plan(43);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -233,6 +233,19 @@ SELECT results_eq($$SELECT x->>'kind', (x->>'remaining')::numeric, (x->>'held'):
 SELECT is((SELECT count(*) FROM credits.reservations WHERE account_id = 'live' AND status = 'pending'), 2::bigint,
           'having written nothing');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
+-- A hold stops counting at its expires_at, as the write paths judge it:
+-- read at that very instant, the per-action log shows it expired, without
+-- the overage it held.
+SET LOCAL credits.now = '2026-04-02 10:00:00+00';
+SELECT credits_plan_upsert(plan_id => 'edge_soft', allocation => 10, limit_mode => 'soft', soft_limit => 20);
+SELECT credits_account_upsert(account_id => 'edge_soft', plan_id => 'edge_soft');
+SELECT credits_reserve(account_id => 'edge_soft', amount => 15, product => 'editor', ttl => '10 minutes');
+SET LOCAL credits.now = '2026-04-02 10:09:59.999999+00';
+SELECT results_eq($$SELECT status, overage FROM credits.actions WHERE account_id = 'edge_soft'$$,
+                  $$VALUES ('pending', 5::numeric)$$, 'a microsecond before its expiry a hold is pending, with its overage');
+SET LOCAL credits.now = '2026-04-02 10:10:00+00';
+SELECT results_eq($$SELECT status, overage FROM credits.actions WHERE account_id = 'edge_soft'$$,
+                  $$VALUES ('expired', 0::numeric)$$, 'at its expiry it is expired, with none');
 -- Every column of every usage view and table says what it means (\d+, BI tools).
 SELECT is_empty($$SELECT c.relname || '.' || a.attname FROM pg_catalog.pg_attribute a
                     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid

@@ -3,7 +3,7 @@
 -- tampering breaks), and it reads the ledger a bounded number of times, not
 -- once per reservation.
 \ir helpers.inc
-SELECT plan(44);
+SELECT plan(45);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -143,6 +143,13 @@ SELECT is(pg_temp.reported(format($$UPDATE credits.accounts
                                                        + interval '1 minute'
                                     WHERE account_id = 'v'$$, :'p1')),
           'account next_event is not after anything due: v', 'a next_event after a pending hold expires');
+SAVEPOINT late_event;
+UPDATE credits.accounts SET next_event = period_end - interval '1 minute' WHERE account_id = 'v';
+SELECT is((SELECT detail FROM credits_verify() WHERE invariant = 'account next_event is not after anything due'),
+          (SELECT format('next_event %s, earliest due %s', a.next_event, r.expires_at)
+             FROM credits.accounts a, credits.reservations r WHERE a.account_id = 'v' AND r.reservation_id = :'p1'),
+          'its detail names the earliest due: the pending hold''s expiry, before the period end');
+ROLLBACK TO SAVEPOINT late_event;
 SELECT is(pg_temp.reported($$SELECT credits_grant(account_id => 'v', amount => 5, kind => 'promo',
                                                   expires_at => credits._now() + interval '5 minutes');
                               UPDATE credits.accounts SET next_event = credits._now() + interval '10 minutes'

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(26);
+SELECT plan(27);
 
 -- credits_events_purge(): the events outbox's retention.
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100);
@@ -69,10 +69,15 @@ SELECT is(pg_temp.left_over(), '{mid_acked,new_unacked,old_acked,old_unacked}', 
 SELECT is(credits_events_purge(), 1::bigint, 'by default, events acknowledged more than 30 days ago go');
 SELECT is(pg_temp.left_over(), '{mid_acked,new_unacked,old_unacked}',
           'recently acknowledged and unacknowledged events stay, however old');
-SELECT is(credits_events_purge(older_than => '30 days', unacknowledged => true), 1::bigint,
-          'unacknowledged => true also purges unacknowledged events created before the cut-off');
+-- (The cut-offs below fall on the very instants of old_unacked's creation,
+-- 1,644 hours before the pinned clock, and of mid_acked's
+-- acknowledgement, 228 hours before it: an event that old goes.)
+SELECT is(credits_events_purge(older_than => '1644 hours', unacknowledged => true), 1::bigint,
+          'unacknowledged => true also purges unacknowledged events created before the cut-off (here: at it)');
 SELECT is(pg_temp.left_over(), '{mid_acked,new_unacked}', 'only those');
-SELECT is(credits_events_purge(older_than => '0'), 1::bigint, 'older_than => 0 purges every acknowledged event');
+SELECT is(credits_events_purge(older_than => '228:00:00.000001'), 0::bigint,
+          'an event acknowledged a microsecond less than older_than ago stays');
+SELECT is(credits_events_purge(older_than => '228 hours'), 1::bigint, 'one acknowledged exactly older_than ago goes');
 SELECT is(credits_events_purge(older_than => '0'), 0::bigint, 'a second run finds nothing');
 SELECT is(pg_temp.left_over(), '{new_unacked}', 'an unacknowledged event is left');
 
