@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(36);
+SELECT plan(37);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -95,25 +95,30 @@ SELECT results_eq($$SELECT trim_scale(balance), trim_scale(debt) FROM credits.ac
 SELECT is(credits_refund(reservation_id => :'rd'), 80::numeric, 'the rest of the refund returns 80');
 
 -- A bucket expires at its expires_at: a refund at that very instant writes
--- its share off, as a refund later does, and so does releasing a hold.
+-- its share off, as a refund later does, and so do releasing a hold and
+-- committing one for less than it holds.
 SET LOCAL credits.now = '2026-03-10 12:00:00+00';
 SELECT credits_plan_upsert(plan_id => 'none', allocation => 0);
-SELECT credits_account_upsert(account_id => a, plan_id => 'none') FROM unnest(ARRAY['edge_c', 'edge_p']) a;
+SELECT credits_account_upsert(account_id => a, plan_id => 'none') FROM unnest(ARRAY['edge_c', 'edge_p', 'edge_m']) a;
 SELECT credits_grant(account_id => a, amount => 10, kind => 'promo', expires_at => '2026-03-12 00:00+00')
-  FROM unnest(ARRAY['edge_c', 'edge_p']) a;
-SELECT credits_grant(account_id => a, amount => 100, kind => 'pack') FROM unnest(ARRAY['edge_c', 'edge_p']) a;
+  FROM unnest(ARRAY['edge_c', 'edge_p', 'edge_m']) a;
+SELECT credits_grant(account_id => a, amount => 100, kind => 'pack') FROM unnest(ARRAY['edge_c', 'edge_p', 'edge_m']) a;
 SELECT credits_reserve(account_id => 'edge_c', amount => 4, product => 'editor') AS rc \gset
 SELECT credits_commit(reservation_id => :'rc');
 SELECT credits_reserve(account_id => 'edge_p', amount => 4, product => 'editor', ttl => '3 days') AS rp \gset
+SELECT credits_reserve(account_id => 'edge_m', amount => 4, product => 'editor', ttl => '3 days') AS rm \gset
 SET LOCAL credits.now = '2026-03-12 00:00:00+00';
 SELECT is(credits_refund(reservation_id => :'rc'), 4::numeric, 'a refund at the instant its promo expires returns 4');
 SELECT credits_refund(reservation_id => :'rp');
+SELECT is(credits_commit(reservation_id => :'rm', amount => 1), 1::numeric, 'a commit for 1 of the 4 held charges 1');
 SELECT results_eq($$SELECT account_id, kind, trim_scale(amount) FROM credits.ledger
-                     WHERE account_id IN ('edge_c', 'edge_p') AND created_at = '2026-03-12 00:00+00' ORDER BY entry_id$$,
+                     WHERE account_id IN ('edge_c', 'edge_p', 'edge_m') AND created_at = '2026-03-12 00:00+00'
+                     ORDER BY entry_id$$,
                   $$VALUES ('edge_c', 'expire', -6::numeric), ('edge_c', 'refund', 4::numeric), ('edge_c', 'expire', -4::numeric),
-                           ('edge_p', 'expire', -6::numeric), ('edge_p', 'expire', -4::numeric)$$,
-                  'the promo''s 6 left expire, and the 4 refunded or released are written off at once');
-SELECT is((SELECT sum(balance) FROM credits.buckets WHERE account_id IN ('edge_c', 'edge_p') AND kind = 'promo'), 0::numeric,
+                           ('edge_p', 'expire', -6::numeric), ('edge_p', 'expire', -4::numeric),
+                           ('edge_m', 'expire', -6::numeric), ('edge_m', 'charge', -1::numeric), ('edge_m', 'expire', -3::numeric)$$,
+                  'the promo''s 6 left expire, and the 4 refunded or released, or the 3 not committed, are written off at once');
+SELECT is((SELECT sum(balance) FROM credits.buckets WHERE account_id IN ('edge_c', 'edge_p', 'edge_m') AND kind = 'promo'), 0::numeric,
           'the promos hold nothing');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 

@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(35);
+SELECT plan(36);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month');
 SELECT credits_account_upsert(account_id => 'acme', plan_id => 'pro');
@@ -92,8 +92,9 @@ SELECT is(credits_balance('beta') #>> '{summary,limit_mode}', 'soft', 'the overr
 SELECT is(credits_balance('beta') #>> '{summary,override_until}', '2026-03-12T00:00:00.000000Z', 'and says until when');
 SELECT lives_ok($$SELECT credits_reserve(account_id => 'beta', amount => 120, product => 'editor', ttl => '30 days')$$,
                 'overage while it lasts');
-SET LOCAL credits.now = '2026-03-13 00:00:00+00';
-SELECT is(credits_balance('beta') #>> '{summary,limit_mode}', 'hard', 'after its end the plan''s limit is back');
+SET LOCAL credits.now = '2026-03-12 00:00:00+00';
+SELECT is(credits_balance('beta') #>> '{summary,limit_mode}', 'hard', 'at its end the plan''s limit is back');
+SELECT is(credits_balance('beta') #>> '{summary,override_until}', NULL, 'and no override is shown');
 SELECT throws_ok($$SELECT credits_reserve(account_id => 'beta', amount => 2, product => 'editor')$$, 'CR001', NULL,
                  'and enforced');
 SELECT credits_grant(account_id => 'beta', amount => 30, kind => 'promo', expires_at => '2026-03-20 00:00+00');
