@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(52);
+SELECT plan(54);
 
 SELECT credits_plan_upsert(plan_id => 'hard', allocation => 100, reset => 'calendar_month');
 SELECT credits_plan_upsert(plan_id => 'soft', allocation => 100, reset => 'calendar_month',
@@ -205,6 +205,38 @@ SELECT credits_account_upsert(account_id => 'later', alert_percents => '{50}');
 SELECT results_eq($$SELECT account_id, next_event FROM credits.accounts WHERE account_id IN ('later', 'soon') ORDER BY 1$$,
                   $$VALUES ('later', '2026-04-01 00:00:00+00'::timestamptz), ('soon', '2026-03-13 00:00:00+00'::timestamptz)$$,
                   'its period end for an account with nothing sooner, another''s promo for that one');
+
+-- At the very instant a hold expires, the next write on its account marks
+-- it expired: a commit of another hold, as a reserve.
+SET LOCAL credits.now = '2026-03-12 01:00:00+00';
+SELECT credits_plan_upsert(plan_id => 'packs_only', allocation => 0);
+SELECT credits_account_upsert(account_id => a, plan_id => 'packs_only') FROM unnest(ARRAY['inst_c', 'inst_r']) a;
+SELECT credits_grant(account_id => a, amount => 100, kind => 'pack') FROM unnest(ARRAY['inst_c', 'inst_r']) a;
+SELECT credits_reserve(account_id => 'inst_c', amount => 5, product => 'editor', ttl => '10 minutes');
+SELECT credits_reserve(account_id => 'inst_c', amount => 6, product => 'editor', ttl => '1 hour') AS h2 \gset
+SELECT credits_reserve(account_id => 'inst_r', amount => 5, product => 'editor', ttl => '10 minutes');
+SET LOCAL credits.now = '2026-03-12 01:10:00+00';
+SELECT credits_commit(reservation_id => :'h2');
+SELECT credits_reserve(account_id => 'inst_r', amount => 1, product => 'editor');
+SELECT results_eq($$SELECT account_id, trim_scale(amount), status, resolved_at FROM credits.reservations
+                     WHERE account_id IN ('inst_c', 'inst_r') ORDER BY account_id, amount$$,
+                  $$VALUES ('inst_c', 5::numeric, 'expired', '2026-03-12 01:10:00+00'::timestamptz),
+                           ('inst_c', 6::numeric, 'committed', '2026-03-12 01:10:00+00'),
+                           ('inst_r', 1::numeric, 'pending', NULL),
+                           ('inst_r', 5::numeric, 'expired', '2026-03-12 01:10:00+00')$$,
+                  'a commit and a reserve at the instant a hold of the account expires mark it expired');
+-- And a reserve at the very instant a promo expires writes what is left of
+-- it off before drawing.
+SET LOCAL credits.now = '2026-03-12 01:00:00+00';
+SELECT credits_account_upsert(account_id => 'inst_p', plan_id => 'packs_only');
+SELECT credits_grant(account_id => 'inst_p', amount => 100, kind => 'pack');
+SELECT credits_grant(account_id => 'inst_p', amount => 10, kind => 'promo', expires_at => '2026-03-12 01:10:00+00');
+SET LOCAL credits.now = '2026-03-12 01:10:00+00';
+SELECT credits_reserve(account_id => 'inst_p', amount => 1, product => 'editor');
+SELECT results_eq($$SELECT b.kind, trim_scale(b.balance), trim_scale(b.held) FROM credits.buckets b
+                     WHERE b.account_id = 'inst_p' ORDER BY b.kind$$,
+                  $$VALUES ('pack', 100::numeric, 1::numeric), ('promo', 0::numeric, 0::numeric)$$,
+                  'a reserve at the instant a promo expires writes its 10 off and holds 1 of the pack');
 SELECT is_empty('SELECT * FROM credits_verify()', 'credits_verify() is empty');
 
 SELECT * FROM finish();
