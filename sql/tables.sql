@@ -203,7 +203,7 @@ COMMENT ON COLUMN credits.ledger.bucket_id IS 'The bucket whose balance the row 
 COMMENT ON COLUMN credits.ledger.reservation_id IS 'The reservation of the action the row belongs to.';
 COMMENT ON COLUMN credits.ledger.product IS 'The AI product, on the rows of an action.';
 COMMENT ON COLUMN credits.ledger.action IS 'The action label given to credits_reserve, on the rows of an action.';
-COMMENT ON COLUMN credits.ledger.rate IS 'On overage rows: the plan''s overage_rate (billable overage = overage x rate).';
+COMMENT ON COLUMN credits.ledger.rate IS 'On overage and overage_refund rows: the plan''s overage_rate when the overage was charged (billable overage = overage x rate).';
 COMMENT ON COLUMN credits.ledger.actor IS 'The role that made the call (SET ROLE counts).';
 COMMENT ON COLUMN credits.ledger.idempotency_key IS 'The idempotency key of the call, if any (a purchase''s payment reference).';
 COMMENT ON COLUMN credits.ledger.metadata IS 'The row''s metadata: a grant''s, or a refund''s reason.';
