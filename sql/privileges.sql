@@ -143,10 +143,3 @@ COMMENT ON FUNCTION public.credits_account_unbind(text, regrole, boolean) IS
     'Removes a binding of an account to a role; a role''s last binding only with last_binding => true (a role bound to no account reaches every account).';
 COMMENT ON FUNCTION public.credits_verify() IS
     'One row per violated invariant of the stored balances, holds, limits and ledger; empty when healthy.';
-
-COMMENT ON TABLE credits.plans IS 'Plans: monthly allocation, reset rule, limit mode and overage terms.';
-COMMENT ON TABLE credits.accounts IS 'Accounts with their stored balance row: locked first by every write path.';
-COMMENT ON TABLE credits.buckets IS 'Credit buckets (allocation, rollover, topup, promo, pack, adjustment) with stored balance and holds.';
-COMMENT ON TABLE credits.reservations IS 'Reservations (holds) and what each drew from or charged to each bucket.';
-COMMENT ON TABLE credits.ledger IS 'Append-only ledger: every change of a stored balance.';
-COMMENT ON TABLE credits.idempotency_keys IS 'Idempotency keys per account and function, kept forever.';

@@ -23,6 +23,7 @@ CREATE TABLE credits.plans (
     updated_at        timestamptz NOT NULL
 );
 
+COMMENT ON TABLE credits.plans IS 'Plans: monthly allocation, reset rule, limit mode and overage terms.';
 COMMENT ON COLUMN credits.plans.plan_id IS 'The plan''s name, as given to credits_plan_upsert.';
 COMMENT ON COLUMN credits.plans.allocation IS 'Credits granted to each account on the plan at the start of every period.';
 COMMENT ON COLUMN credits.plans.reset IS 'billing_date: periods start on the account''s anchor day; calendar_month: on the 1st (UTC).';
@@ -68,6 +69,7 @@ CREATE TABLE credits.accounts (
 -- Due accounts for credits_maintenance(); next_event only changes when a
 -- hold expires sooner than everything else, so reserves stay HOT updates.
 CREATE INDEX accounts_next_event ON credits.accounts (next_event);
+COMMENT ON TABLE credits.accounts IS 'Accounts with their stored balance row: locked first by every write path.';
 COMMENT ON COLUMN credits.accounts.account_id IS 'The account, as the application names it.';
 COMMENT ON COLUMN credits.accounts.plan_id IS 'The account''s plan.';
 COMMENT ON COLUMN credits.accounts.billing_anchor IS 'Billing date: a billing_date plan''s periods start on its day of the month (UTC; the 29th-31st fall on the last day of shorter months).';
@@ -111,6 +113,7 @@ CREATE TABLE credits.buckets (
 -- their random ids did).
 CREATE INDEX buckets_consumption_order
     ON credits.buckets (account_id, priority, expires_at, created_at, kind, bucket_id);
+COMMENT ON TABLE credits.buckets IS 'Credit buckets (allocation, rollover, topup, promo, pack, adjustment) with stored balance and holds.';
 COMMENT ON COLUMN credits.buckets.account_id IS 'The account.';
 COMMENT ON COLUMN credits.buckets.bucket_id IS 'The bucket (what credits_grant returned).';
 COMMENT ON COLUMN credits.buckets.kind IS 'allocation, rollover, topup, promo, pack or adjustment.';
@@ -152,6 +155,7 @@ CREATE INDEX reservations_pending_expiry
     ON credits.reservations (account_id, expires_at) WHERE status = 'pending';
 CREATE INDEX reservations_by_account_time
     ON credits.reservations (account_id, created_at);
+COMMENT ON TABLE credits.reservations IS 'Reservations (holds) and what each drew from or charged to each bucket.';
 COMMENT ON COLUMN credits.reservations.reservation_id IS 'The reservation (what credits_reserve returned).';
 COMMENT ON COLUMN credits.reservations.account_id IS 'The account.';
 COMMENT ON COLUMN credits.reservations.status IS 'pending, committed, released (refunded while pending) or expired.';
@@ -195,6 +199,7 @@ CREATE TABLE credits.ledger (
     PRIMARY KEY (account_id, entry_id)
 );
 CREATE INDEX ledger_by_account_time ON credits.ledger (account_id, created_at);
+COMMENT ON TABLE credits.ledger IS 'Append-only ledger: every change of a stored balance.';
 COMMENT ON COLUMN credits.ledger.entry_id IS 'The row''s id, increasing.';
 COMMENT ON COLUMN credits.ledger.account_id IS 'The account.';
 COMMENT ON COLUMN credits.ledger.kind IS 'Credit added (allocation, rollover, topup, promo, pack, adjustment, purchase; plan_change, negative when the allocation shrinks), usage (charge, overage, debt), given back (refund, overage_refund, debt_refund), debt_payment (new credit paying off debt) or expire (written off).';
@@ -223,6 +228,7 @@ CREATE TABLE credits.idempotency_keys (
     created_at timestamptz NOT NULL,
     PRIMARY KEY (account_id, fn, key)
 );
+COMMENT ON TABLE credits.idempotency_keys IS 'Idempotency keys per account and function, kept forever.';
 COMMENT ON COLUMN credits.idempotency_keys.account_id IS 'The account.';
 COMMENT ON COLUMN credits.idempotency_keys.fn IS 'The function the key belongs to: reserve, grant or refund.';
 COMMENT ON COLUMN credits.idempotency_keys.key IS 'The idempotency key, as given.';
