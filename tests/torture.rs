@@ -371,11 +371,16 @@ fn torture_nothing_is_lost_and_no_limit_is_broken() {
         _ => None,
     };
     for (id, acct) in &acked_accounts {
-        let found = stored.get(id).map_or(0, Vec::len);
-        if found != 1 || one(id).is_none_or(|s| s.account != *acct) {
-            violations.push(format!(
-                "reservation {id} acknowledged for {acct} is there {found} times"
-            ));
+        match stored.get(id).map(Vec::as_slice) {
+            Some([s]) if s.account == *acct => {}
+            Some([s]) => violations.push(format!(
+                "reservation {id} acknowledged for {acct} is {}'s",
+                s.account
+            )),
+            found => violations.push(format!(
+                "reservation {id} acknowledged for {acct} is there {} times",
+                found.map_or(0, <[Stored]>::len)
+            )),
         }
     }
     // Every acknowledged commit is recorded with its amount, once.
