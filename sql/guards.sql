@@ -40,10 +40,10 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = 'CR001',
             MESSAGE = pg_catalog.format('insufficient credits for account "%s"', NEW.account_id),
-            DETAIL = pg_catalog.format('overage would be %s, the %s limit allows %s this period',
+            DETAIL = pg_catalog.format('Overage would be %s; the %s limit allows %s this period.',
                                        pg_catalog.trim_scale(NEW.period_overage + NEW.overage_held), v_mode,
                                        pg_catalog.trim_scale(v_limit)),
-            HINT = pg_catalog.format('top up, or wait for the reset on %s',
+            HINT = pg_catalog.format('Top up, or wait for the reset on %s.',
                                      pg_catalog.to_char(NEW.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'));
     END IF;
     RETURN NEW;

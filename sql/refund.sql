@@ -69,7 +69,7 @@ BEGIN
         IF v_amount > r.charged - r.refunded THEN
             RAISE EXCEPTION USING ERRCODE = 'CR012',
                 MESSAGE = format('refund of %s exceeds what reservation %s has left to refund', trim_scale(v_amount), v_id),
-                DETAIL = format('charged %s, already refunded %s, refundable %s',
+                DETAIL = format('It was charged %s, of which %s is already refunded; %s is left to refund.',
                                 trim_scale(r.charged), trim_scale(r.refunded), trim_scale(r.charged - r.refunded)),
                 HINT = 'Refund at most the refundable amount, or leave amount out to refund all that is left.';
         END IF;

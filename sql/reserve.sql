@@ -155,10 +155,10 @@ BEGIN
         IF v_mode <> 'soft' OR a.period_overage + a.overage_held + v_overage > v_soft THEN
             RAISE EXCEPTION USING ERRCODE = 'CR001',
                 MESSAGE = format('insufficient credits for account "%s"', v_account),
-                DETAIL = format('needs %s, available %s', trim_scale(v_amount),
+                DETAIL = format('It needs %s; the account has %s available.', trim_scale(v_amount),
                                 trim_scale(v_free + CASE WHEN v_mode = 'soft'
                                               THEN greatest(v_soft - a.period_overage - a.overage_held, 0) ELSE 0 END)),
-                HINT = format('top up, or wait for the reset on %s', to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'));
+                HINT = format('Top up, or wait for the reset on %s.', to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'));
         END IF;
     END IF;
 

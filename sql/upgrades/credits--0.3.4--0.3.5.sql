@@ -247,11 +247,15 @@
 -- of one role from two accounts take turns on the role's bindings.
 --
 -- credits_commit's and credits_refund's refusals print amounts as the
--- reserve's do, without trailing zeros: CR001's DETAIL "needs 39, available
--- 38" and its HINT "commit at most 38" (it printed 38.000000), CR011's
--- DETAIL "It was committed for 25; ..." (25.000000), CR012's "charged 30,
--- already refunded 10, refundable 20"; so does the soft limit's trigger on
--- a direct write (credits._overage_within_limit). Only messages change.
+-- reserve's do, without trailing zeros: CR001's DETAIL "It needs 39; the
+-- account has 38 available for it." and its HINT "Commit at most 38, ..."
+-- (it printed 38.000000), CR011's DETAIL "It was committed for 25; ..."
+-- (25.000000), CR012's "It was charged 30, of which 10 is already
+-- refunded; 20 is left to refund."; so does the soft limit's trigger on a
+-- direct write (credits._overage_within_limit). The DETAILs and HINTs of
+-- CR001 and CR012 are sentences, as every other error's are (they were
+-- fragments such as "needs 39, available 38" and "top up, or wait for the
+-- reset on ..."). Only messages change.
 --
 -- The extension's own errors are raised by the function that refuses the
 -- call (RAISE EXCEPTION USING ERRCODE, MESSAGE, DETAIL, HINT) instead of
@@ -1787,10 +1791,10 @@ BEGIN
         IF v_mode <> 'soft' OR a.period_overage + a.overage_held + v_overage > v_soft THEN
             RAISE EXCEPTION USING ERRCODE = 'CR001',
                 MESSAGE = format('insufficient credits for account "%s"', v_account),
-                DETAIL = format('needs %s, available %s', trim_scale(v_amount),
+                DETAIL = format('It needs %s; the account has %s available.', trim_scale(v_amount),
                                 trim_scale(v_free + CASE WHEN v_mode = 'soft'
                                               THEN greatest(v_soft - a.period_overage - a.overage_held, 0) ELSE 0 END)),
-                HINT = format('top up, or wait for the reset on %s', to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'));
+                HINT = format('Top up, or wait for the reset on %s.', to_char(a.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'));
         END IF;
     END IF;
 
@@ -2656,8 +2660,8 @@ BEGIN
             IF v_left > 0 AND NOT _commit.force THEN
                 RAISE EXCEPTION USING ERRCODE = 'CR001',
                     MESSAGE = format('insufficient credits for account "%s"', v_account),
-                    DETAIL = format('needs %s, available %s', trim_scale(v_charge), trim_scale(v_charge - v_left)),
-                    HINT = format('commit at most %s, pass force => true to record the excess as debt, or top up first',
+                    DETAIL = format('It needs %s; the account has %s available for it.', trim_scale(v_charge), trim_scale(v_charge - v_left)),
+                    HINT = format('Commit at most %s, pass force => true to record the excess as debt, or top up first.',
                                   trim_scale(v_charge - v_left));
             END IF;
             v_debt := v_left;
@@ -2712,10 +2716,10 @@ BEGIN
         RAISE EXCEPTION USING
             ERRCODE = 'CR001',
             MESSAGE = pg_catalog.format('insufficient credits for account "%s"', NEW.account_id),
-            DETAIL = pg_catalog.format('overage would be %s, the %s limit allows %s this period',
+            DETAIL = pg_catalog.format('Overage would be %s; the %s limit allows %s this period.',
                                        pg_catalog.trim_scale(NEW.period_overage + NEW.overage_held), v_mode,
                                        pg_catalog.trim_scale(v_limit)),
-            HINT = pg_catalog.format('top up, or wait for the reset on %s',
+            HINT = pg_catalog.format('Top up, or wait for the reset on %s.',
                                      pg_catalog.to_char(NEW.period_end AT TIME ZONE 'UTC', 'YYYY-MM-DD'));
     END IF;
     RETURN NEW;
@@ -2788,7 +2792,7 @@ BEGIN
         IF v_amount > r.charged - r.refunded THEN
             RAISE EXCEPTION USING ERRCODE = 'CR012',
                 MESSAGE = format('refund of %s exceeds what reservation %s has left to refund', trim_scale(v_amount), v_id),
-                DETAIL = format('charged %s, already refunded %s, refundable %s',
+                DETAIL = format('It was charged %s, of which %s is already refunded; %s is left to refund.',
                                 trim_scale(r.charged), trim_scale(r.refunded), trim_scale(r.charged - r.refunded)),
                 HINT = 'Refund at most the refundable amount, or leave amount out to refund all that is left.';
         END IF;

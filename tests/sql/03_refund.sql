@@ -24,7 +24,7 @@ SELECT is(pg_temp.fig('acme', 'available'), 80::numeric, 'and the credits come b
 SELECT pg_temp.state() AS before \gset
 SELECT is(pg_temp.error_fields(format('SELECT credits_refund(reservation_id => %L, amount => 21.0)', :'r2')),
           ARRAY['CR012', format('refund of 21 exceeds what reservation %s has left to refund', :'r2'),
-                'charged 30, already refunded 10, refundable 20',
+                'It was charged 30, of which 10 is already refunded; 20 is left to refund.',
                 'Refund at most the refundable amount, or leave amount out to refund all that is left.'],
           'an explicit refund larger than what is left fails, and says what is left');
 SELECT is(pg_temp.state(), :'before', 'and changes nothing');

@@ -110,8 +110,8 @@ SELECT results_eq($$SELECT kind, trim_scale(balance), trim_scale(held) FROM cred
 -- it is split between the two.
 SELECT credits_account_upsert(account_id => 'split', plan_id => 'soft');
 SELECT is(pg_temp.error_fields($$UPDATE credits.accounts SET period_overage = 12, overage_held = 9 WHERE account_id = 'split'$$),
-          ARRAY['CR001', 'insufficient credits for account "split"', 'overage would be 21, the soft limit allows 20 this period',
-                'top up, or wait for the reset on 2026-04-01'],
+          ARRAY['CR001', 'insufficient credits for account "split"', 'Overage would be 21; the soft limit allows 20 this period.',
+                'Top up, or wait for the reset on 2026-04-01.'],
           '12 committed and 9 held pass a soft limit of 20');
 UPDATE credits.accounts SET period_overage = 5 WHERE account_id = 'split';
 SELECT throws_ok($$UPDATE credits.accounts SET overage_held = 16 WHERE account_id = 'split'$$,
@@ -128,8 +128,8 @@ SELECT credits_commit(credits_reserve(account_id => 'room', amount => 12, produc
 SELECT credits_reserve(account_id => 'room', amount => 10, product => 'editor')::text AS ra \gset
 SELECT credits_reserve(account_id => 'room', amount => 10, product => 'editor')::text AS rb \gset
 SELECT is(pg_temp.error_fields(format('SELECT credits_commit(reservation_id => %L, amount => 39)', :'ra')),
-          ARRAY['CR001', 'insufficient credits for account "room"', 'needs 39, available 38',
-                'commit at most 38, pass force => true to record the excess as debt, or top up first'],
+          ARRAY['CR001', 'insufficient credits for account "room"', 'It needs 39; the account has 38 available for it.',
+                'Commit at most 38, pass force => true to record the excess as debt, or top up first.'],
           'the excess may not pass the allowance: 50 - 2 committed - 10 held elsewhere leaves 38');
 SELECT matches(pg_temp.error_context(format('SELECT credits_commit(reservation_id => %L, amount => 39)', :'ra')),
                '^PL/pgSQL function credits\._commit\([a-z, ]+\) line [0-9]+ at RAISE\nSQL statement "SELECT credits_commit\(',
@@ -158,8 +158,8 @@ SELECT results_eq($$SELECT used, overage, billable_overage, actions FROM credits
 SELECT credits_account_upsert(account_id => 'dh', plan_id => 'hard');
 SELECT credits_reserve(account_id => 'dh', amount => 70, product => 'editor');
 SELECT is(pg_temp.error_fields($$SELECT credits_reserve(account_id => 'dh', amount => 31, product => 'editor')$$),
-          ARRAY['CR001', 'insufficient credits for account "dh"', 'needs 31, available 30',
-                'top up, or wait for the reset on 2026-04-01'],
+          ARRAY['CR001', 'insufficient credits for account "dh"', 'It needs 31; the account has 30 available.',
+                'Top up, or wait for the reset on 2026-04-01.'],
           'a hard account''s refusal: what it needs and the 30 it has free');
 -- The function that refuses a call raises the error itself: its CONTEXT
 -- is that function's line (and the test's own frame, which error_context
@@ -172,14 +172,14 @@ SELECT credits_commit(credits_reserve(account_id => 'ds', amount => 103, product
 SELECT credits_reserve(account_id => 'ds', amount => 4, product => 'editor');
 SELECT credits_grant(account_id => 'ds', amount => 2, kind => 'topup');
 SELECT is((pg_temp.error_fields($$SELECT credits_reserve(account_id => 'ds', amount => 16, product => 'editor')$$))[1:3],
-          ARRAY['CR001', 'insufficient credits for account "ds"', 'needs 16, available 15'],
+          ARRAY['CR001', 'insufficient credits for account "ds"', 'It needs 16; the account has 15 available.'],
           'a soft account''s: 2 free and 13 of its allowance of 20 (3 overage committed, 4 held)');
 SELECT is(credits_reserve(account_id => 'ds', amount => 15, product => 'editor') IS NOT NULL, true,
           'and 15 is held');
 SELECT credits_account_upsert(account_id => 'ds', limit_mode => 'soft', soft_limit => 5);
 SELECT credits_grant(account_id => 'ds', amount => 2, kind => 'topup');
 SELECT is((pg_temp.error_fields($$SELECT credits_reserve(account_id => 'ds', amount => 3, product => 'editor')$$))[1:3],
-          ARRAY['CR001', 'insufficient credits for account "ds"', 'needs 3, available 2'],
+          ARRAY['CR001', 'insufficient credits for account "ds"', 'It needs 3; the account has 2 available.'],
           'an allowance lowered below what is used and held leaves only the free credits');
 -- An overage hold past its ttl stops counting at once too, before any
 -- write records it: as reserved, and against the soft allowance.
