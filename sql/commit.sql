@@ -222,7 +222,8 @@ BEGIN
             IF v_left > 0 AND NOT _commit.force THEN
                 RAISE EXCEPTION USING ERRCODE = 'CR001',
                     MESSAGE = format('insufficient credits for account "%s"', v_account),
-                    DETAIL = format('It needs %s; the account has %s available for it.', trim_scale(v_charge), trim_scale(v_charge - v_left)),
+                    DETAIL = format('It needs %s; the account has %s available for it.',
+                                    trim_scale(v_charge), trim_scale(v_charge - v_left)),
                     HINT = format('Commit at most %s, pass force => true to record the excess as debt, or top up first.',
                                   trim_scale(v_charge - v_left));
             END IF;
