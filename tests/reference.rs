@@ -12,7 +12,11 @@
 //!   row in the Errors table, and every row there is a code it raises or
 //!   one of the few that Postgres raises for it (a CHECK constraint, a
 //!   privilege);
-//! - every setting the library defines is in the Settings table.
+//! - every setting the library defines is in the Settings table;
+//! - every error text of the SQL files and the library (MESSAGE, DETAIL,
+//!   HINT) is written as the README's Errors says, in Postgres' message
+//!   style (pgTAP's throws_ok checks the texts of the errors it provokes,
+//!   this test also those that no test provokes).
 //!
 //! A function whose parameters change, a view that gains a column, a new
 //! error code or setting thus fails CI until the README says so.
@@ -399,6 +403,211 @@ fn every_sqlstate_raised_is_in_the_errors_table_and_only_those() {
     assert!(
         stale.is_empty(),
         "in the README's Errors table, raised by nothing: {stale:?}"
+    );
+}
+
+/// The SQL string literal at the start of `s` (after blanks), with `''`
+/// unescaped and the literals that follow it on later lines joined (SQL
+/// concatenates them), and the rest of `s` after it; None when `s` does
+/// not start with a literal.
+fn sql_literal(s: &str) -> Option<(String, &str)> {
+    let mut rest = s.trim_start();
+    let mut text = String::new();
+    let mut first = true;
+    loop {
+        let Some(body) = rest.strip_prefix('\'') else {
+            return (!first).then_some((text, rest));
+        };
+        let mut i = 0;
+        let b = body.as_bytes();
+        loop {
+            match b.get(i) {
+                Some(b'\'') if b.get(i + 1) == Some(&b'\'') => {
+                    text.push('\'');
+                    i += 2;
+                }
+                Some(b'\'') => break,
+                Some(_) => {
+                    let c = body[i..].chars().next().unwrap();
+                    text.push(c);
+                    i += c.len_utf8();
+                }
+                None => return None,
+            }
+        }
+        rest = &body[i + 1..];
+        first = false;
+        // Another literal on a later line continues this one.
+        let blanks = rest.len() - rest.trim_start().len();
+        if !(rest[..blanks].contains('\n') && rest.trim_start().starts_with('\'')) {
+            return Some((text, rest));
+        }
+        rest = rest.trim_start();
+    }
+}
+
+/// The Rust string literal at the start of `s` (after blanks), with `\"`
+/// unescaped and `\` line continuations joined, and the rest after it.
+fn rust_literal(s: &str) -> Option<(String, &str)> {
+    let body = s.trim_start().strip_prefix('"')?;
+    let mut text = String::new();
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((text, &body[i + 1..])),
+            '\\' => match chars.next() {
+                Some((_, '\n')) => {
+                    let skip = body[i + 2..].len() - body[i + 2..].trim_start().len();
+                    for _ in 0..body[i + 2..i + 2 + skip].chars().count() {
+                        chars.next();
+                    }
+                }
+                Some((_, e)) => text.push(e),
+                None => return None,
+            },
+            _ => text.push(c),
+        }
+    }
+    None
+}
+
+/// Postgres' "Error Message Style Guide": a primary message starts in lower
+/// case and ends without a period; a DETAIL or a HINT is sentences, each
+/// starting with a capital letter (here also with a parameter's or a
+/// function's name, as in `amount is 0.5.`), the last ending with a
+/// period. `whole` says the literal is the whole text (not the first part
+/// of a concatenation), so its end can be judged. A `%s` or `{name}`
+/// first is a name the caller passes.
+fn out_of_style(kind: &str, text: &str, whole: bool) -> Option<String> {
+    // A capitalized word; an acronym (BYOK) is neither case.
+    let starts_capital = text.chars().next().is_some_and(char::is_uppercase);
+    let starts_word = starts_capital && text.chars().nth(1).is_some_and(char::is_lowercase);
+    let first_word: String = text.chars().take_while(|c| *c != ' ').collect();
+    let second_word = text[first_word.len()..]
+        .trim_start()
+        .split(' ')
+        .next()
+        .unwrap_or("");
+    let named = first_word.starts_with('%')
+        || first_word.starts_with('{')
+        || first_word.contains('_')
+        || ["is", "has", "must"].contains(&second_word);
+    let problem = if kind == "MESSAGE" {
+        if starts_word {
+            Some("starts with a capital")
+        } else if whole && text.ends_with('.') {
+            Some("ends with a period")
+        } else {
+            None
+        }
+    } else if !(starts_capital || named) {
+        Some("does not start with a capital or a name")
+    } else if whole && !text.ends_with('.') {
+        Some("does not end with a period")
+    } else {
+        None
+    };
+    problem.map(|p| format!("{kind} {p}: {text:?}"))
+}
+
+#[test]
+fn every_error_text_follows_the_postgres_message_style() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    let mut paths: Vec<_> = std::fs::read_dir(format!("{root}/sql"))
+        .unwrap()
+        .chain(std::fs::read_dir(format!("{root}/src")).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql" || e == "rs"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let mut found = |kind: &str, literal: Option<(String, &str)>, at: usize| {
+            let line = text[..at].lines().count();
+            match literal {
+                Some((lit, rest)) => {
+                    checked += 1;
+                    let whole = !rest.trim_start().starts_with("||");
+                    if let Some(p) = out_of_style(kind, &lit, whole) {
+                        problems.push(format!("{name}:{line}: {p}"));
+                    }
+                }
+                None => problems.push(format!("{name}:{line}: a {kind} this test cannot read")),
+            }
+        };
+        if name.ends_with(".sql") {
+            for kind in ["MESSAGE", "DETAIL", "HINT"] {
+                for (i, _) in text.match_indices(&format!("{kind} = ")) {
+                    let mut at = text[i + kind.len() + 3..].trim_start();
+                    at = at.strip_prefix("pg_catalog.").unwrap_or(at);
+                    at = at.strip_prefix("format(").unwrap_or(at);
+                    if let Some(case) = at.strip_prefix("CASE ") {
+                        // Each branch of a CASE is a text of its own.
+                        let case = &case[..case.find(" END").unwrap()];
+                        for branch in case
+                            .split(" THEN ")
+                            .skip(1)
+                            .chain(case.split(" ELSE ").skip(1))
+                        {
+                            let branch = branch.trim_start();
+                            let branch = branch.strip_prefix("format(").unwrap_or(branch);
+                            found(kind, sql_literal(branch), i);
+                        }
+                    } else {
+                        found(kind, sql_literal(at), i);
+                    }
+                }
+            }
+        } else {
+            for (marker, kind) in [(".set_detail(", "DETAIL"), (".set_hint(", "HINT")] {
+                for (i, _) in text.match_indices(marker) {
+                    let at = text[i + marker.len()..].trim_start();
+                    if at.starts_with("detail)") || at.starts_with("hint)") {
+                        continue; // bad_input's parameters, checked at its calls
+                    }
+                    let at = at.strip_prefix("format!(").unwrap_or(at);
+                    found(kind, rust_literal(at), i);
+                }
+            }
+            for marker in ["bad_input(", "ErrorReport::new("] {
+                for (i, _) in text.match_indices(marker) {
+                    let args = &text[i + marker.len()..];
+                    if args.trim_start().starts_with("code:")
+                        || args.trim_start().starts_with("code,")
+                    {
+                        continue; // the definition, or its own ErrorReport
+                    }
+                    let mut rest = &args[args.find(',').unwrap() + 1..];
+                    let kinds: &[&str] = if marker == "bad_input(" {
+                        &["MESSAGE", "DETAIL", "HINT"]
+                    } else {
+                        &["MESSAGE"]
+                    };
+                    for kind in kinds {
+                        let at = rest.trim_start();
+                        let at = at.strip_prefix("format!(").unwrap_or(at);
+                        let literal = rust_literal(at);
+                        if let Some((_, after)) = &literal {
+                            let after = after.trim_start().trim_start_matches(|c| c != ',');
+                            rest = after.strip_prefix(',').unwrap_or(after);
+                        }
+                        found(kind, literal, i);
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 100,
+        "only {checked} error texts found: the scan is broken"
+    );
+    assert!(
+        problems.is_empty(),
+        "error texts out of style ({checked} checked):\n{}",
+        problems.join("\n")
     );
 }
 
