@@ -471,6 +471,22 @@ fn rust_literal(s: &str) -> Option<(String, &str)> {
     None
 }
 
+/// What follows the argument of a Rust call that `s` is in, `depth`
+/// parentheses deep (1 inside its `format!(`): the text after the comma
+/// that ends it. The arguments' own parentheses and commas are skipped.
+fn next_argument(s: &str, mut depth: usize) -> &str {
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth == 0 => return "", // the call ends
+            ')' => depth -= 1,
+            ',' if depth == 0 => return &s[i + 1..],
+            _ => {}
+        }
+    }
+    ""
+}
+
 /// Postgres' "Error Message Style Guide": a primary message starts in lower
 /// case and ends without a period; a DETAIL or a HINT is sentences, each
 /// starting with a capital letter (here also with a parameter's or a
@@ -588,11 +604,13 @@ fn every_error_text_follows_the_postgres_message_style() {
                     };
                     for kind in kinds {
                         let at = rest.trim_start();
-                        let at = at.strip_prefix("format!(").unwrap_or(at);
+                        let (at, depth) = match at.strip_prefix("format!(") {
+                            Some(inner) => (inner, 1),
+                            None => (at, 0),
+                        };
                         let literal = rust_literal(at);
                         if let Some((_, after)) = &literal {
-                            let after = after.trim_start().trim_start_matches(|c| c != ',');
-                            rest = after.strip_prefix(',').unwrap_or(after);
+                            rest = next_argument(after, depth);
                         }
                         found(kind, literal, i);
                     }
