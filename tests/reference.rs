@@ -329,20 +329,23 @@ fn code_at(s: &str) -> Option<String> {
     .then_some(code)
 }
 
+/// The project's files in `dir` (`sql`, the install script's sources, or
+/// `src`, the library's) whose names end in `.ext`, sorted.
+fn source_files(dir: &str, ext: &str) -> Vec<std::path::PathBuf> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut paths: Vec<_> = std::fs::read_dir(format!("{root}/{dir}"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    paths.sort();
+    paths
+}
+
 /// Every SQLSTATE the extension's SQL files and library raise.
 fn raised() -> BTreeSet<String> {
-    let root = env!("CARGO_MANIFEST_DIR");
     let mut codes = BTreeSet::new();
-    let files = |dir: &str, ext: &str| {
-        let mut paths: Vec<_> = std::fs::read_dir(format!("{root}/{dir}"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == ext))
-            .collect();
-        paths.sort();
-        paths
-    };
-    for path in files("sql", "sql") {
+    for path in source_files("sql", "sql") {
         let text = std::fs::read_to_string(&path).unwrap();
         for marker in ["_raise('", "ERRCODE = '"] {
             for (i, _) in text.match_indices(marker) {
@@ -360,7 +363,7 @@ fn raised() -> BTreeSet<String> {
             }
         }
     }
-    for path in files("src", "rs") {
+    for path in source_files("src", "rs") {
         let text = std::fs::read_to_string(&path).unwrap();
         for (i, _) in text.match_indices("PgSqlErrorCode::ERRCODE_") {
             let name: String = text[i + 16..]
@@ -528,17 +531,12 @@ fn out_of_style(kind: &str, text: &str, whole: bool) -> Option<String> {
 
 #[test]
 fn every_error_text_follows_the_postgres_message_style() {
-    let root = env!("CARGO_MANIFEST_DIR");
     let mut problems = Vec::new();
     let mut checked = 0;
-    let mut paths: Vec<_> = std::fs::read_dir(format!("{root}/sql"))
-        .unwrap()
-        .chain(std::fs::read_dir(format!("{root}/src")).unwrap())
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sql" || e == "rs"))
-        .collect();
-    paths.sort();
-    for path in paths {
+    for path in source_files("sql", "sql")
+        .into_iter()
+        .chain(source_files("src", "rs"))
+    {
         let text = std::fs::read_to_string(&path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let mut found = |kind: &str, literal: Option<(String, &str)>, at: usize| {
