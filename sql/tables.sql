@@ -1,6 +1,6 @@
--- Tables. Every table that holds account data is keyed by account_id first
--- (so Citus can distribute it by that column); plans is a small reference
--- table. Balances are stored, and a write path locks the account row first,
+-- Tables. Every table that holds account data has account_id in its primary
+-- key and in every unique index (so Citus can distribute it by that column;
+-- README, Beyond one machine); plans is a small reference table. Balances are stored, and a write path locks the account row first,
 -- then its buckets in consumption order; CHECK constraints and the triggers
 -- of guards.sql refuse any new row version that breaks a limit.
 --
