@@ -2304,3 +2304,103 @@ fn the_chart_example_renders_the_usage_dashboard_to_png() {
     );
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
+
+/// An error's SQLSTATE and message, for a failing assertion.
+fn error_text(e: &postgres::Error) -> String {
+    format!(
+        "{} {}",
+        sqlstate(e),
+        e.as_db_error().map_or("", |d| d.message())
+    )
+}
+
+/// The calls for one account, as SQL; `pending` holds two of its pending
+/// reservations, for a commit and a refund.
+fn one_account_calls(account: &str, pending: &[String]) -> Vec<String> {
+    vec![
+        format!("SELECT credits_reserve(account_id => '{account}', amount => 1, product => 'editor')::text"),
+        format!("SELECT credits_reserve(account_id => '{account}', amount => 1, product => 'editor', idempotency_key => 'k')::text"),
+        format!("SELECT credits_commit(reservation_id => '{}', amount => 1)::text", pending[0]),
+        format!("SELECT credits_refund(reservation_id => '{}')::text", pending[1]),
+        format!("SELECT credits_commit(credits_reserve(account_id => '{account}', amount => 2, product => 'editor'), amount => 3)::text"),
+        format!("SELECT credits_grant(account_id => '{account}', amount => 1, kind => 'pack', idempotency_key => 'k')::text"),
+        format!("SELECT credits_purchase(account_id => '{account}', pack => 'p10', payment_ref => 'pay')::text"),
+        format!("SELECT credits_account_product_set(account_id => '{account}', product => 'seo', enabled => false)::text"),
+        format!("SELECT credits_auto_recharge_set(account_id => '{account}', enabled => true, pack => 'p10', threshold => 1000)::text"),
+        format!("SELECT credits_commit(credits_reserve(account_id => '{account}', amount => 80, product => 'editor'))::text"),
+        format!("SELECT credits_account_upsert(account_id => '{account}', plan_id => 'q')::text"),
+        format!("SELECT credits_account_bind(account_id => '{account}', role => 'it_apart_{account}')::text"),
+        format!("SELECT credits_reset(account_id => '{account}')::text"),
+        format!("SELECT credits_balance('{account}')::text"),
+    ]
+}
+
+/// Accounts never wait for each other (README, Beyond one machine): with a
+/// transaction held open after it went through every call for one account
+/// (reserve with and without a key, commit, refund, grant, purchase,
+/// product switch, auto-recharge, a usage alert, plan change, binding,
+/// reset), the same calls for another account go through at once, on both
+/// paths, under a lock_timeout of 1 s that a wait would exhaust (55P03).
+/// The one shared row that can make them wait is a product that both name
+/// for the first time at once: its registration in credits.products waits
+/// for the transaction that registered it first.
+#[test]
+fn calls_for_one_account_never_wait_for_another_accounts_open_transaction() {
+    for fast_paths in ["on", "off"] {
+        let url = fresh_db(&format!("it_apart_{fast_paths}"));
+        let mut admin = connect(&url);
+        admin
+            .batch_execute(
+                "DROP ROLE IF EXISTS it_apart_a; DROP ROLE IF EXISTS it_apart_b;
+                 CREATE ROLE it_apart_a IN ROLE credits_app; CREATE ROLE it_apart_b IN ROLE credits_app;
+                 SELECT credits_plan_upsert(plan_id => 'p', allocation => 100, reset => 'calendar_month');
+                 SELECT credits_plan_upsert(plan_id => 'q', allocation => 200, reset => 'calendar_month');
+                 SELECT credits_pack_upsert(pack_id => 'p10', credits => 10, price => 5);
+                 SELECT credits_product_upsert(product => 'seo');
+                 SELECT credits_account_upsert(account_id => a, plan_id => 'p') FROM unnest(ARRAY['a', 'b']) a;",
+            )
+            .unwrap();
+        let pending = |client: &mut Client, account: &str| -> Vec<String> {
+            (0..2)
+                .map(|_| reserve(client, account, "1", None).unwrap())
+                .collect()
+        };
+        let (pending_a, pending_b) = (pending(&mut admin, "a"), pending(&mut admin, "b"));
+        let session = format!("SET credits.fast_paths = {fast_paths}; SET lock_timeout = '1s'");
+        let mut holder = connect(&url);
+        holder.batch_execute(&format!("{session}; BEGIN")).unwrap();
+        for sql in one_account_calls("b", &pending_b) {
+            holder.query_one(sql.as_str(), &[]).unwrap_or_else(|e| {
+                panic!("fast paths {fast_paths}, b: {sql}: {}", error_text(&e))
+            });
+        }
+        let mut other = connect(&url);
+        other.batch_execute(&session).unwrap();
+        for sql in one_account_calls("a", &pending_a) {
+            other.query_one(sql.as_str(), &[]).unwrap_or_else(|e| {
+                panic!(
+                    "fast paths {fast_paths}: a waited for b's open transaction: {sql}: {}",
+                    error_text(&e)
+                )
+            });
+        }
+        // The exception: a product named for the first time by both.
+        holder
+            .query_one(
+                "SELECT credits_reserve(account_id => 'b', amount => 1, product => 'fresh')::text",
+                &[],
+            )
+            .unwrap();
+        let fresh =
+            "SELECT credits_reserve(account_id => 'a', amount => 1, product => 'fresh')::text";
+        let error = other.query_one(fresh, &[]).map(|_| ()).unwrap_err();
+        assert_eq!(
+            sqlstate(&error),
+            "55P03",
+            "fast paths {fast_paths}: a new product's registration waits for the one in progress"
+        );
+        holder.batch_execute("COMMIT").unwrap();
+        other.query_one(fresh, &[]).unwrap();
+        assert_verify_empty(&mut admin);
+    }
+}
