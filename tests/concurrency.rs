@@ -2340,8 +2340,9 @@ fn one_account_calls(account: &str, pending: &[String]) -> Vec<String> {
 /// (reserve with and without a key, commit, refund, grant, purchase,
 /// product switch, auto-recharge, a usage alert, plan change, binding,
 /// reset), the same calls for another account go through at once, on both
-/// paths, under a lock_timeout of 1 s that a wait would exhaust (55P03).
-/// The one shared row that can make them wait is a product that both name
+/// paths, under a lock_timeout of 1 s that a wait would exhaust (55P03),
+/// and leave a row of that account in every table of account data. The
+/// one shared row that can make them wait is a product that both name
 /// for the first time at once: its registration in credits.products waits
 /// for the transaction that registered it first.
 #[test]
@@ -2384,6 +2385,20 @@ fn calls_for_one_account_never_wait_for_another_accounts_open_transaction() {
                 )
             });
         }
+        // Those calls wrote a's rows in every table of account data (the
+        // usage alert's and the recharge request's events among them).
+        assert_eq!(
+            rows(
+                &mut admin,
+                "SELECT c.relname::text FROM (SELECT c.oid, c.relname FROM pg_class c
+                   JOIN pg_attribute t ON t.attrelid = c.oid AND t.attname = 'account_id'
+                  WHERE c.relnamespace = 'credits'::regnamespace AND c.relkind = 'r' OFFSET 0) c
+                  WHERE (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %s WHERE account_id = %L',
+                                                                   c.oid::regclass, 'a'), false, true, '')))[1]::text = '0'"
+            ),
+            Vec::<String>::new(),
+            "fast paths {fast_paths}: tables without a row of a"
+        );
         // The exception: a product named for the first time by both.
         holder
             .query_one(
