@@ -16,7 +16,9 @@
 //! - every error text of the SQL files and the library (MESSAGE, DETAIL,
 //!   HINT) is written as the README's Errors says, in Postgres' message
 //!   style (pgTAP's throws_ok checks the texts of the errors it provokes,
-//!   this test also those that no test provokes).
+//!   this test also those that no test provokes);
+//! - every read of the clock in the SQL files and the library goes through
+//!   `credits._now()`, which the Settings table's `credits.now` pins.
 //!
 //! A function whose parameters change, a view that gains a column, a new
 //! error code or setting thus fails CI until the README says so.
@@ -646,6 +648,89 @@ fn every_setting_of_the_library_is_in_the_settings_table() {
     assert!(
         missing.is_empty(),
         "settings missing from the README's Settings table: {missing:?}"
+    );
+}
+
+/// Ways to read the clock other than credits._now(), in lower case: SQL's
+/// functions and literals and the library's calls.
+const CLOCK_READS: [&str; 19] = [
+    "now()",
+    "'now'::",
+    "'today'::",
+    "timestamptz 'now'",
+    "timestamp 'now'",
+    "date 'today'",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "localtimestamp",
+    "localtime",
+    "timeofday",
+    "getcurrenttimestamp",
+    "startofstatementtimestamp",
+    "systemtime::",
+    "instant::now",
+];
+
+/// The lines of the SQL files and of the library (outside its tests and
+/// src/clock.rs) that read the clock other than through credits._now(),
+/// with `--` and `//` comments cut off.
+fn clock_reads() -> Vec<String> {
+    let mut found = Vec::new();
+    for path in source_files("sql", "sql")
+        .into_iter()
+        .chain(source_files("src", "rs"))
+    {
+        if path.ends_with("src/clock.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rust = path.extension().is_some_and(|e| e == "rs");
+        let code = if rust {
+            text.split("#[cfg(any(test, feature = \"pg_test\"))]")
+                .next()
+                .unwrap()
+        } else {
+            &text
+        };
+        for (n, line) in code.lines().enumerate() {
+            let kept = if rust {
+                line.split("//").next().unwrap()
+            } else {
+                strip_comment(line)
+            };
+            let lower = kept.to_lowercase();
+            let reads = CLOCK_READS.iter().any(|clock| {
+                lower.match_indices(clock).any(|(i, _)| {
+                    // credits._now() and the like are other names.
+                    !lower[..i]
+                        .chars()
+                        .next_back()
+                        .is_some_and(|c| c == '_' || c.is_ascii_alphanumeric())
+                })
+            });
+            if reads {
+                found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    found
+}
+
+/// Every read of the clock goes through credits._now() (src/clock.rs), so
+/// that the superuser-only setting credits.now pins all of them (README,
+/// Settings): no SQL file and no library source outside src/clock.rs and
+/// the library's tests reads the clock itself.
+#[test]
+fn every_read_of_the_clock_goes_through_credits_now() {
+    let found = clock_reads();
+    assert!(
+        found.is_empty(),
+        "reads of the clock that do not go through credits._now():\n{}",
+        found.join("\n")
     );
 }
 
