@@ -10,13 +10,17 @@ SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'translatio
 SELECT is((SELECT enabled FROM credits.products WHERE product = 'translations'), true, 'a new product is registered, enabled');
 SELECT credits_account_product_set(account_id => 'acme', product => 'seo', enabled => false);
 SELECT pg_temp.state() AS before \gset
-SELECT throws_ok($$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'seo')$$, 'CR009', NULL,
-                 'a product disabled for an account cannot be reserved for');
+SELECT is(pg_temp.error_fields($$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'seo')$$),
+          ARRAY['CR009', 'product "seo" is disabled', 'An admin disabled this product for account "acme".',
+                'Enable it with credits_product_upsert(enabled => true) or credits_account_product_set().'],
+          'a product disabled for an account cannot be reserved for, and the DETAIL says for whom');
 SELECT is(pg_temp.state(), :'before', 'and nothing is left behind');
 SELECT lives_ok($$SELECT credits_reserve(account_id => 'beta', amount => 1, product => 'seo')$$, 'other accounts still can');
 SELECT credits_product_upsert(product => 'translations', enabled => false);
-SELECT throws_ok($$SELECT credits_reserve(account_id => 'beta', amount => 1, product => 'translations')$$, 'CR009', NULL,
-                 'a product disabled for everyone cannot be reserved for');
+SELECT is(pg_temp.error_fields($$SELECT credits_reserve(account_id => 'beta', amount => 1, product => 'translations')$$),
+          ARRAY['CR009', 'product "translations" is disabled', 'An admin disabled this product for every account.',
+                'Enable it with credits_product_upsert(enabled => true) or credits_account_product_set().'],
+          'a product disabled for everyone cannot be reserved for, and the DETAIL says so');
 SELECT throws_ok($$SELECT credits_reserve(account_id => 'acme', amount => 1, product => 'translations', idempotency_key => 'k')$$,
                  'CR009', NULL, 'also on the general path');
 SELECT credits_account_product_set(account_id => 'beta', product => 'translations', enabled => true);

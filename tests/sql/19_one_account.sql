@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(36);
+SELECT plan(37);
 
 -- Beyond one machine (README): every table that holds account data has an
 -- account_id column in its keys, so that Citus can distribute it by that
@@ -131,9 +131,9 @@ SELECT credits_reserve(account_id => 'a', amount => 10, product => 'editor', ide
 SELECT pg_temp.only_mine('credits_reserve with the key account b used, and its replay');
 SELECT credits_commit(reservation_id => :'r2', amount => 12, account_id => 'a');
 SELECT pg_temp.only_mine('credits_commit of more than reserved');
-SELECT credits_refund(reservation_id => :'r1', amount => 1);
+SELECT credits_refund(reservation_id => :'r1', amount => 1, account_id => 'a');
 SELECT credits_refund(reservation_id => :'r2', idempotency_key => 'k');
-SELECT pg_temp.only_mine('credits_refund of committed reservations, one with a key');
+SELECT pg_temp.only_mine('credits_refund of committed reservations, one with its account_id, one with a key');
 SELECT credits_refund(reservation_id => credits_reserve(account_id => 'a', amount => 2, product => 'editor'));
 SELECT pg_temp.only_mine('credits_refund of a pending hold');
 SELECT credits_reserve(account_id => 'a', amount => 1, product => 'editor', ttl => '1 minute');
@@ -156,6 +156,13 @@ SELECT pg_temp.mark();
 SELECT credits_account_product_set(account_id => 'a', product => 'seo', enabled => false);
 SELECT credits_account_product_set(account_id => 'a', product => 'seo', enabled => NULL);
 SELECT pg_temp.only_mine('credits_account_product_set of a registered product');
+-- A call is decided by its own account's rows: b's switch of a product
+-- does not decide a's.
+SELECT credits_account_product_set(account_id => 'b', product => 'images', enabled => true);
+SELECT credits_account_product_set(account_id => 'a', product => 'images', enabled => false);
+SELECT throws_ok($$SELECT credits_reserve(account_id => 'a', amount => 1, product => 'images')$$, 'CR009',
+                 'product "images" is disabled', 'a product a switched off stays off for a although b switched it on');
+SELECT pg_temp.mark();
 SELECT credits_account_bind(account_id => 'a', role => 't_app_a');
 SELECT credits_account_unbind(account_id => 'a', role => 't_app_a', last_binding => true);
 SELECT pg_temp.only_mine('credits_account_bind and credits_account_unbind');
