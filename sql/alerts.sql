@@ -24,7 +24,7 @@ BEGIN
         v_raised := a.alerts_raised;
         FOR v_pct IN
             SELECT x FROM unnest(a.alert_percents) x
-             WHERE NOT x = ANY (v_raised) AND v_usage >= x * v_alloc / 100
+             WHERE NOT x = ANY (v_raised) AND 100 * v_usage >= x * v_alloc
              ORDER BY x
         LOOP
             PERFORM credits._emit(p_account, 'usage_alert', jsonb_build_object(

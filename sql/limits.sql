@@ -23,7 +23,7 @@ RETURNS numeric
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    RETURN (SELECT ceil(min(x) * p_allocation / 100 * 1000000) / 1000000
+    RETURN (SELECT ceil(min(x) * p_allocation * 10000) * 0.000001
               FROM unnest(p_percents) x
              WHERE p_allocation > 0 AND NOT x = ANY (p_raised));
 END

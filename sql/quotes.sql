@@ -67,8 +67,8 @@ DECLARE
 BEGIN
     v_qty := jsonb_build_object(
         'call', credits._amount(credits_quote.calls, 'calls', true),
-        'input_tokens_1k', credits._amount(credits_quote.input_tokens, 'input_tokens', true) / 1000,
-        'output_tokens_1k', credits._amount(credits_quote.output_tokens, 'output_tokens', true) / 1000,
+        'input_tokens_1k', credits._amount(credits_quote.input_tokens, 'input_tokens', true) * 0.001,
+        'output_tokens_1k', credits._amount(credits_quote.output_tokens, 'output_tokens', true) * 0.001,
         'image', credits._amount(credits_quote.images, 'images', true),
         'second', credits._amount(credits_quote.seconds, 'seconds', true));
     SELECT count(*), sum(p.price * (v_qty ->> p.unit)::numeric) INTO v_priced, v_cost
@@ -80,7 +80,7 @@ BEGIN
             DETAIL = 'The price catalogue has no entry for this action.',
             HINT = 'Add one with credits_price_upsert(product => ..., action => ..., unit => ..., price => ...).';
     END IF;
-    v_cost := ceil(v_cost * 1000000) / 1000000;
+    v_cost := ceil(v_cost * 1000000) * 0.000001;
     -- No account holds more (numeric(20,6)): a reserve of it would fail
     -- with 22003 anyway.
     IF v_cost > 99999999999999.999999 THEN

@@ -199,6 +199,14 @@
 -- credits_quote refuses a quote beyond numeric(20,6) (22003): it returned
 -- it, and a reserve of it then failed with 22003.
 --
+-- Quotes and usage alerts are exact to the micro-credit at any size: they
+-- divided (by 1000000, 1000 and 100), which Postgres rounds to about 16
+-- significant digits, so a quote above about 10^12 came out rounded to 3
+-- or 4 decimals (up or down), and a usage alert of a vast allocation was
+-- due up to a micro-credit early. A next_alert_at stored before is worked
+-- out again when the account's usage reaches it (raising no alert before
+-- the exact line) or at its next reset.
+--
 -- A replayed keyed reserve returns its first result also once its product
 -- has been disabled for the account or everyone: credits._reserve checked
 -- the product before the key and failed with CR009.
@@ -464,7 +472,7 @@ RETURNS numeric
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    RETURN (SELECT ceil(min(x) * p_allocation / 100 * 1000000) / 1000000
+    RETURN (SELECT ceil(min(x) * p_allocation * 10000) * 0.000001
               FROM unnest(p_percents) x
              WHERE p_allocation > 0 AND NOT x = ANY (p_raised));
 END
@@ -1978,7 +1986,7 @@ BEGIN
         v_raised := a.alerts_raised;
         FOR v_pct IN
             SELECT x FROM unnest(a.alert_percents) x
-             WHERE NOT x = ANY (v_raised) AND v_usage >= x * v_alloc / 100
+             WHERE NOT x = ANY (v_raised) AND 100 * v_usage >= x * v_alloc
              ORDER BY x
         LOOP
             PERFORM credits._emit(p_account, 'usage_alert', jsonb_build_object(
@@ -2380,8 +2388,8 @@ DECLARE
 BEGIN
     v_qty := jsonb_build_object(
         'call', credits._amount(credits_quote.calls, 'calls', true),
-        'input_tokens_1k', credits._amount(credits_quote.input_tokens, 'input_tokens', true) / 1000,
-        'output_tokens_1k', credits._amount(credits_quote.output_tokens, 'output_tokens', true) / 1000,
+        'input_tokens_1k', credits._amount(credits_quote.input_tokens, 'input_tokens', true) * 0.001,
+        'output_tokens_1k', credits._amount(credits_quote.output_tokens, 'output_tokens', true) * 0.001,
         'image', credits._amount(credits_quote.images, 'images', true),
         'second', credits._amount(credits_quote.seconds, 'seconds', true));
     SELECT count(*), sum(p.price * (v_qty ->> p.unit)::numeric) INTO v_priced, v_cost
@@ -2393,7 +2401,7 @@ BEGIN
             DETAIL = 'The price catalogue has no entry for this action.',
             HINT = 'Add one with credits_price_upsert(product => ..., action => ..., unit => ..., price => ...).';
     END IF;
-    v_cost := ceil(v_cost * 1000000) / 1000000;
+    v_cost := ceil(v_cost * 1000000) * 0.000001;
     -- No account holds more (numeric(20,6)): a reserve of it would fail
     -- with 22003 anyway.
     IF v_cost > 99999999999999.999999 THEN

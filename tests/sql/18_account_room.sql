@@ -1,5 +1,5 @@
 \ir helpers.inc
-SELECT plan(18);
+SELECT plan(24);
 
 -- An account's figures are numeric(20,6): it holds at most
 -- 99999999999999.999999. A reset keeps what outlives the period, carries
@@ -66,6 +66,31 @@ SET LOCAL credits.now = '2026-04-02 00:00:00+00';
 SELECT is(credits_reset('whale'), 1, 'the account that just fits is rolled forward');
 SELECT is(pg_temp.fig('whale', 'available'), 99999999999999.999999::numeric,
           'to the most an account holds: the pack, a rollover of 1e13 and the allocation');
+
+-- Figures this large stay exact to the micro-credit. Postgres' numeric
+-- division keeps about 16 significant digits, so a usage alert's line or a
+-- quote computed by dividing came out rounded to 3 or 4 decimals here.
+SELECT credits_plan_upsert(plan_id => 'vast', allocation => 12345678901234.123457, reset => 'calendar_month');
+SELECT credits_account_upsert(account_id => 'vast', plan_id => 'vast', alert_percents => '{81}');
+-- 81% of the allocation is 9999999909999.64000017: the alert is due at the
+-- first micro-credit at or above it.
+SELECT is((SELECT next_alert_at FROM credits.accounts WHERE account_id = 'vast'), 9999999909999.640001,
+          'a usage alert''s line is the first micro-credit at or above its percentage of a vast allocation');
+SELECT credits_commit(credits_reserve(account_id => 'vast', amount => 9999999909999.64, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'vast' AND kind = 'usage_alert'), 0::bigint,
+          'a usage just below 81% raises no alert');
+SELECT credits_commit(credits_reserve(account_id => 'vast', amount => 0.000001, product => 'editor'));
+SELECT is((SELECT count(*) FROM credits.events WHERE account_id = 'vast' AND kind = 'usage_alert'), 1::bigint,
+          'one micro-credit more raises it');
+SELECT credits_price_upsert(product => 'images', action => 'poster', unit => 'image', price => 99999999999999.999999);
+SELECT credits_price_upsert(product => 'images', action => 'mural', unit => 'image', price => 1234567890123.456123);
+SELECT credits_price_upsert(product => 'editor', action => 'book', unit => 'input_tokens_1k', price => 1);
+SELECT is(credits_quote(product => 'images', action => 'poster', images => 1), 99999999999999.999999,
+          'a quote of exactly the most an amount holds is given');
+SELECT is(credits_quote(product => 'images', action => 'mural', images => 1), 1234567890123.456123,
+          'a vast quote is exact to the micro-credit');
+SELECT is(credits_quote(product => 'editor', action => 'book', input_tokens => 12345678901.234567), 12345678.901235,
+          'tokens per thousand are exact before the quote is rounded up to the micro-credit');
 
 SELECT * FROM finish();
 ROLLBACK;
