@@ -18,7 +18,9 @@
 //!   style (pgTAP's throws_ok checks the texts of the errors it provokes,
 //!   this test also those that no test provokes);
 //! - every read of the clock in the SQL files and the library goes through
-//!   `credits._now()`, which the Settings table's `credits.now` pins.
+//!   `credits._now()`, which the Settings table's `credits.now` pins;
+//! - no figure of money is divided (README, Upgrading: numeric quotients
+//!   are rounded), only the two rounded figures the README shows.
 //!
 //! A function whose parameters change, a view that gains a column, a new
 //! error code or setting thus fails CI until the README says so.
@@ -730,6 +732,65 @@ fn every_read_of_the_clock_goes_through_credits_now() {
     assert!(
         found.is_empty(),
         "reads of the clock that do not go through credits._now():\n{}",
+        found.join("\n")
+    );
+}
+
+/// The divisions that the SQL files and the library may make: a rounded
+/// quotient is what they show. Every figure of money is multiplied, never
+/// divided, since Postgres rounds a numeric quotient to about 16
+/// significant digits (a quote or a usage alert of a figure above 10^12
+/// lost micro-credits that way; README, Upgrading).
+const DIVISIONS_ALLOWED: [&str; 2] = [
+    // days until the reset, rounded up to a whole day
+    "extract(epoch FROM v_end - p_now) / 86400",
+    // the usage ring's percent, rounded to 2 decimals
+    "round(100 * s.used / s.allocation, 2)",
+];
+
+/// The lines of the SQL files (outside comments and string literals) with a
+/// `/`, and of the library with a ` / `, that are not one of
+/// DIVISIONS_ALLOWED.
+fn divisions() -> Vec<String> {
+    let mut found = Vec::new();
+    for path in source_files("sql", "sql")
+        .into_iter()
+        .chain(source_files("src", "rs"))
+    {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rust = path.extension().is_some_and(|e| e == "rs");
+        for (n, line) in text.lines().enumerate() {
+            if DIVISIONS_ALLOWED.iter().any(|d| line.contains(d)) {
+                continue;
+            }
+            let divides = if rust {
+                let code = line.split("//").next().unwrap();
+                code.contains(" / ")
+            } else {
+                // Outside string literals: every other quote toggles.
+                strip_comment(line)
+                    .split('\'')
+                    .step_by(2)
+                    .any(|code| code.contains('/'))
+            };
+            if divides {
+                found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    found
+}
+
+/// No figure of money is divided (DIVISIONS_ALLOWED): the SQL files and the
+/// library multiply by 0.000001, 0.001 and the like, which numeric does
+/// exactly.
+#[test]
+fn money_is_multiplied_never_divided() {
+    let found = divisions();
+    assert!(
+        found.is_empty(),
+        "divisions, which Postgres rounds to about 16 significant digits (multiply instead, or add a \
+         division that only shows a rounded figure to DIVISIONS_ALLOWED):\n{}",
         found.join("\n")
     );
 }
