@@ -677,18 +677,15 @@ const CLOCK_READS: [&str; 19] = [
     "instant::now",
 ];
 
-/// The lines of the SQL files and of the library (outside its tests and
-/// src/clock.rs) that read the clock other than through credits._now(),
-/// with `--` and `//` comments cut off.
-fn clock_reads() -> Vec<String> {
-    let mut found = Vec::new();
+/// Every code line of the SQL files and of the library (outside its tests),
+/// with its `--` or `//` comment cut off, as `file:line: text` and the
+/// code: what the static checks below read.
+fn code_lines() -> Vec<(String, String, bool)> {
+    let mut lines = Vec::new();
     for path in source_files("sql", "sql")
         .into_iter()
         .chain(source_files("src", "rs"))
     {
-        if path.ends_with("src/clock.rs") {
-            continue;
-        }
         let text = std::fs::read_to_string(&path).unwrap();
         let rust = path.extension().is_some_and(|e| e == "rs");
         let code = if rust {
@@ -704,22 +701,33 @@ fn clock_reads() -> Vec<String> {
             } else {
                 strip_comment(line)
             };
-            let lower = kept.to_lowercase();
-            let reads = CLOCK_READS.iter().any(|clock| {
-                lower.match_indices(clock).any(|(i, _)| {
-                    // credits._now() and the like are other names.
-                    !lower[..i]
-                        .chars()
-                        .next_back()
-                        .is_some_and(|c| c == '_' || c.is_ascii_alphanumeric())
-                })
-            });
-            if reads {
-                found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
-            }
+            let at = format!("{}:{}: {}", path.display(), n + 1, line.trim());
+            lines.push((at, kept.to_string(), rust));
         }
     }
-    found
+    lines
+}
+
+/// The lines of the SQL files and of the library (outside its tests and
+/// src/clock.rs) that read the clock other than through credits._now().
+fn clock_reads() -> Vec<String> {
+    code_lines()
+        .into_iter()
+        .filter(|(at, code, _)| {
+            let lower = code.to_lowercase();
+            !at.contains("src/clock.rs:")
+                && CLOCK_READS.iter().any(|clock| {
+                    lower.match_indices(clock).any(|(i, _)| {
+                        // credits._now() and the like are other names.
+                        !lower[..i]
+                            .chars()
+                            .next_back()
+                            .is_some_and(|c| c == '_' || c.is_ascii_alphanumeric())
+                    })
+                })
+        })
+        .map(|(at, _, _)| at)
+        .collect()
 }
 
 /// Every read of the clock goes through credits._now() (src/clock.rs), so
@@ -752,33 +760,19 @@ const DIVISIONS_ALLOWED: [&str; 2] = [
 /// `/`, and of the library with a ` / `, that are not one of
 /// DIVISIONS_ALLOWED.
 fn divisions() -> Vec<String> {
-    let mut found = Vec::new();
-    for path in source_files("sql", "sql")
+    code_lines()
         .into_iter()
-        .chain(source_files("src", "rs"))
-    {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let rust = path.extension().is_some_and(|e| e == "rs");
-        for (n, line) in text.lines().enumerate() {
-            if DIVISIONS_ALLOWED.iter().any(|d| line.contains(d)) {
-                continue;
-            }
-            let divides = if rust {
-                let code = line.split("//").next().unwrap();
-                code.contains(" / ")
-            } else {
-                // Outside string literals: every other quote toggles.
-                strip_comment(line)
-                    .split('\'')
-                    .step_by(2)
-                    .any(|code| code.contains('/'))
-            };
-            if divides {
-                found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
-            }
-        }
-    }
-    found
+        .filter(|(at, code, rust)| {
+            !DIVISIONS_ALLOWED.iter().any(|d| at.contains(d))
+                && if *rust {
+                    code.contains(" / ")
+                } else {
+                    // Outside string literals: every other quote toggles.
+                    code.split('\'').step_by(2).any(|c| c.contains('/'))
+                }
+        })
+        .map(|(at, _, _)| at)
+        .collect()
 }
 
 /// No figure of money is divided (DIVISIONS_ALLOWED): the SQL files and the
