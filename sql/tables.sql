@@ -1,8 +1,9 @@
 -- Tables. Every table that holds account data has account_id in its primary
 -- key and in every unique index (so Citus can distribute it by that column;
--- README, Beyond one machine); plans is a small reference table. Balances are stored, and a write path locks the account row first,
--- then its buckets in consumption order; CHECK constraints and the triggers
--- of guards.sql refuse any new row version that breaks a limit.
+-- README, Beyond one machine); plans is a small reference table. Balances
+-- are stored, and a write path locks the account row first, then its
+-- buckets in consumption order; CHECK constraints and the triggers of
+-- guards.sql refuse any new row version that breaks a limit.
 --
 -- The tables written on the hot path carry only the CHECK constraints that
 -- enforce limits: Postgres re-reads every CHECK expression from the catalog
