@@ -708,6 +708,11 @@ fn code_lines() -> Vec<(String, String, bool)> {
     lines
 }
 
+/// Fails naming the `file:line: text` lines that a static check found.
+fn assert_no_lines(what: &str, found: Vec<String>) {
+    assert!(found.is_empty(), "{what}:\n{}", found.join("\n"));
+}
+
 /// The lines of the SQL files and of the library (outside its tests and
 /// src/clock.rs) that read the clock other than through credits._now().
 fn clock_reads() -> Vec<String> {
@@ -736,11 +741,9 @@ fn clock_reads() -> Vec<String> {
 /// the library's tests reads the clock itself.
 #[test]
 fn every_read_of_the_clock_goes_through_credits_now() {
-    let found = clock_reads();
-    assert!(
-        found.is_empty(),
-        "reads of the clock that do not go through credits._now():\n{}",
-        found.join("\n")
+    assert_no_lines(
+        "reads of the clock that do not go through credits._now()",
+        clock_reads(),
     );
 }
 
@@ -780,12 +783,10 @@ fn divisions() -> Vec<String> {
 /// exactly.
 #[test]
 fn money_is_multiplied_never_divided() {
-    let found = divisions();
-    assert!(
-        found.is_empty(),
+    assert_no_lines(
         "divisions, which Postgres rounds to about 16 significant digits (multiply instead, or add a \
-         division that only shows a rounded figure to DIVISIONS_ALLOWED):\n{}",
-        found.join("\n")
+         division that only shows a rounded figure to DIVISIONS_ALLOWED)",
+        divisions(),
     );
 }
 
