@@ -174,7 +174,9 @@ BEGIN
             HINT = 'Pass the date the account''s billing started.';
     END IF;
     IF v_plan IS NOT NULL THEN
-        SELECT * INTO p FROM credits.plans WHERE plan_id = v_plan;
+        -- Held FOR KEY SHARE until this transaction ends, so that the plan
+        -- is not deleted meanwhile (credits._plan_in_use, sql/guards.sql).
+        SELECT * INTO p FROM credits.plans WHERE plan_id = v_plan FOR KEY SHARE;
         IF NOT FOUND THEN
             RAISE EXCEPTION USING ERRCODE = 'CR003',
                 MESSAGE = format('unknown plan "%s"', v_plan),

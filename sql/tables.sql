@@ -36,9 +36,19 @@ COMMENT ON COLUMN credits.plans.purchases_allowed IS 'false: credits_purchase an
 COMMENT ON COLUMN credits.plans.created_at IS 'When the plan was created.';
 COMMENT ON COLUMN credits.plans.updated_at IS 'When the plan was last changed.';
 
+-- An account's plan_id names a row of credits.plans, but not as a foreign
+-- key: Postgres checks a foreign key again, by locking the plan's row FOR
+-- KEY SHARE, on every update of an account row that its own transaction
+-- has already written, so that a reserve and its commit in one transaction
+-- would lock the row that all of the plan's accounts share, and each two
+-- such transactions that overlap would need a new MultiXact. The reference
+-- is kept by credits_account_upsert (it locks the plan's row, as the
+-- foreign key did), by the guards of sql/guards.sql (a plan in use is not
+-- deleted, renamed or truncated; plan_id changes only to a plan that
+-- exists) and checked by credits_verify().
 CREATE TABLE credits.accounts (
     account_id     text PRIMARY KEY,
-    plan_id        text NOT NULL REFERENCES credits.plans (plan_id),
+    plan_id        text NOT NULL,
     billing_anchor timestamptz NOT NULL,
     byok           boolean NOT NULL,
     limit_mode     text,
@@ -72,7 +82,7 @@ CREATE TABLE credits.accounts (
 CREATE INDEX accounts_next_event ON credits.accounts (next_event);
 COMMENT ON TABLE credits.accounts IS 'Accounts with their stored balance row: locked first by every write path.';
 COMMENT ON COLUMN credits.accounts.account_id IS 'The account, as the application names it.';
-COMMENT ON COLUMN credits.accounts.plan_id IS 'The account''s plan.';
+COMMENT ON COLUMN credits.accounts.plan_id IS 'The account''s plan (a plan_id of credits.plans; kept by triggers, not a foreign key).';
 COMMENT ON COLUMN credits.accounts.billing_anchor IS 'Billing date: a billing_date plan''s periods start on its day of the month (UTC; the 29th-31st fall on the last day of shorter months).';
 COMMENT ON COLUMN credits.accounts.byok IS 'Bring-your-own-key account: no allocation or buckets; usage logged, never metered.';
 COMMENT ON COLUMN credits.accounts.limit_mode IS 'The account''s override of its plan''s limit_mode; NULL: the plan''s.';

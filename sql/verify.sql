@@ -96,8 +96,12 @@ AS $$
            format('held %s of balance %s, overage %s + held %s, allowance %s',
                   a.held, a.balance, a.period_overage, a.overage_held,
                   CASE WHEN coalesce(a.limit_mode, p.limit_mode) = 'soft' THEN coalesce(a.soft_limit, p.soft_limit) ELSE 0 END)
-      FROM credits.accounts a JOIN credits.plans p ON p.plan_id = a.plan_id
+      FROM credits.accounts a LEFT JOIN credits.plans p ON p.plan_id = a.plan_id
      WHERE a.held > a.balance OR a.held < 0 OR a.period_overage < 0
+    UNION ALL
+    SELECT 'account plan exists', a.account_id, format('plan "%s" is not in credits.plans', a.plan_id)
+      FROM credits.accounts a
+     WHERE NOT EXISTS (SELECT 1 FROM credits.plans p WHERE p.plan_id = a.plan_id)
     UNION ALL
     SELECT 'stored values are valid', x.account_id, x.detail
       FROM (SELECT a.account_id, format('account: overage %s, overage held %s, debt %s, limit_mode %s, soft_limit %s, period %s - %s',

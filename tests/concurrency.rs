@@ -2419,3 +2419,135 @@ fn calls_for_one_account_never_wait_for_another_accounts_open_transaction() {
         assert_verify_empty(&mut admin);
     }
 }
+
+/// An app that reserves and commits in one transaction writes its account
+/// row twice there, and locks no shared row for it. The accounts of a plan
+/// share its row of credits.plans: a foreign key to it would lock that row
+/// (FOR KEY SHARE) at the second write, since Postgres checks a foreign key
+/// again on any update of a row its own transaction wrote, and every two
+/// such transactions that overlap need a new MultiXact for the row's
+/// lockers. Four transactions, each with a reserve and its commit and a
+/// reserve and its refund, are held open at once, on both paths; no row of
+/// the reference tables (plans, products, prices, packs) is locked
+/// meanwhile. (Grants do lock their plan's row, FOR SHARE: README, Tables.)
+#[test]
+fn actions_in_one_transaction_lock_no_shared_row() {
+    for fast_paths in ["on", "off"] {
+        let url = fresh_db(&format!("it_shared_{fast_paths}"));
+        let mut admin = connect(&url);
+        admin
+            .batch_execute(
+                "CREATE EXTENSION pgrowlocks;
+                 SELECT credits_plan_upsert(plan_id => 'p', allocation => 100, reset => 'calendar_month');
+                 SELECT credits_pack_upsert(pack_id => 'p10', credits => 10, price => 5);
+                 SELECT credits_product_upsert(product => 'editor');
+                 SELECT credits_price_upsert(product => 'editor', action => 'generate', unit => 'call', price => 2);
+                 SELECT credits_account_upsert(account_id => 'acct' || i, plan_id => 'p')
+                   FROM generate_series(1, 4) i;",
+            )
+            .unwrap();
+        let open: Vec<Client> = (1..=4)
+            .map(|i| {
+                let mut client = connect(&url);
+                let account = format!("acct{i}");
+                client
+                    .batch_execute(&format!("SET credits.fast_paths = {fast_paths}; BEGIN"))
+                    .unwrap();
+                for amount in ["10", "5"] {
+                    let id = reserve(&mut client, &account, amount, None).unwrap();
+                    let resolve = if amount == "10" {
+                        "SELECT credits_commit(reservation_id => $1::text::uuid, amount => 7)::text"
+                    } else {
+                        "SELECT credits_refund(reservation_id => $1::text::uuid)::text"
+                    };
+                    client.query_one(resolve, &[&id]).unwrap();
+                }
+                client
+            })
+            .collect();
+        assert_eq!(
+            rows(
+                &mut admin,
+                "SELECT format('%s %s: %s by %s', t, l.locked_row, l.modes, l.pids)
+                   FROM unnest(ARRAY['plans', 'products', 'prices', 'packs']) t,
+                        pgrowlocks('credits.' || t) l"
+            ),
+            Vec::<String>::new(),
+            "fast paths {fast_paths}: rows of the reference tables locked by open transactions"
+        );
+        for mut client in open {
+            client.batch_execute("COMMIT").unwrap();
+        }
+        assert_verify_empty(&mut admin);
+    }
+}
+
+/// The plan's row stands in for the foreign key that credits.accounts no
+/// longer has (sql/guards.sql): an account being put on a plan holds the
+/// plan's row FOR KEY SHARE, so that a DELETE of the plan waits for it and
+/// is then refused (23503); an account being put on a plan that is being
+/// deleted waits, and is refused once the plan is gone (CR003). A new
+/// account and an account moving to the plan, each way round. Outside READ
+/// COMMITTED a plan is not deleted at all (0A000): its snapshot could miss
+/// such an account.
+#[test]
+fn a_plan_being_deleted_and_an_account_being_put_on_it_wait_for_each_other() {
+    let url = fresh_db("it_plan_delete");
+    let mut admin = connect(&url);
+    admin
+        .batch_execute(
+            "SELECT credits_plan_upsert(plan_id => p, allocation => 10)
+               FROM unnest(ARRAY['base', 'p1', 'p2', 'p3', 'p4', 'p5']) p;
+             SELECT credits_account_upsert(account_id => 'x', plan_id => 'base');",
+        )
+        .unwrap();
+    let delete = |plan: &str| {
+        format!(
+            "WITH d AS (DELETE FROM credits.plans WHERE plan_id = '{plan}' RETURNING 1) \
+             SELECT count(*)::text FROM d"
+        )
+    };
+    for (account, plan) in [("new", "p1"), ("x", "p2")] {
+        let put = format!(
+            "SELECT credits_account_upsert(account_id => '{account}', plan_id => '{plan}')"
+        );
+        assert_eq!(
+            calls_waiting_for(&url, &put, &[&delete(plan)]),
+            vec![Err("23503".to_string())],
+            "a DELETE of {plan} waiting for {put}"
+        );
+    }
+    for (account, plan) in [("late", "p3"), ("x", "p4")] {
+        let put = format!(
+            "SELECT credits_account_upsert(account_id => '{account}', plan_id => '{plan}')::text"
+        );
+        assert_eq!(
+            calls_waiting_for(&url, &delete(plan), &[&put]),
+            vec![Err("CR003".to_string())],
+            "{put} waiting for a DELETE of {plan}"
+        );
+    }
+    for isolation in ["REPEATABLE READ", "SERIALIZABLE"] {
+        let mut client = connect(&url);
+        client
+            .batch_execute(&format!("BEGIN ISOLATION LEVEL {isolation}"))
+            .unwrap();
+        let error = client.query_one(&delete("p5"), &[]).unwrap_err();
+        assert_eq!(sqlstate(&error), "0A000", "a DELETE at {isolation}");
+    }
+    assert_eq!(
+        rows(
+            &mut admin,
+            "SELECT account_id || ' ' || plan_id FROM credits.accounts ORDER BY 1"
+        ),
+        vec!["new p1", "x p2"]
+    );
+    assert_eq!(
+        rows(
+            &mut admin,
+            "SELECT string_agg(plan_id, ' ' ORDER BY plan_id) FROM credits.plans"
+        ),
+        vec!["base p1 p2 p5"]
+    );
+    assert_verify_empty(&mut admin);
+}

@@ -282,6 +282,20 @@
 -- write-off it could never make: there every draw of the hold is charged
 -- whole, even from a bucket that expired meanwhile. Same results.
 --
+-- credits.accounts.plan_id is no longer a foreign key to credits.plans:
+-- Postgres checks a foreign key again, locking the plan's row FOR KEY
+-- SHARE, on every update of an account row that its own transaction has
+-- already written, so an application that reserves and commits in one
+-- transaction locked the row that all of the plan's accounts share, and
+-- each two such transactions that overlapped needed a new MultiXact (one
+-- per transaction of the benchmark's reserve + INSERT + commit, with 4
+-- members on average at 8 clients and 14 at 32: README, Tables). The reference is
+-- kept as before by credits_account_upsert, which now locks the plan's
+-- row itself, and by new guards: credits._plan_in_use refuses to delete,
+-- rename or truncate a plan that accounts are on (23503, as the foreign
+-- key did), credits._plan_exists an account's plan_id changed to a plan
+-- that does not exist (23503); credits_verify() checks it.
+--
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
 
@@ -632,8 +646,12 @@ AS $$
            format('held %s of balance %s, overage %s + held %s, allowance %s',
                   a.held, a.balance, a.period_overage, a.overage_held,
                   CASE WHEN coalesce(a.limit_mode, p.limit_mode) = 'soft' THEN coalesce(a.soft_limit, p.soft_limit) ELSE 0 END)
-      FROM credits.accounts a JOIN credits.plans p ON p.plan_id = a.plan_id
+      FROM credits.accounts a LEFT JOIN credits.plans p ON p.plan_id = a.plan_id
      WHERE a.held > a.balance OR a.held < 0 OR a.period_overage < 0
+    UNION ALL
+    SELECT 'account plan exists', a.account_id, format('plan "%s" is not in credits.plans', a.plan_id)
+      FROM credits.accounts a
+     WHERE NOT EXISTS (SELECT 1 FROM credits.plans p WHERE p.plan_id = a.plan_id)
     UNION ALL
     SELECT 'stored values are valid', x.account_id, x.detail
       FROM (SELECT a.account_id, format('account: overage %s, overage held %s, debt %s, limit_mode %s, soft_limit %s, period %s - %s',
@@ -1570,7 +1588,9 @@ BEGIN
             HINT = 'Pass the date the account''s billing started.';
     END IF;
     IF v_plan IS NOT NULL THEN
-        SELECT * INTO p FROM credits.plans WHERE plan_id = v_plan;
+        -- Held FOR KEY SHARE until this transaction ends, so that the plan
+        -- is not deleted meanwhile (credits._plan_in_use, sql/guards.sql).
+        SELECT * INTO p FROM credits.plans WHERE plan_id = v_plan FOR KEY SHARE;
         IF NOT FOUND THEN
             RAISE EXCEPTION USING ERRCODE = 'CR003',
                 MESSAGE = format('unknown plan "%s"', v_plan),
@@ -3073,7 +3093,7 @@ COMMENT ON COLUMN credits.plans.purchases_allowed IS 'false: credits_purchase an
 COMMENT ON COLUMN credits.plans.created_at IS 'When the plan was created.';
 COMMENT ON COLUMN credits.plans.updated_at IS 'When the plan was last changed.';
 COMMENT ON COLUMN credits.accounts.account_id IS 'The account, as the application names it.';
-COMMENT ON COLUMN credits.accounts.plan_id IS 'The account''s plan.';
+COMMENT ON COLUMN credits.accounts.plan_id IS 'The account''s plan (a plan_id of credits.plans; kept by triggers, not a foreign key).';
 COMMENT ON COLUMN credits.accounts.billing_anchor IS 'Billing date: a billing_date plan''s periods start on its day of the month (UTC; the 29th-31st fall on the last day of shorter months).';
 COMMENT ON COLUMN credits.accounts.byok IS 'Bring-your-own-key account: no allocation or buckets; usage logged, never metered.';
 COMMENT ON COLUMN credits.accounts.limit_mode IS 'The account''s override of its plan''s limit_mode; NULL: the plan''s.';
@@ -3212,3 +3232,87 @@ COMMENT ON COLUMN credits.usage_rollup.overage_refunded IS 'The part of refunded
 COMMENT ON COLUMN credits.usage_rollup.billable_overage IS 'Overage x rate, net of refunds.';
 COMMENT ON COLUMN credits.usage_rollup.actions IS 'Commits.';
 COMMENT ON COLUMN credits.usage_rollup.byok_used IS 'BYOK usage, net of refunds.';
+
+-- credits.accounts.plan_id: no longer a foreign key (above).
+ALTER TABLE credits.accounts DROP CONSTRAINT accounts_plan_id_fkey;
+
+-- An account's plan exists (not a foreign key: see credits.accounts in
+-- sql/tables.sql). A plan that accounts are on is not deleted, renamed or
+-- truncated away. Under READ COMMITTED the check sees every account
+-- committed before it: an account being put on the plan holds its row FOR
+-- KEY SHARE (credits_account_upsert), and the DELETE or UPDATE waits for
+-- that transaction before this trigger runs. A snapshot of REPEATABLE READ
+-- or SERIALIZABLE could miss that account, so such a transaction may not
+-- delete or rename a plan at all.
+CREATE FUNCTION credits._plan_in_use() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_plan    text;
+    v_account text;
+BEGIN
+    IF TG_LEVEL = 'ROW' THEN
+        IF TG_OP = 'UPDATE' AND NEW.plan_id = OLD.plan_id THEN
+            RETURN NEW;
+        END IF;
+        v_plan := OLD.plan_id;
+        IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+            RAISE EXCEPTION USING
+                ERRCODE = '0A000',
+                MESSAGE = pg_catalog.format('plan "%s" can only be deleted or renamed under READ COMMITTED', v_plan),
+                DETAIL = pg_catalog.format('This transaction is %s: its snapshot could miss an account put on the plan meanwhile.',
+                                           pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))),
+                HINT = 'Run the statement in a READ COMMITTED transaction.';
+        END IF;
+        SELECT a.account_id INTO v_account FROM credits.accounts a WHERE a.plan_id = v_plan LIMIT 1;
+    ELSE
+        SELECT a.plan_id, a.account_id INTO v_plan, v_account FROM credits.accounts a LIMIT 1;
+    END IF;
+    IF v_account IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '23503',
+            MESSAGE = pg_catalog.format('plan "%s" is in use: %s of credits.plans is refused', v_plan, TG_OP),
+            DETAIL = pg_catalog.format('Account "%s" is on it, and accounts keep their plan.', v_account),
+            HINT = 'Move its accounts to another plan first with credits_account_upsert(account_id => ..., plan_id => ...).';
+    END IF;
+    RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+END
+$$;
+
+CREATE TRIGGER plans_in_use
+    BEFORE DELETE OR UPDATE OF plan_id ON credits.plans
+    FOR EACH ROW EXECUTE FUNCTION credits._plan_in_use();
+CREATE TRIGGER plans_in_use_truncate
+    BEFORE TRUNCATE ON credits.plans
+    FOR EACH STATEMENT EXECUTE FUNCTION credits._plan_in_use();
+
+-- An account's plan_id changes only to a plan that exists, whose row it
+-- then holds FOR KEY SHARE until it commits, as a foreign key's check
+-- would. Only when plan_id changes: the writes of the hot path never set
+-- it. (New accounts: credits_account_upsert checks and locks the plan. An
+-- INSERT trigger would refuse pg_restore's rows of credits.accounts, which
+-- pg_dump writes before those of credits.plans.)
+CREATE FUNCTION credits._plan_exists() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM FROM credits.plans p WHERE p.plan_id = NEW.plan_id FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '23503',
+            MESSAGE = pg_catalog.format('unknown plan "%s" for account "%s"', NEW.plan_id, NEW.account_id),
+            DETAIL = 'No plan has this plan_id.',
+            HINT = 'Create it first with credits_plan_upsert().';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER accounts_plan_exists
+    AFTER UPDATE OF plan_id ON credits.accounts
+    FOR EACH ROW
+    WHEN (NEW.plan_id IS DISTINCT FROM OLD.plan_id)
+    EXECUTE FUNCTION credits._plan_exists();
+REVOKE ALL ON FUNCTION credits._plan_in_use(), credits._plan_exists() FROM PUBLIC;

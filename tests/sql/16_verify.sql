@@ -3,7 +3,7 @@
 -- tampering breaks), and it reads the ledger a bounded number of times, not
 -- once per reservation.
 \ir helpers.inc
-SELECT plan(45);
+SELECT plan(46);
 
 SELECT credits_plan_upsert(plan_id => 'pro', allocation => 100, reset => 'calendar_month',
                            limit_mode => 'soft', soft_limit => 20, overage_rate => 2);
@@ -55,6 +55,9 @@ SELECT is(pg_temp.reported($$INSERT INTO credits.ledger (account_id, kind, amoun
 SELECT is(pg_temp.reported($$UPDATE credits.buckets SET held = held + 1 WHERE account_id = 'v' AND kind = 'allocation';
                               UPDATE credits.accounts SET held = held + 1 WHERE account_id = 'v'$$),
           'bucket held equals its pending draws: v', 'a bucket hold that no pending reservation draws');
+SELECT is(pg_temp.reported($$SET LOCAL session_replication_role = replica;
+                              UPDATE credits.accounts SET plan_id = 'gone' WHERE account_id = 'v'$$),
+          'account plan exists: v', 'an account on a plan that does not exist (its guard off)');
 SELECT is(pg_temp.reported($$UPDATE credits.accounts SET balance = balance + 1 WHERE account_id = 'v'$$),
           'account balance and holds equal its buckets: v', 'an account balance that is not its buckets''');
 SELECT is(pg_temp.reported($$UPDATE credits.accounts SET overage_held = overage_held + 1 WHERE account_id = 'w'$$),
