@@ -246,6 +246,19 @@ SELECT coalesce(string_agg(relid::regclass::text, ','), '')
   FROM (SELECT relid FROM pg_stat_progress_vacuum UNION SELECT relid FROM pg_stat_progress_analyze) p"""
 
 
+# MultiXacts: a row locked by several transactions at once (a shared row
+# that each holds FOR KEY SHARE or FOR SHARE, as a foreign key's check does)
+# needs one for each new set of lockers, with its members. The counters
+# are those of the last checkpoint, so a run is framed by two.
+MULTIXACTS = "SELECT next_multixact_id::text || ',' || next_multi_offset::text FROM pg_control_checkpoint()"
+
+
+def multixacts(args):
+    psql(args, "CHECKPOINT")
+    made, members = psql(args, MULTIXACTS).split(",")
+    return int(made), int(members)
+
+
 def autovacuum_finished(args):
     text = psql(args, AUTOVACUUM_FINISHED)
     return {table: int(n) for table, n in (item.rsplit("=", 1) for item in text.split(",") if item)}
@@ -376,10 +389,13 @@ def main():
                     if script == "commit_only.sql":
                         needed = int((reserve_tps or 1000) * args.seconds * 1.5) + 100
                         prepared = prepare_holds(args, needed)
-                    psql(args, "CHECKPOINT")
+                    multi_before = multixacts(args)
                     before = autovacuum_finished(args)
                     r = pgbench(args, script, clients, logdir, f"{re.sub('[:+]', '_', script)}.{clients}.{repeat}")
                     r["autovacuum"] = autovacuum_overlapping(args, before)
+                    multi_after = multixacts(args)
+                    r["multixacts"] = multi_after[0] - multi_before[0]
+                    r["multixact_members"] = multi_after[1] - multi_before[1]
                     if script == "reserve_only.sql":
                         reserve_tps = r["tps"]
                     if script == "commit_only.sql":
@@ -390,8 +406,9 @@ def main():
                     r.update({"run": name, "clients": clients, "repeat": repeat})
                     results.append(r)
                     vacuum = f"  (autovacuum: {', '.join(r['autovacuum'])})" if r["autovacuum"] else ""
+                    multi = f"  ({r['multixacts']} MultiXacts)" if r["multixacts"] else ""
                     print(f"  {clients:>2} clients  {name:<56} {r['tps']:>9.1f} tps  avg {r['avg_ms']:.2f} ms"
-                          f"  p99 {r['p99_ms'] or 0:.2f} ms{vacuum}", flush=True)
+                          f"  p99 {r['p99_ms'] or 0:.2f} ms{vacuum}{multi}", flush=True)
 
     # Each ratio is to the baseline of the same client count in the same repeat.
     by_key = {(r["run"], r["clients"], r["repeat"]): r for r in results}
@@ -420,6 +437,12 @@ def main():
     lines += ["", "Autovacuum or autoanalyze of the benchmark's tables overlapped "
               + (f"{len(overlapped)} runs:" if overlapped else "no run.")]
     lines += [f"- {o}" for o in overlapped]
+    shared = [f"{r['run']} ({which(r)}): {r['multixacts']}, {r['multixacts'] / max(r['processed'], 1):.2f} per "
+              f"script run, {r['multixact_members'] / r['multixacts']:.1f} members on average"
+              for r in results if r["multixacts"]]
+    lines += ["", "MultiXacts made (rows locked by several transactions at once): "
+              + (f"in {len(shared)} runs:" if shared else "none.")]
+    lines += [f"- {m}" for m in shared]
     lines += ["", f"Failed transactions: {failed}. credits_verify() violations after the runs: {violations}."]
     lines += targets(summary, args.repeat)
     report = "\n".join(lines)
