@@ -289,12 +289,13 @@
 -- transaction locked the row that all of the plan's accounts share, and
 -- each two such transactions that overlapped needed a new MultiXact (one
 -- per transaction of the benchmark's reserve + INSERT + commit, with 4
--- members on average at 8 clients and 14 at 32: README, Tables). The reference is
--- kept as before by credits_account_upsert, which now locks the plan's
--- row itself, and by new guards: credits._plan_in_use refuses to delete,
--- rename or truncate a plan that accounts are on (23503, as the foreign
--- key did), credits._plan_exists an account's plan_id changed to a plan
--- that does not exist (23503); credits_verify() checks it.
+-- members on average at 8 clients and 14 at 32: README, Tables). The
+-- reference is kept as before by credits_account_upsert, which now locks
+-- the plan's row itself, and by new guards: credits._plan_in_use refuses
+-- to delete, rename or truncate a plan that accounts are on (23503, as the
+-- foreign key did; outside READ COMMITTED it refuses to delete or rename
+-- any plan, 0A000), credits._plan_exists an account's plan_id changed to
+-- a plan that does not exist (23503); credits_verify() checks it.
 --
 -- Released upgrade scripts are never edited: a fix ships in the next one.
 \echo Use "ALTER EXTENSION credits UPDATE TO '0.3.5'" to load this file. \quit
