@@ -1,10 +1,10 @@
 -- An account's plan exists, kept without a foreign key (sql/guards.sql): a
 -- foreign key to credits.plans locked the plan's row, which all of its
 -- accounts share, at every second write of an account row in one
--- transaction (tests/concurrency.rs, actions_in_one_transaction_lock_no_shared_row).
--- A plan in use is not deleted, renamed or truncated; an account's plan_id
--- changes only to a plan that exists; the writes of the hot path do not
--- lock the plan's row.
+-- transaction (that no such write locks it now: tests/concurrency.rs,
+-- actions_in_one_transaction_lock_no_shared_row). Here: a plan in use is
+-- not deleted, renamed or truncated; an account's plan_id changes only to
+-- a plan that exists.
 \ir helpers.inc
 SELECT plan(15);
 
