@@ -2453,13 +2453,18 @@ fn actions_in_one_transaction_lock_no_shared_row() {
                 client
                     .batch_execute(&format!("SET credits.fast_paths = {fast_paths}; BEGIN"))
                     .unwrap();
-                for amount in ["10", "5"] {
+                // A reserve and its commit, then a reserve and its refund.
+                for (amount, resolve) in [
+                    (
+                        "10",
+                        "SELECT credits_commit(reservation_id => $1::text::uuid, amount => 7)::text",
+                    ),
+                    (
+                        "5",
+                        "SELECT credits_refund(reservation_id => $1::text::uuid)::text",
+                    ),
+                ] {
                     let id = reserve(&mut client, &account, amount, None).unwrap();
-                    let resolve = if amount == "10" {
-                        "SELECT credits_commit(reservation_id => $1::text::uuid, amount => 7)::text"
-                    } else {
-                        "SELECT credits_refund(reservation_id => $1::text::uuid)::text"
-                    };
                     client.query_one(resolve, &[&id]).unwrap();
                 }
                 client
