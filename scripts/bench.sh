@@ -40,6 +40,10 @@ bash scripts/setup.sh
 if [[ -z "${CREDITS_SKIP_INSTALL:-}" ]]; then
     echo "== building and installing the extension (${BENCH_BUILD:-release} build)"
     install_extension "${BUILD_FLAGS[@]}"
+    if [[ $MODE == decompose ]]; then
+        echo "== building and installing the calibration below the executor (bench/heap_calls)"
+        install_bench_heap "${BUILD_FLAGS[@]}"
+    fi
 fi
 cluster_start "$BENCH_DIR" "$BENCH_PORT"
 cat >>"$BENCH_DIR/data/postgresql.conf" <<CONF
@@ -68,6 +72,7 @@ case $MODE in
         python3 bench/profile.py --port "$BENCH_PORT" --seconds "$SECONDS_PER_RUN" --rows "$ROWS" "$@"
         exit 0 ;;
     decompose)
+        "${PSQL[@]}" -d bench -c "CREATE EXTENSION credits_bench_heap"
         echo "== running the decomposition (${SECONDS_PER_RUN} s per run, A at 8 clients, B at 32, ${REPEAT} time(s))" ;;
     main)
         echo "== running (${SECONDS_PER_RUN} s per run, clients ${CLIENTS}, ${REPEAT} time(s))" ;;

@@ -71,3 +71,12 @@ install_extension() {
     cargo pgrx install "$@" --pg-config "$PG_CONFIG" >/dev/null
     cp sql/releases/*.sql sql/upgrades/*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 }
+
+# install_bench_heap [cargo pgrx install flags]: builds and installs
+# bench/heap_calls, the benchmark's calibration below the executor (not part
+# of the extension; make bench-decompose and its smoke run use it), sharing
+# the project's target folder so that pgrx is built once.
+install_bench_heap() {
+    (cd bench/heap_calls && CARGO_TARGET_DIR="$PWD/../../target" \
+        cargo pgrx install "$@" --pg-config "$PG_CONFIG" >/dev/null)
+}

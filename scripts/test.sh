@@ -24,14 +24,17 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --features "pg_test integration" -- -D warnings
+echo "== cargo fmt --check and cargo clippy of bench/heap_calls (the benchmark's calibration below the executor)"
+(cd bench/heap_calls && cargo fmt --check && CARGO_TARGET_DIR="$PWD/../../target" cargo clippy -- -D warnings)
 
 echo "== #[pg_test] and unit tests (cargo pgrx test)"
 mkdir -p "$PGRX_DATA"
 chown postgres:postgres "$PGRX_DATA"
 cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA"
 
-echo "== installing the extension"
+echo "== installing the extension, and the benchmark's calibration below the executor"
 install_extension
+install_bench_heap
 
 echo "== the demo (command 1) runs to its end"
 CREDITS_SKIP_INSTALL=1 CREDITS_DEMO_DIR=/tmp/credits-demo-check CREDITS_DEMO_PORT=$((TEST_PORT + 4)) \
