@@ -115,10 +115,11 @@ RANDOM_ID = "\\set id random(1, :rows)\n"
 # heap calls of bench/heap_calls losing an update under concurrency) must
 # not give a figure: every commit of the lean tables, whatever the script,
 # takes its charge off the balance in the transaction that appends its
-# ledger row, so each balance is the loaded one plus its charges; and the
-# held amount covers at least the pending reservations (min_action.sql holds
-# without a reservation row, and a run may end between a reserve and its
-# commit). Counts the accounts that break either; added to the violations.
+# ledger row, so each balance is the loaded one (10,000,000,000, in
+# bench/setup.sql) plus its charges; and the held amount covers at least
+# the pending reservations (min_action.sql holds without a reservation row,
+# and a run may end between a reserve and its commit). Counts the accounts
+# that break either; added to the violations.
 LEAN_CHECK = """
 WITH charges AS (SELECT account_id, sum(amount) AS total FROM lean_ledger WHERE kind = 'charge' GROUP BY account_id),
      pending AS (SELECT account_id, sum(amount) AS total FROM lean_reservations WHERE status = 'pending'
