@@ -88,11 +88,11 @@ fn relations() -> Relations {
 struct Table(pg_sys::Relation);
 
 impl Table {
-    fn open(oid: Oid, columns: i32) -> Table {
+    fn open(oid: Oid, columns: usize) -> Table {
         // SAFETY: the relation is opened with a lock and closed in drop.
         let rel = unsafe { pg_sys::table_open(oid, pg_sys::RowExclusiveLock as i32) };
         let table = Table(rel);
-        if unsafe { (*(*rel).rd_att).natts } != columns {
+        if table.columns() != columns {
             ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
