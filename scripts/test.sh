@@ -84,7 +84,14 @@ bench_smoke() {
         | tail -3
 }
 bench_smoke
-BENCH_REPEAT=2 bench_smoke --decompose
+decompose_out=$(BENCH_REPEAT=2 bench_smoke --decompose)
+echo "$decompose_out"
+# The decomposition runs A at 8 clients and B at 32, so its target lines,
+# with ours' share of the floor of our data model, must be there.
+for side in "A >= 0.45 x baseline A at 8" "B >= 0.5 x baseline B at 32"; do
+    grep -q "^Target ours $side clients: .*; [0-9.]* of the floor of our data model" <<<"$decompose_out" \
+        || { echo "bench smoke: no target line for ours $side clients with its share of the floor" >&2; exit 1; }
+done
 # The profile, with its perf part when perf can record here (as on the
 # project's machine kind).
 bench_smoke --profile
