@@ -84,7 +84,7 @@ bench_smoke() {
         | tail -3
 }
 bench_smoke
-decompose_out=$(BENCH_REPEAT=2 bench_smoke --decompose)
+decompose_out=$(BENCH_REPEAT=2 bench_smoke --decompose) || { echo "$decompose_out"; exit 1; }
 echo "$decompose_out"
 # The decomposition runs A at 8 clients and B at 32, so its target lines,
 # with ours' share of the floor of our data model, must be there.
