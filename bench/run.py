@@ -358,9 +358,10 @@ def targets(summary, repeat):
         if ours is None:
             continue
         verdict = "met" if ours["ratio"] >= target else "NOT met"
+        floor = find(f"floor {side} (not ours)")
         calibration = ", ".join(f"{label} {value}" for label, value in (
             ("ceiling", ratio(f"ceiling {side} ")), ("lean floor", ratio(f"lean floor {side} ")),
-            ("floor of our data model", ratio(f"floor {side} (not ours)")),
+            ("floor of our data model", ratio_text(floor) if floor else None),
             ("least an implementation of the spec writes", ratio(f"minimum {side} with a reservation row (")),
             ("the same below the executor", ratio(f"minimum {side} with a reservation row, below the executor"))
         ) if value is not None)
@@ -370,7 +371,6 @@ def targets(summary, repeat):
         # Ours against the floor of our data model (median over median): what
         # our logic keeps of what writing our rows allows, the other bar that
         # a change of the hot path must keep (README, What bounds it).
-        floor = find(f"floor {side} (not ours)")
         share = f"; {ours['ratio'] / floor['ratio']:.2f} of the floor of our data model" if floor and floor["ratio"] else ""
         out.append(f"Target ours {side} >= {target} x baseline {side} at {clients} clients: {figure}, "
                    f"{verdict}{share}" + (f" ({calibration})." if calibration else "."))
